@@ -1,0 +1,190 @@
+"""Per-target customization as a QCOW2 overlay over a built image.
+
+`imagebuild customize BASE -o OUT --set plan9.console=1 --file NAME=PATH`
+writes OUT as a qcow2 overlay whose backing file is BASE.  It reads the boot
+partition's files back, edits them, and formats the partition again with the
+same parameters and boot program; only sectors whose bytes really change are
+written, so the overlay holds a few clusters (the edited file's data and the
+directory) and everything else is read through from BASE.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from imagebuild.blockdev import BlockDevice, Storage
+from imagebuild.build import atomic_output, source_date_epoch
+from imagebuild.errors import ImageBuildError, InputError
+from imagebuild.render import parse_set
+
+SECTOR = 512
+BOOT_PARTITIONS = ("9fat", "dos", "esp")
+# --set namespace -> the boot file it edits
+EDITED_FILES = {"plan9": "plan9.ini", "config": "config.txt", "cmdline": "cmdline.txt"}
+
+
+class ChangedOnlyStorage:
+    """Writes through to `inner` only the sectors whose bytes differ from what it reads."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return self.inner.pread(size, offset)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        new = memoryview(data)
+        first = offset - offset % SECTOR
+        end = offset + len(new)
+        old = self.inner.pread(end - first, first)
+        run_start = -1
+        pos = offset
+        while pos < end:
+            stop = min(pos - pos % SECTOR + SECTOR, end)
+            same = new[pos - offset : stop - offset] == old[pos - first : stop - first]
+            if not same and run_start < 0:
+                run_start = pos
+            elif same and run_start >= 0:
+                self.inner.pwrite(new[run_start - offset : pos - offset], run_start)
+                run_start = -1
+            pos = stop
+        if run_start >= 0:
+            self.inner.pwrite(new[run_start - offset :], run_start)
+        return len(new)
+
+
+def set_ini_key(text: str, key: str, value: str) -> str:
+    """plan9.ini: replace the first `key=` line, or append one."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.split("=", 1)[0].strip() == key and "=" in line:
+            lines[i] = f"{key}={value}"
+            break
+    else:
+        lines.append(f"{key}={value}")
+    return "".join(line + "\n" for line in lines)
+
+
+def set_config_key(text: str, section: str, key: str, value: str) -> str:
+    """config.txt: set `key=value` in `[section]`, adding the key or section as needed."""
+    lines = text.splitlines()
+    current, insert_at = None, None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            if current == section:
+                break
+            current = stripped[1:-1]
+            if current == section:
+                insert_at = i + 1
+            continue
+        if current == section:
+            insert_at = i + 1
+            if stripped.split("=", 1)[0].strip() == key and "=" in stripped:
+                lines[i] = f"{key}={value}"
+                return "".join(line + "\n" for line in lines)
+    if insert_at is None:
+        lines += [f"[{section}]", f"{key}={value}"]
+    else:
+        lines.insert(insert_at, f"{key}={value}")
+    return "".join(line + "\n" for line in lines)
+
+
+def set_cmdline_key(text: str, key: str, value: str) -> str:
+    """cmdline.txt: one line of space-separated key=value words."""
+    words = text.split()
+    for i, word in enumerate(words):
+        if word.split("=", 1)[0] == key:
+            words[i] = f"{key}={value}"
+            break
+    else:
+        words.append(f"{key}={value}")
+    return " ".join(words) + "\n"
+
+
+def edit_files(files: list[tuple[str, bytes]], sets: Sequence[str], adds: Sequence[str]) -> None:
+    """Apply --set and --file to the boot partition's (name, data) list, in place."""
+    index = {name.lower(): i for i, (name, _) in enumerate(files)}
+    for text in sets:
+        path, value = parse_set(text)
+        fname = EDITED_FILES.get(path[0])
+        if fname is None:
+            raise InputError(f"--set {text}: expected plan9.KEY, config.SECTION.KEY or cmdline.KEY")
+        if fname.lower() not in index:
+            raise InputError(f"--set {text}: the boot partition has no {fname}")
+        i = index[fname.lower()]
+        name, data = files[i]
+        content = data.decode("utf-8", errors="replace")
+        if path[0] == "config":
+            if len(path) != 3:
+                raise InputError(f"--set {text}: expected config.SECTION.KEY=VALUE")
+            content = set_config_key(content, path[1], path[2], value)
+        elif len(path) != 2:
+            raise InputError(f"--set {text}: expected {path[0]}.KEY=VALUE")
+        elif path[0] == "plan9":
+            content = set_ini_key(content, path[1], value)
+        else:
+            content = set_cmdline_key(content, path[1], value)
+        files[i] = (name, content.encode())
+    for text in adds:
+        name, sep, source = text.partition("=")
+        if not sep or not name or not source or "/" in name:
+            raise InputError(f"--file {text!r}: expected NAME=PATH")
+        try:
+            data = Path(source).read_bytes()
+        except OSError as err:
+            raise InputError(f"--file {name}: {source}: {err.strerror}") from None
+        if name.lower() in index:
+            files[index[name.lower()]] = (name, data)
+        else:
+            index[name.lower()] = len(files)
+            files.append((name, data))
+
+
+def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str]) -> None:
+    from imagebuild.fat import FatFile, FatVolume, format_fat
+    from imagebuild.inspect import libparted_table, open_image, partitions
+    from imagebuild.qcow2 import Qcow2Image
+
+    if output.resolve() == base.resolve():
+        raise InputError(f"{output}: the overlay must not replace its own backing file")
+    with open_image(base) as image:
+        base_format = image.format
+        disk = BlockDevice(image.storage, name=base.name)
+        parts = partitions(disk, libparted_table(disk))
+        boot = next((n for n in BOOT_PARTITIONS if n in parts), None)
+        if boot is None:
+            raise ImageBuildError(f"{base}: no boot partition ({', '.join(BOOT_PARTITIONS)})")
+        start, end = parts[boot].start, parts[boot].start + parts[boot].secs
+        volume = FatVolume(parts[boot])
+        entries = [e for e in volume.listdir("/") if not e.is_dir]
+        content = [(e.name, volume.read(e.name)) for e in entries]
+        boot_sector = parts[boot].read_sectors(0)
+        params = volume.params
+        stamp = source_date_epoch()
+        timestamp = stamp if stamp is not None else (
+            int(entries[0].mtime.timestamp()) if entries else 0
+        )
+        size = image.storage.size
+    edit_files(content, sets, files)
+
+    backing = os.path.relpath(base.resolve(), output.resolve().parent)
+    with atomic_output(output) as tmp, Qcow2Image.create(
+        tmp, size, backing_file=backing, backing_format=base_format
+    ) as overlay:
+        view = BlockDevice(ChangedOnlyStorage(overlay.data), name=output.name)
+        format_fat(
+            view.slice(start, end, boot),
+            [FatFile(name, data) for name, data in content],
+            pbs=boot_sector,
+            pbs_source=f"{base}:{boot} boot sector",
+            reserved=params.reserved_sectors,
+            label=params.label,
+            timestamp=timestamp,
+        )

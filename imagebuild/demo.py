@@ -1,0 +1,101 @@
+"""The demo root: generated stand-ins for every input the recipes read.
+
+On a fresh clone there is no built 9front tree, so `./dev build` builds the
+default targets from this root instead: the whole pipeline runs and the
+images are well-formed, but the kernels and boot programs are stand-ins (the
+boot sectors print a message and halt) and the images do not boot 9front.
+Every build from it says so, and plan9.ini carries a comment saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from imagebuild.recipe import list_recipes, load_recipe
+
+DEMO_MARKER = ".imagebuild-demo-root"
+KERNEL_SIZE = 256 * 1024
+
+
+def _real_mode_print(message: str, origin: int) -> bytes:
+    """16-bit code loaded at 0x7c00 (+origin): print `message` with int 10h, then halt."""
+    msg_addr = 0x7C00 + origin + 25
+    code = bytes([
+        0x31, 0xC0,                                  # xor ax, ax
+        0x8E, 0xD8,                                  # mov ds, ax
+        0xBE, msg_addr & 0xFF, msg_addr >> 8,        # mov si, msg
+        0xFC,                                        # cld
+        0xAC,                                        # next: lodsb
+        0x08, 0xC0,                                  # or al, al
+        0x74, 0x09,                                  # jz halt
+        0xB4, 0x0E,                                  # mov ah, 0eh  (teletype output)
+        0xBB, 0x07, 0x00,                            # mov bx, 7
+        0xCD, 0x10,                                  # int 10h
+        0xEB, 0xF2,                                  # jmp next
+        0xF4,                                        # halt: hlt
+        0xEB, 0xFD,                                  # jmp halt
+    ])
+    return code + message.encode("ascii") + b"\r\n\0"
+
+
+def demo_mbr() -> bytes:
+    """Stand-in for /386/mbr: one sector of code, no partition table."""
+    code = _real_mode_print("imagebuild demo mbr: stand-in, no 9front here", 0)
+    return code.ljust(446, b"\0")
+
+
+def demo_pbs() -> bytes:
+    """Stand-in for /386/pbs: jump over a FAT32-sized BPB, code at 0x5a."""
+    jump = bytes([0xEB, 0x58, 0x90])  # jmp 0x5a; nop
+    code = _real_mode_print("imagebuild demo pbs: stand-in, no 9bootfat here", 0x5A)
+    return (jump.ljust(0x5A, b"\0") + code).ljust(510, b"\0")
+
+
+def _stand_in(path: str, size: int) -> bytes:
+    """Deterministic filler named after the file it stands in for."""
+    header = f"imagebuild demo stand-in for {path}; not the real file\n".encode()
+    out = bytearray(header)
+    block = hashlib.sha256(path.encode()).digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+def demo_files() -> dict[str, bytes]:
+    """Root-relative path -> content, for every input of every recipe."""
+    files: dict[str, bytes] = {}
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        for path in recipe.root_inputs():
+            if path == "386/mbr":
+                files[path] = demo_mbr()
+            elif path == "386/pbs":
+                files[path] = demo_pbs()
+            elif path in recipe.kernels:
+                files[path] = _stand_in(path, KERNEL_SIZE)
+            elif path.endswith(".scr"):
+                files[path] = f"# imagebuild demo stand-in for {path}\n".encode()
+            else:
+                files[path] = _stand_in(path, 4096 if "9boot" not in path else 32 * 1024)
+    return files
+
+
+def make_demo_root(root: Path) -> Path:
+    """Write the demo root (only files whose content changed, so doit sees no change)."""
+    wanted = demo_files()
+    wanted[DEMO_MARKER] = b"This directory is imagebuild's generated demo root.\n"
+    for rel, data in wanted.items():
+        path = root / rel
+        if path.is_file() and path.read_bytes() == data:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return root
+
+
+def is_demo_root(root: Path) -> bool:
+    return (root / DEMO_MARKER).is_file()

@@ -1,0 +1,173 @@
+"""Read any disk image back, ours or not: container, MBR, Plan 9 table, FAT.
+
+The MBR comes from libparted (pyparted), an independent reader; the Plan 9
+table and the FAT come from our readers, which mirror 9front's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagebuild.blockdev import BlockDevice, PartFS, RawFile, Storage
+from imagebuild.errors import ImageBuildError, ImageFormatError
+
+QCOW2_MAGIC = b"QFI\xfb"
+PLAN9_TYPE = 0x39
+FAT_TYPES = {0x01: "FAT12", 0x04: "FAT16", 0x06: "FAT16", 0x0B: "FAT32", 0x0C: "FAT32",
+             0x0E: "FAT16", 0xEF: "ESP"}
+TYPE_NAMES = {PLAN9_TYPE: "PLAN9", **FAT_TYPES}
+# the name disk/fdisk gives each partition type in partfs (`dos` for FAT, ...)
+PARTFS_NAMES = {PLAN9_TYPE: "plan9", 0xEF: "esp", **{t: "dos" for t in FAT_TYPES if t != 0xEF}}
+LIBPARTED_SECTORS = 64  # libparted reads the MBR (and its first-track neighbours) only
+
+
+@dataclass
+class OpenedImage:
+    path: Path
+    format: str
+    storage: Storage
+    info: dict[str, Any]
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[OpenedImage]:
+    """Open a qcow2 or raw image read-only, sniffing the format by its magic."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic == QCOW2_MAGIC:
+        from imagebuild.qcow2 import Qcow2Image
+
+        with Qcow2Image.open(path) as image:
+            yield OpenedImage(path, "qcow2", image.data, image.info())
+    else:
+        with RawFile(path) as raw:
+            yield OpenedImage(path, "raw", raw, {})
+
+
+def libparted_table(disk: BlockDevice) -> list[dict[str, Any]]:
+    """The MBR partitions as libparted reads them (through a sparse scratch copy)."""
+    import parted
+
+    head = disk.pread(min(disk.size, LIBPARTED_SECTORS * 512), 0)
+    with tempfile.NamedTemporaryFile(prefix="imagebuild-mbr-", suffix=".img") as scratch:
+        scratch.write(head)
+        scratch.truncate(disk.size)
+        scratch.flush()
+        try:
+            device = parted.getDevice(scratch.name)
+            table = parted.newDisk(device)
+        except parted.PartedException as err:
+            raise ImageFormatError(f"{disk.name}: libparted reads no partition table: {err}") from None
+        try:
+            if table.type != "msdos":
+                return []
+            result = []
+            for part in table.partitions:
+                type_id = part.type_id
+                result.append({
+                    "number": part.number,
+                    "type": type_id,
+                    "type_name": TYPE_NAMES.get(type_id, "?"),
+                    "active": bool(part.getFlag(parted.PARTITION_BOOT)),
+                    "start": part.geometry.start,
+                    "sectors": part.geometry.length,
+                })
+            return result
+        finally:
+            device.removeFromCache()
+
+
+def _fat_info(device: BlockDevice, name: str) -> dict[str, Any]:
+    from imagebuild.fat import FatVolume
+
+    volume = FatVolume(device)
+    params = volume.params
+    return {
+        "partition": name,
+        "fat_bits": params.fat_bits,
+        "cluster_size": params.cluster_size,
+        "params": {k: v for k, v in vars(params).items() if isinstance(v, int | str)},
+        "files": [
+            {"name": e.name, "short_name": e.short_name, "size": e.size,
+             "mtime": e.mtime.isoformat() if hasattr(e.mtime, "isoformat") else str(e.mtime),
+             "dir": e.is_dir}
+            for e in volume.listdir("/")
+        ],
+    }
+
+
+def partitions(disk: BlockDevice, mbr: list[dict[str, Any]]) -> PartFS:
+    """partfs as fdisk and prep would have populated it for this disk."""
+    from imagebuild.prep import read_table
+
+    parts = PartFS(disk)
+    for p in mbr:
+        name = PARTFS_NAMES.get(p["type"])
+        if name is not None and name not in parts:
+            parts.add(name, p["start"], p["start"] + p["sectors"])
+    if "plan9" in parts:
+        plan9 = parts["plan9"]
+        for sub in read_table(plan9):
+            if sub.name not in parts:
+                parts.add(sub.name, plan9.offset + sub.start, plan9.offset + sub.end)
+    return parts
+
+
+def inspect_image(path: Path) -> dict[str, Any]:
+    """Everything we can read from the image, as plain data (for tables and --json)."""
+    from imagebuild.prep import read_table
+
+    with open_image(path) as image:
+        disk = BlockDevice(image.storage, name=path.name)
+        info: dict[str, Any] = {
+            "path": str(path),
+            "format": image.format,
+            "virtual_size": image.storage.size,
+            "file_size": _allocated_size(path),
+        }
+        if image.format == "qcow2":
+            info["qcow2"] = image.info
+        mbr = libparted_table(disk) if disk.size >= 512 else []
+        info["mbr"] = mbr
+        parts = partitions(disk, mbr)
+        if "plan9" in parts:
+            info["plan9"] = [
+                {"name": p.name, "start": p.start, "end": p.end} for p in read_table(parts["plan9"])
+            ]
+        info["fat"] = []
+        for name in ("9fat", "dos", "esp"):
+            if name in parts:
+                try:
+                    info["fat"].append(_fat_info(parts[name], name))
+                except ImageBuildError as err:
+                    info.setdefault("problems", []).append(f"{name}: {err}")
+        return info
+
+
+def _allocated_size(path: Path) -> int:
+    st = os.stat(path)
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def cat(path: Path, spec: str) -> bytes:
+    """`9fat:plan9.ini` -> the file's bytes."""
+    from imagebuild.fat import FatVolume
+
+    part, sep, file = spec.partition(":")
+    if not sep or not part or not file:
+        raise ImageBuildError(f"{spec!r}: expected PARTITION:PATH, e.g. 9fat:plan9.ini")
+    with open_image(path) as image:
+        disk = BlockDevice(image.storage, name=path.name)
+        parts = partitions(disk, libparted_table(disk))
+        if part not in parts:
+            have = ", ".join(n for n, _, _ in parts) or "none"
+            raise ImageBuildError(f"{path}: no partition {part!r} (partitions: {have})")
+        if part not in ("9fat", "dos", "esp"):
+            raise ImageBuildError(f"{path}: partition {part!r} holds no file system we read")
+        return FatVolume(parts[part]).read(file)
