@@ -23,6 +23,8 @@ FORMATS = ("qcow2", "raw")
 MAX_EXTENDS_DEPTH = 8
 
 MiB = 1 << 20
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+               dict: "a table"}
 
 # key -> (type, required); tables are checked by their own schema below.
 _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -198,8 +200,9 @@ def _check_table(
             continue
         value = table[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise RecipeError(f"{path}: key '{prefix}{key}' must be a {names}, not {value!r}")
+            kinds = (kind,) if isinstance(kind, type) else kind
+            names = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            raise RecipeError(f"{path}: key '{prefix}{key}' must be {names}, not {value!r}")
 
 
 def _strings(path: Path, key: str, value: list[Any]) -> tuple[str, ...]:
