@@ -3,6 +3,8 @@
     doit                     build the default targets into out/
     doit list                the targets, one line each
     doit root=/n/src9        build from a 9front tree (or set IMAGEBUILD_ROOT)
+    doit set="plan9.console=1 config.all.gpu_mem=32"
+                             template variables, applied to the targets that have them
     doit -n 2                build in parallel
     doit clean               remove the images
 
@@ -27,8 +29,8 @@ from imagebuild.errors import ImageBuildError
 from imagebuild.recipe import Recipe, list_recipes, load_recipe
 from imagebuild.render import template_files
 
-OUT = Path("out")
-OUT.mkdir(exist_ok=True)
+OUT = Path(os.environ.get("IMAGEBUILD_OUT", "out"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 DOIT_CONFIG = {
     "dep_file": str(OUT / ".doit.db"),
@@ -43,14 +45,20 @@ def _root() -> Path:
     return make_demo_root(OUT / "demo-root").resolve()
 
 
-def _target_task(recipe: Recipe, root: Path) -> Callable[[], dict[str, Any]]:
+def _sets() -> list[str]:
+    return str(get_var("set", "")).split()
+
+
+def _target_task(recipe: Recipe, root: Path, sets: list[str]) -> Callable[[], dict[str, Any]]:
     output = OUT / recipe.output
+    mine = [s for s in sets if s.split(".", 1)[0] in recipe.vars]
+    set_args = [arg for s in mine for arg in ("--set", s)]
 
     def task() -> dict[str, Any]:
         return {
             "actions": [[
                 sys.executable, "-m", "imagebuild", "build", recipe.name,
-                "--root", str(root), "-o", str(output), "--plain",
+                "--root", str(root), "-o", str(output), "--plain", *set_args,
             ]],
             "file_dep": [
                 *(str(p) for p in recipe.sources),
@@ -59,26 +67,27 @@ def _target_task(recipe: Recipe, root: Path) -> Callable[[], dict[str, Any]]:
             ],
             "targets": [str(output)],
             "clean": True,
-            # a different root is a different build even where the files match
-            "uptodate": [_root_unchanged(root)],
+                # a different root or --set is a different build even where the files match
+            "uptodate": [_config_unchanged(root, mine)],
         }
 
     task.__doc__ = f"{recipe.output}: {recipe.description}"
     return task
 
 
-def _root_unchanged(root: Path) -> Any:
+def _config_unchanged(root: Path, sets: list[str]) -> Any:
     from doit.tools import config_changed
 
-    return config_changed({"root": str(root)})
+    return config_changed({"root": str(root), "set": sets})
 
 
 def _register() -> list[str]:
     root = _root()
+    sets = _sets()
     defaults = []
     for name in list_recipes():
         recipe = load_recipe(name)
-        globals()[f"task_{name}"] = _target_task(recipe, root)
+        globals()[f"task_{name}"] = _target_task(recipe, root, sets)
         if recipe.default:
             defaults.append(name)
     return defaults

@@ -1,0 +1,173 @@
+"""End to end: every target built from a generated root, checked with independent tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuild.recipe import load_recipe
+from tests.conftest import tool_env
+
+MiB = 1 << 20
+
+
+def run(*cmd: str | Path) -> str:
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True,
+                          env=tool_env()).stdout
+
+
+def as_raw(image: Path, tmp_path: Path) -> Path:
+    """A raw copy through qemu-img (an independent qcow2 reader) or the file itself."""
+    if image.suffix != ".qcow2":
+        return image
+    raw = tmp_path / (image.stem + ".raw")
+    run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw)
+    return raw
+
+
+def sfdisk_partitions(raw: Path) -> list[dict[str, object]]:
+    table = json.loads(run("sfdisk", "--json", raw))["partitiontable"]
+    assert table["label"] == "dos"
+    parts: list[dict[str, object]] = table["partitions"]
+    return parts
+
+
+def extract(raw: Path, start: int, sectors: int, dest: Path) -> Path:
+    """Copy a partition out of a raw image, keeping zero runs sparse."""
+    with raw.open("rb") as src, dest.open("wb") as out:
+        src.seek(start * 512)
+        left = sectors * 512
+        while left:
+            chunk = src.read(min(left, 4 * MiB))
+            if chunk.count(0) == len(chunk):
+                out.seek(len(chunk), 1)
+            else:
+                out.write(chunk)
+            left -= len(chunk)
+        out.truncate(sectors * 512)
+    return dest
+
+
+def boot_partition(name: str, raw: Path) -> tuple[int, int]:
+    """(start, sectors) of the FAT the recipe formats, found through sfdisk and the Plan 9 table."""
+    from imagebuild.blockdev import BlockDevice, RawFile
+    from imagebuild.prep import read_table
+
+    parts = sfdisk_partitions(raw)
+    recipe = load_recipe(name)
+    if recipe.fat_partition == "dos":
+        (fat,) = [p for p in parts if p["type"] in ("b", "c", "e", "6")]
+        return int(fat["start"]), int(fat["size"])  # type: ignore[call-overload]
+    (plan9,) = [p for p in parts if p["type"] == "39"]
+    start = int(plan9["start"])  # type: ignore[call-overload]
+    with RawFile(raw) as f:
+        disk = BlockDevice(f)
+        table = read_table(disk.slice(start, start + int(plan9["size"]), "plan9"))  # type: ignore[call-overload]
+    (p9fat,) = [p for p in table if p.name == "9fat"]
+    return start + p9fat.start, p9fat.end - p9fat.start
+
+
+@pytest.mark.parametrize("name", ["amd64.qcow2", "arm64.qcow2"])
+def test_qcow2_targets_pass_qemu_img_check(built: dict[str, Path], name: str) -> None:
+    info = json.loads(run("qemu-img", "info", "--output=json", built[name]))
+    assert info["format"] == "qcow2"
+    assert info["virtual-size"] == load_recipe(name).mb * MiB  # disk/qcowfs -n mb*1048576
+    run("qemu-img", "check", built[name])  # exit status 0: no errors, no leaks
+
+
+@pytest.mark.parametrize("name", ["pi.img", "pi3.img", "zynq.img", "reform.img", "honeycomb.img"])
+def test_raw_targets_have_the_dd_size(built: dict[str, Path], name: str) -> None:
+    # dd -bs 1048576 -oseek $mb -count 1
+    assert built[name].stat().st_size == (load_recipe(name).mb + 1) * MiB
+
+
+@pytest.mark.parametrize("name", ["amd64.qcow2", "arm64.qcow2", "pi.img", "pi3.img",
+                                  "zynq.img", "reform.img", "honeycomb.img"])
+def test_boot_partition_is_clean_and_holds_every_file(
+    built: dict[str, Path], root: Path, name: str, tmp_path: Path
+) -> None:
+    from imagebuild.build import BuildOptions, plan_build
+
+    raw = as_raw(built[name], tmp_path)
+    start, sectors = boot_partition(name, raw)
+    fat = extract(raw, start, sectors, tmp_path / "fat.img")
+    fsck = subprocess.run(["fsck.fat", "-n", str(fat)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    plan = plan_build(load_recipe(name), BuildOptions(root=root))
+    listing = run("mdir", "-b", "-i", fat, "::")
+    assert len(listing.split()) == len(plan.fat_files)
+    for fname, data in plan.fat_files:
+        got = subprocess.run(["mtype", "-i", str(fat), f"::{fname}"], capture_output=True,
+                             check=True, env=tool_env()).stdout
+        assert got == data, fname
+
+
+def test_plan9_ini_has_the_mkfile_content(built: dict[str, Path]) -> None:
+    from imagebuild.inspect import cat
+
+    assert cat(built["amd64.qcow2"], "9fat:plan9.ini") == b"bootfile=9pc64\nconsole=0\n"
+    assert cat(built["arm64.qcow2"], "dos:plan9.ini") == b"console=0\nvgasize=text\n"
+    assert cat(built["zynq.img"], "9fat:plan9.ini") == b"bootfile=9zynq\n"
+
+
+def test_pi_config_txt_has_the_mkfile_sections(built: dict[str, Path]) -> None:
+    from imagebuild.inspect import cat
+
+    text = cat(built["pi.img"], "dos:config.txt").decode()
+    assert [line for line in text.splitlines() if line.startswith("[")] == [
+        "[pi0]", "[pi1]", "[pi2]", "[pi3]", "[all]"]
+    assert cat(built["pi3.img"], "dos:cmdline.txt") == b"console=0\n"
+
+
+def test_reform_flash_bin_is_at_byte_33792(built: dict[str, Path], root: Path) -> None:
+    flash = (root / "sys/src/boot/reform/flash.bin").read_bytes()
+    with built["reform.img"].open("rb") as f:
+        f.seek(33792)
+        assert f.read(len(flash)) == flash
+
+
+def test_amd64_mbr_boot_code_is_386_mbr(built: dict[str, Path], root: Path, tmp_path: Path) -> None:
+    raw = as_raw(built["amd64.qcow2"], tmp_path)
+    mbr = (root / "386/mbr").read_bytes()
+    with raw.open("rb") as f:
+        sector0 = f.read(512)
+    assert sector0[:len(mbr)] == mbr[:446]
+    assert sector0[510:] == b"\x55\xaa"
+    (p,) = sfdisk_partitions(raw)
+    assert p["type"] == "39" and p.get("bootable") is True
+
+
+def test_same_layout_on_a_raw_file_and_a_qcow2_view(root: Path, tmp_path: Path) -> None:
+    from imagebuild.blockdev import RawFile
+    from imagebuild.build import BuildOptions, plan_build, write_image
+    from imagebuild.qcow2 import Qcow2Image
+
+    plan = plan_build(load_recipe("amd64.qcow2"), BuildOptions(root=root, timestamp=1))
+    qcow = tmp_path / "a.qcow2"
+    with Qcow2Image.create(qcow, plan.size) as image:
+        write_image(plan, image.data)
+    raw = tmp_path / "a.raw"
+    with RawFile.create(raw, plan.size) as f:
+        write_image(plan, f)
+    run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", qcow, raw)
+
+
+def test_same_inputs_same_sha256(root: Path, tmp_path: Path, sde: int) -> None:
+    from imagebuild.build import BuildOptions, build
+
+    for name in ("amd64.qcow2", "pi.img"):
+        digests = set()
+        for i in range(2):
+            out = tmp_path / f"{i}-{name}"
+            build(load_recipe(name), BuildOptions(root=root, output=out))
+            digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+        assert len(digests) == 1, name
+
+
+def test_qcow2_of_amd64_is_small(built: dict[str, Path]) -> None:
+    # sparse: the file holds the boot partition's data, not 3770 MiB
+    assert built["amd64.qcow2"].stat().st_size < 4 * MiB

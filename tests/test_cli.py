@@ -1,0 +1,123 @@
+"""The command line: one-line errors, exit 1, and no output file on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MiB = 1 << 20
+
+
+def imagebuild(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    return subprocess.run([sys.executable, "-m", "imagebuild", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def copy_root(root: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(root, dest)
+    return dest
+
+
+def test_list_names_every_target() -> None:
+    proc = imagebuild("list")
+    assert proc.returncode == 0
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names == ["amd64.qcow2", "arm64.qcow2", "honeycomb.img", "pi.img", "pi3.img",
+                     "reform.img", "zynq.img"]
+
+
+def test_missing_inputs_are_all_reported_at_once(root: Path, tmp_path: Path) -> None:
+    r = copy_root(root, tmp_path / "root")
+    (r / "amd64/9pc64").unlink()
+    (r / "386/pbs").unlink()
+    out = tmp_path / "out.qcow2"
+    proc = imagebuild("build", "amd64.qcow2", "--root", r, "-o", out)
+    assert_one_line_error(proc, "amd64/9pc64", "386/pbs", "missing")
+    assert not out.exists()
+    assert list(tmp_path.glob(".*tmp")) == []
+
+
+def test_bad_recipe_key(tmp_path: Path, root: Path) -> None:
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('extends = "amd64.qcow2"\nmegabytes = 10\n')
+    proc = imagebuild("build", recipe, "--root", root, "-o", tmp_path / "x.qcow2")
+    assert_one_line_error(proc, str(recipe), "megabytes")
+    assert not (tmp_path / "x.qcow2").exists()
+
+
+def test_template_error_names_template_and_line(tmp_path: Path, root: Path) -> None:
+    templates = tmp_path / "t"
+    templates.mkdir()
+    (templates / "plan9.ini").write_text("bootfile={{ plan9.bootfile }}\n{{ plan9.oops }}\n")
+    out = tmp_path / "x.qcow2"
+    proc = imagebuild("build", "amd64.qcow2", "--root", root, "-o", out,
+                      "--template-dir", templates)
+    assert_one_line_error(proc, "plan9.ini:2", "oops")
+    assert not out.exists()
+
+
+def test_file_too_big_for_the_boot_partition(tmp_path: Path, root: Path) -> None:
+    big = tmp_path / "huge"
+    with big.open("wb") as f:  # sparse, 200 MiB: more than the 100 MiB FAT partition
+        f.truncate(200 * MiB)
+    out = tmp_path / "x.img"
+    proc = imagebuild("build", "pi.img", "--root", root, "-o", out, "--file", f"huge={big}")
+    assert_one_line_error(proc)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere; see the chattr variant")
+def test_unwritable_output_directory(tmp_path: Path, root: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    proc = imagebuild("build", "zynq.img", "--root", root, "-o", locked / "x.img")
+    assert_one_line_error(proc, str(locked))
+
+
+def test_output_directory_that_is_a_file(tmp_path: Path, root: Path) -> None:
+    # works as root too: a path below a regular file cannot be created
+    blocker = tmp_path / "out"
+    blocker.write_text("")
+    proc = imagebuild("build", "zynq.img", "--root", root, "-o", blocker / "x.img")
+    assert_one_line_error(proc, str(blocker))
+
+
+def test_unknown_target(root: Path) -> None:
+    proc = imagebuild("build", "vax.img", "--root", root)
+    assert_one_line_error(proc, "vax.img", "known:")
+
+
+def test_build_then_inspect_and_cat(tmp_path: Path, root: Path) -> None:
+    out = tmp_path / "z.img"
+    proc = imagebuild("build", "zynq.img", "--root", root, "-o", out, "--plain",
+                      "--set", "plan9.console=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "MBR partitions" in proc.stdout and "plan9.ini" in proc.stdout
+    cat = imagebuild("cat", out, "9fat:plan9.ini")
+    assert cat.stdout == "bootfile=9zynq\nconsole=1\n"
+    inspect = imagebuild("inspect", out, "--json")
+    assert '"fat_bits"' in inspect.stdout
+
+
+def test_corrupt_image_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.qcow2"
+    bad.write_bytes(b"QFI\xfb" + bytes(60))
+    assert_one_line_error(imagebuild("inspect", bad), str(bad))
