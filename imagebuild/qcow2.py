@@ -396,6 +396,23 @@ class Qcow2Image:
     def file_size(self) -> int:
         return self._file_size
 
+    def info(self) -> dict[str, Any]:
+        """A summary of the header (snake_case keys; qcow2_tools.info() gives qemu-img's)."""
+        h = self.header
+        return {
+            "version": h.version,
+            "virtual_size": h.size,
+            "cluster_size": self.cluster_size,
+            "refcount_bits": 1 << h.refcount_order,
+            "compression_type": "zstd" if h.compression_type == COMPRESSION_ZSTD else "zlib",
+            "backing_file": h.backing_file,
+            "backing_format": h.backing_format,
+            "dirty": bool(h.incompatible_features & INCOMPAT_DIRTY),
+            "corrupt": bool(h.incompatible_features & INCOMPAT_CORRUPT),
+            "snapshots": h.nb_snapshots,
+            "file_size": self._file_size,
+        }
+
     def pread(self, size: int, offset: int) -> bytes:
         buf = bytearray(size)
         self.readinto(memoryview(buf), offset)
