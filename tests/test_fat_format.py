@@ -1,0 +1,182 @@
+"""disk/format (imagebuild.fat.format_fat) checked by independent readers: fsck.fat and mtools.
+
+Each FAT is formatted into a partition of a sparse raw disk (so hidden
+sectors and geometry are real), then the partition is copied to a file of
+its own for fsck.fat and mtools.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuild.blockdev import BlockDevice, RawFile
+from imagebuild.fat import FatError, FatFile, FatParams, FatVolume, format_fat
+
+TIMESTAMP = 1700000000  # 2023-11-14T22:13:20Z
+PART_START = 63
+
+needs_fsck = pytest.mark.skipif(shutil.which("fsck.fat") is None, reason="needs fsck.fat")
+needs_mtools = pytest.mark.skipif(shutil.which("mdir") is None, reason="needs mtools")
+
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# The names of the dist mkfile's FAT files, with their 8.3 fate in format.c.
+MKFILE_FILES = [
+    FatFile("9bootfat", payload(60_000, 1)),  # 8.3, DSYSTEM (cistrncmp(s, "9boot", 5))
+    FatFile("plan9.ini", b"bootfile=9pc64\nconsole=0\n"),  # 8.3, stored PLAN9   INI
+    FatFile("9pc64", payload(300_000, 2)),
+    FatFile("LICENCE.broadcom", payload(1500, 3)),  # extension > 3: long name
+    FatFile("bcm2711-rpi-4-b.dtb", payload(40_000, 4)),  # too long: long name
+    FatFile("empty", b""),  # no cluster (start 0)
+    FatFile("Ünïcode name with spaces and more than 26 chars.txt", b"hello\n"),  # 4 slots
+]
+
+
+def make_partition(tmp_path: Path, secs: int, start: int = PART_START) -> tuple[RawFile, BlockDevice]:
+    storage = RawFile.create(tmp_path / "disk.img", (start + secs) * 512)
+    disk = BlockDevice(storage)
+    return storage, disk.slice(start, start + secs, "dos")
+
+
+def extract(storage: RawFile, part: BlockDevice, path: Path) -> Path:
+    path.write_bytes(storage.pread(part.size, part.start * 512))
+    return path
+
+
+def fsck(image: Path) -> list[str]:
+    """fsck.fat -n's findings: its output without the banner, the summary and blank lines."""
+    out = subprocess.run(["fsck.fat", "-n", str(image)], capture_output=True, text=True,
+                         check=False)
+    assert "only space for" not in out.stdout + out.stderr, out.stdout + out.stderr
+    lines = (out.stdout + out.stderr).splitlines()
+    return [
+        line for line in lines
+        if line.strip()
+        and not line.startswith("fsck.fat ")
+        and line != "Leaving filesystem unchanged."
+        and not line.startswith(f"{image}: ")
+    ]
+
+
+# Every FAT disk/format writes gets this from fsck.fat: format fills in the BPB
+# label ("CYLINDRICAL") but writes no volume-label entry into the root directory.
+LABEL_MESSAGE = [
+    "Label in boot sector is 'CYLINDRICAL', but there is no volume label in root directory.",
+    "  Auto-removing label from boot sector.",
+]
+
+
+def mtools_env() -> dict[str, str]:
+    # mtools refuses a FAT whose size is not a whole number of tracks of its BPB
+    # geometry (format takes the geometry from the disk, not the partition);
+    # MTOOLS_SKIP_CHECK turns those consistency checks off.
+    return dict(os.environ, MTOOLS_SKIP_CHECK="1", MTOOLS_NO_VFAT="0")
+
+
+def mdir(image: Path) -> str:
+    return subprocess.run(["mdir", "-a", "-i", str(image), "::"], env=mtools_env(),
+                          capture_output=True, text=True, check=True).stdout
+
+
+def mtype(image: Path, name: str) -> bytes:
+    return subprocess.run(["mtype", "-i", str(image), f"::{name}"], env=mtools_env(),
+                          capture_output=True, check=True).stdout
+
+
+def format_and_extract(
+    tmp_path: Path, secs: int, files: list[FatFile], **kwargs: object
+) -> tuple[FatParams, Path]:
+    storage, part = make_partition(tmp_path, secs)
+    params = format_fat(part, files, timestamp=TIMESTAMP, **kwargs)  # type: ignore[arg-type]
+    image = extract(storage, part, tmp_path / "part.img")
+    storage.close()
+    return params, image
+
+
+@needs_fsck
+@needs_mtools
+@pytest.mark.parametrize(
+    ("secs", "cluster", "fat_bits"),
+    [
+        (3000, None, 12),  # 1.5 MiB: defcluster -> 1 sector, 2966 clusters < 4085
+        (204800, None, 16),  # the 100 MiB 9fat: 8-sector clusters, 25570 clusters
+        (81920, 1, 32),  # 40 MiB with -c 1: 80655 clusters >= 65525
+    ],
+)
+def test_fat_independent_readers_agree(
+    tmp_path: Path, secs: int, cluster: int | None, fat_bits: int
+) -> None:
+    params, image = format_and_extract(tmp_path, secs, MKFILE_FILES, cluster_sectors=cluster)
+    assert params.fat_bits == fat_bits
+    findings = fsck(image)
+    if fat_bits == 32:
+        # format.c writes bootbak = 0, a Fatinfo without the 0xAA550000 trail
+        # signature (so fsck.fat also calls the free count uninitialized).
+        expected = [
+            "There is no backup boot sector.",
+            "  Auto-creating backup boot block.",
+            "Created backup of boot sector in sector 1",
+            "FSINFO sector has bad magic number(s):",
+            "  Offset 508: 0x00000000 != expected 0xaa550000",
+            "  Auto-correcting it.",
+            *LABEL_MESSAGE,
+        ]
+        assert findings[: len(expected)] == expected
+        assert len(findings) == len(expected) + 1
+        assert findings[-1].startswith("Free cluster summary uninitialized (should be ")
+    else:
+        assert findings == LABEL_MESSAGE
+
+    listing = mdir(image)
+    for file in MKFILE_FILES:
+        assert mtype(image, file.name) == file.data, file.name
+    # format's alias counter runs through its check pass first: 3 long names
+    # take ids 0..2 there, so the commit pass writes ~3, ~4, ~5.
+    assert "LICENC~3 BRO" in listing and "LICENCE.broadcom" in listing
+    assert "BCM271~4 DTB" in listing
+    assert "9BOOTFAT" in listing and "PLAN9    INI" in listing
+
+
+@needs_mtools
+def test_fat_mtools_sees_format_timestamps_and_sizes(tmp_path: Path) -> None:
+    _, image = format_and_extract(tmp_path, 4000, [FatFile("plan9.ini", b"x" * 123)])
+    listing = mdir(image)
+    # 2023-11-14 22:13:20 UTC, stored as DOS date and time (2-second resolution)
+    assert "PLAN9    INI       123 2023-11-14  22:13" in listing
+
+
+def test_fat_deterministic(tmp_path: Path) -> None:
+    images = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        _, image = format_and_extract(tmp_path / run, 20000, MKFILE_FILES)
+        images.append(image.read_bytes())
+    assert images[0] == images[1]
+
+
+def test_fat_reader_reads_everything_back(tmp_path: Path) -> None:
+    params, image = format_and_extract(tmp_path, 20000, MKFILE_FILES)
+    volume = FatVolume(BlockDevice(RawFile(image)))
+    assert volume.params == params
+    names = [e.name for e in volume.listdir("/")]
+    assert names == ["9BOOTFAT", "PLAN9.INI", "9PC64", "LICENCE.broadcom",
+                     "bcm2711-rpi-4-b.dtb", "EMPTY", MKFILE_FILES[-1].name]
+    for file in MKFILE_FILES:
+        assert volume.read(file.name) == file.data
+
+
+def test_fat_too_many_files_leaves_device_untouched(tmp_path: Path) -> None:
+    storage, part = make_partition(tmp_path, 2000)  # 10 root sectors: 160 entries
+    files = [FatFile(f"f{i}", b"x") for i in range(161)]
+    with pytest.raises(FatError, match="too many files in root"):
+        format_fat(part, files)
+    assert storage.pread(part.size, part.start * 512) == bytes(part.size)
