@@ -363,7 +363,7 @@ def plan_layout(
     reserved: int = 1,
     disk_type: str | None = None,
     fat_bits: int | None = None,
-    label: str | None = None,
+    label: str | bytes | None = None,
     cluster_sectors: int | None = None,
     timestamp: int = 0,
 ) -> FatPlan:
@@ -388,9 +388,11 @@ def plan_layout(
     if label is None:
         label_bytes = DEFAULT_LABEL
     else:
-        if not label.isascii():
-            raise FatError(f"volume label {label!r}: must be ASCII")
-        label_bytes = label.encode()[:LABEL_SIZE].ljust(LABEL_SIZE, b" ")
+        # format.c -l: the first 11 bytes, blank padded, case kept
+        raw = label.encode() if isinstance(label, str) else bytes(label)
+        if not raw.isascii() or any(c < 0x20 for c in raw):
+            raise FatError(f"volume label {label!r}: must be printable ASCII")
+        label_bytes = raw[:LABEL_SIZE].ljust(LABEL_SIZE, b" ")
     if secs >= 1 << 32:
         raise FatError(f"partition of {secs} sectors: a FAT counts at most 2^32-1")
     if secs < ROOT_DIR_FRACTION:
@@ -577,7 +579,7 @@ def format_fat(
     reserved: int = 1,
     disk_type: str | None = None,
     fat_bits: int | None = None,
-    label: str | None = None,
+    label: str | bytes | None = None,
     cluster_sectors: int | None = None,
     dos: bool = True,
     xflag: bool = False,

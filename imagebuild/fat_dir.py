@@ -205,12 +205,13 @@ def dos_time_date(timestamp: int) -> tuple[int, int]:
     return time, date
 
 
-def dos_datetime(time: int, date: int) -> datetime | None:
-    """A DOS time and date as a UTC datetime; None when the fields name no valid instant."""
+def dos_datetime(time: int, date: int) -> datetime:
+    """A DOS time and date as a UTC datetime; 1980-01-01 when the fields name no valid
+    instant (month 0, 24 o'clock, ...), as mtools shows such entries."""
     try:
         return datetime(
             1980 + (date >> 9), (date >> 5) & 15, date & 31,
             time >> 11, (time >> 5) & 63, (time & 31) * 2, tzinfo=UTC,
         )
     except ValueError:
-        return None
+        return datetime.fromtimestamp(DOS_EPOCH, UTC)

@@ -46,7 +46,7 @@ class FatEntry:
     short_name: str
     size: int
     attributes: int
-    mtime: datetime | None  # UTC; None when the stored date is not a valid one
+    mtime: datetime  # UTC; 1980-01-01 when the stored date is not a valid one
     is_dir: bool
     first_cluster: int
 

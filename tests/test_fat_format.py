@@ -41,7 +41,9 @@ MKFILE_FILES = [
 ]
 
 
-def make_partition(tmp_path: Path, secs: int, start: int = PART_START) -> tuple[RawFile, BlockDevice]:
+def make_partition(
+    tmp_path: Path, secs: int, start: int = PART_START
+) -> tuple[RawFile, BlockDevice]:
     storage = RawFile.create(tmp_path / "disk.img", (start + secs) * 512)
     disk = BlockDevice(storage)
     return storage, disk.slice(start, start + secs, "dos")
