@@ -68,10 +68,12 @@ from imagebuild.qcow2_format import (
     REFCOUNT_TABLE_FIELDS,
     REFCOUNT_TABLE_FIELDS_OFFSET,
     REFT_OFFSET_MASK,
+    SECTOR,
     TABLE_ENTRY_SIZE,
     HeaderExtension,
     Qcow2Header,
     Snapshot,
+    align_up,
     decode_refcount_block,
     decode_table,
     encode_refcount_block,
@@ -242,7 +244,8 @@ class Qcow2Image:
                refcount_order: int = DEFAULT_REFCOUNT_ORDER) -> Qcow2Image:
         """Create (or truncate) an image and return it open for writing.
 
-        `size` defaults to the backing file's size.  A relative `backing_file`
+        `size` defaults to the backing file's size; like qemu-img, it is rounded
+        up to a multiple of 512.  A relative `backing_file`
         is stored as given and resolved against the new image's directory.
         """
         name = os.fspath(path)
@@ -272,7 +275,7 @@ class Qcow2Image:
             raise ImageBuildError(f"{name}: no size given and no backing file to take it from")
         if size < 0:
             raise OutOfRangeError(f"{name}: virtual size {size} is negative")
-        header.size = size
+        header.size = align_up(size, SECTOR)  # qemu-img rounds sizes up to whole sectors too
         header.l1_size = l1_size_for(size, bits)
         if header.l1_size * TABLE_ENTRY_SIZE > MAX_L1_BYTES:
             if backing is not None:
@@ -604,11 +607,15 @@ class Qcow2Image:
                     piece = Extent(kind, pos, stop - pos, host + within)
                 elif kind is ClusterKind.COMPRESSED:
                     piece = Extent(kind, pos, stop - pos, within, entry)
+                elif kind is ClusterKind.ZERO and entry & L2E_OFFSET_MASK:
+                    # preallocated zero cluster: the host offset is kept for map()
+                    piece = Extent(kind, pos, stop - pos, (entry & L2E_OFFSET_MASK) + within)
                 else:
                     piece = Extent(kind, pos, stop - pos)
             if run is not None and run.kind is piece.kind and piece.kind is not \
                     ClusterKind.COMPRESSED and (
-                    piece.kind is not ClusterKind.NORMAL or run.host + run.length == piece.host):
+                    run.host == piece.host == 0 or
+                    (run.host and run.host + run.length == piece.host)):
                 run = Extent(run.kind, run.start, run.length + piece.length, run.host)
             else:
                 if run is not None:

@@ -175,8 +175,8 @@ def _count_l1(image: Qcow2Image, refs: _References, result: CheckResult,
     cs = image.cluster_size
     bits = image.cluster_bits
     copied_checks: list[CopiedCheck] = []
-    next_contiguous = 0
     for l1i, l1e in enumerate(l1):
+        next_contiguous = 0  # QEMU counts fragmentation within each L2 table
         l2_offset = l1e & L1E_OFFSET_MASK
         if not l2_offset:
             continue
@@ -215,10 +215,10 @@ def _count_l1(image: Qcow2Image, refs: _References, result: CheckResult,
                 continue
             if host & (cs - 1):
                 result.corruptions += 1
-                zero = " (zero cluster)" if image.version >= 3 and entry & OFLAG_ZERO else ""
+                zero = image.version >= 3 and entry & OFLAG_ZERO
+                kind = "Preallocated cluster" if zero else "Data cluster"
                 result.messages.append(
-                    f"ERROR offset={host:x}: Cluster{zero} is not properly aligned; L2 entry "
-                    f"corrupted"
+                    f"ERROR offset={host:x}: {kind} is not properly aligned; L2 entry corrupted."
                 )
                 continue
             refs.add(host, cs, "data cluster")

@@ -139,9 +139,10 @@ def _layer_map(image: Qcow2Image | RawImage, start: int, end: int, depth: int,
         if ext.kind is ClusterKind.NORMAL:
             yield {**base, "present": True, "zero": False, "data": True, "offset": ext.host}
         elif ext.kind is ClusterKind.COMPRESSED:
-            yield {**base, "present": True, "zero": False, "data": True, "compressed": True}
+            yield {**base, "present": True, "zero": False, "data": True}  # no offset
         elif ext.kind is ClusterKind.ZERO:
-            yield {**base, "present": True, "zero": True, "data": False}
+            offset = {"offset": ext.host} if ext.host else {}
+            yield {**base, "present": True, "zero": True, "data": False, **offset}
         elif image.backing is not None:
             assert isinstance(image.backing, (Qcow2Image, RawImage))
             yield from _layer_map(image.backing, ext.start, ext.start + ext.length, depth + 1)
@@ -153,12 +154,12 @@ def _layer_map(image: Qcow2Image | RawImage, start: int, end: int, depth: int,
 
 
 def _mergeable(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    for key in ("depth", "present", "zero", "data", "compressed"):
-        if a.get(key) != b.get(key):
+    for key in ("depth", "present", "zero", "data"):
+        if a[key] != b[key]:
             return False
     if "offset" in a or "offset" in b:
         return "offset" in a and "offset" in b and a["offset"] + a["length"] == b["offset"]
-    return not a.get("compressed")
+    return True
 
 
 def map_image(target: str | os.PathLike[str] | Qcow2Image | RawImage) -> list[dict[str, Any]]:
@@ -168,13 +169,10 @@ def map_image(target: str | os.PathLike[str] | Qcow2Image | RawImage) -> list[di
     try:
         merged: list[dict[str, Any]] = []
         for entry in _layer_map(image, 0, image.size, 0):
-            entry.pop("compressed", None) if not entry.get("compressed") else None
             if merged and _mergeable(merged[-1], entry):
                 merged[-1]["length"] += entry["length"]
             else:
                 merged.append(entry)
-        for entry in merged:
-            entry.pop("compressed", None)
         return merged
     finally:
         if owned:
