@@ -405,10 +405,17 @@ def plan_layout(
         if len(file.data) > MAX_FILE_SIZE:
             raise FatError(f"file {file.name!r} too big ({len(file.data)} bytes)")
 
+    if fat_bits is not None:
+        chosen = _fit_layout(_Pass(reserved), secs, sector_size, cluster, 12)
+        if chosen.fat_bits != fat_bits:
+            raise FatError(
+                f"FAT width {fat_bits}: format's rules give this {secs}-sector partition "
+                f"FAT{chosen.fat_bits} ({chosen.clusters - 2} clusters of {cluster} sectors)"
+            )
     state = _Pass(reserved=reserved)
     plan = None
     for _ in ("check", "commit"):
-        plan = _plan_pass(state, secs, sector_size, dtype, cluster, fat_bits, label_bytes,
+        plan = _plan_pass(state, secs, sector_size, dtype, cluster, label_bytes,
                           hidden_sectors, files, timestamp)
     assert plan is not None
     return plan
@@ -420,21 +427,14 @@ def _plan_pass(
     sector_size: int,
     dtype: DiskType,
     cluster: int,
-    fat_bits: int | None,
     label: bytes,
     hidden_sectors: int,
     files: Sequence[FatFile],
     timestamp: int,
 ) -> FatPlan:
-    layout = _fit_layout(state, secs, sector_size, cluster, fat_bits or 12)
-    data_clusters = layout.clusters - 2
-    if data_clusters < 1:
+    layout = _fit_layout(state, secs, sector_size, cluster, 12)
+    if layout.clusters - 2 < 1:
         raise FatError(f"partition of {secs} sectors is too small for one {cluster}-sector cluster")
-    if fat_bits is not None and fat_bits != layout.fat_bits:
-        raise FatError(
-            f"FAT width {fat_bits}: format's rules give this {secs}-sector partition "
-            f"FAT{layout.fat_bits} ({data_clusters} clusters of {cluster} sectors)"
-        )
     is32 = layout.fat_bits == 32
     params = FatParams(
         jump=DEFAULT_JUMP,
