@@ -1,0 +1,305 @@
+"""disk/prep: golden Plan 9 tables derived by hand from prep.c's autoxpart().
+
+The rules (sys/src/cmd/disk/prep/prep.c), sizes in 512-byte sectors:
+
+* autox[] in layout order with (min, max, weight): 9fat (20480, 204800, 10),
+  nvram (1, 1, 1), fs (409600, none, 10), ...
+* each round offers every unsized partition (secs*weight)/totw of what is
+  left (rounded down); the first under its minimum gets the minimum and the
+  round restarts; else the first over its maximum gets the maximum; else all
+  take their shares in order, each taking its weight out of totw, so the last
+  one gets the rounding leftovers.
+* layout: from sector 0 with 9fat, else from 2; partfs gives no alignment
+  (stride 1); a partition ending past the end stops at secs - 1.
+
+The plan9 partition comes from `fdisk -baw` (see test_fdisk.py): secs is the
+disk's cylinders times h*s minus the first track.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from mbr_helpers import GiB, MiB, SparseStorage, make_layout, open_disk
+
+from imagebuild import fdisk, mbr, prep
+from imagebuild.blockdev import BlockDevice, PartFS
+from imagebuild.errors import ImageFormatError, LayoutError
+from imagebuild.prep import Plan9Partition, autopartition, read_table, unpack_table
+
+P = Plan9Partition
+
+
+def _plan9_disk(size: int) -> PartFS:
+    parts = PartFS(BlockDevice(SparseStorage(size)))
+    mbr.install_bootcode(parts["data"])
+    fdisk.fdisk_auto(parts)
+    return parts
+
+
+def _table_text(parts: PartFS) -> str:
+    return parts["plan9"].read_sectors(1).rstrip(b"\0").decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden tables of the mkfile's targets
+# ---------------------------------------------------------------------------------------------
+def test_prep_autopartition_amd64_qcow2_3770mb() -> None:
+    parts = _plan9_disk(3770 * MiB)  # plan9 = 63..7717248: secs 7717185
+    table = prep.prep_auto(parts, ["9fat", "nvram", "fs"])
+    # round 1: totw 21, 9fat share 7717185*10/21 = 3674850 > max 204800 -> 204800
+    # round 2: totw 11 over 7512385: nvram share 682944 > max 1 -> 1
+    # round 3: fs takes all 7512384
+    assert table == [P("9fat", 0, 204800), P("nvram", 204800, 204801), P("fs", 204801, 7717185)]
+    assert _table_text(parts) == (
+        "part 9fat 0 204800\npart nvram 204800 204801\npart fs 204801 7717185\n"
+    )
+    # registered with the plan9 partition's offset 63 added
+    assert list(parts) == [
+        ("plan9", 63, 7717248),
+        ("9fat", 63, 204863),
+        ("nvram", 204863, 204864),
+        ("fs", 204864, 7717248),
+    ]
+
+
+def test_prep_autopartition_generic_1885mb() -> None:
+    parts = _plan9_disk(1885 * MiB)  # plan9 = 63..3858624: secs 3858561
+    table = prep.prep_auto(parts, ["9fat", "nvram", "fs"])
+    # 9fat share 1837410 > 204800 -> 204800; nvram -> 1; fs = 3858561 - 204801 = 3653760
+    assert table == [P("9fat", 0, 204800), P("nvram", 204800, 204801), P("fs", 204801, 3858561)]
+    assert list(parts)[1:] == [
+        ("9fat", 63, 204863), ("nvram", 204863, 204864), ("fs", 204864, 3858624)
+    ]
+
+
+def test_prep_autopartition_generic_300mb() -> None:
+    parts = _plan9_disk(300 * MiB)  # plan9 = 32..614400: secs 614368
+    table = prep.prep_auto(parts, ["9fat", "nvram", "fs"])
+    # round 1: fs share 614368*10/21 = 292556 < min 409600 -> 409600, left 204768
+    # round 2: totw 11: 9fat 186152 within 20480..204800; nvram 18615 > 1 -> 1, left 204767
+    # round 3: 9fat takes 204767 (< its max 204800)
+    assert table == [P("9fat", 0, 204767), P("nvram", 204767, 204768), P("fs", 204768, 614368)]
+    assert list(parts)[1:] == [
+        ("9fat", 32, 204799), ("nvram", 204799, 204800), ("fs", 204800, 614400)
+    ]
+
+
+def test_prep_autopartition_pi_img_1885mb() -> None:
+    parts = PartFS(BlockDevice(SparseStorage(1885 * MiB)))
+    mbr.install_bootcode(parts["data"])
+    fdisk.fdisk_script(parts, "a p1 . .+100M\nt p1 FAT32\na p2 . $\nt p2 PLAN9\nA p1\nw\nq\n")
+    table = prep.prep_auto(parts, ["nvram", "fs"])  # plan9 = 201600..3858624: secs 3657024
+    # nvram -> 1 (over max); fs takes 3657023. No 9fat: start at 2; fs would end at
+    # 3 + 3657023 = 3657026 > 3657024, so it stops at secs - stride = 3657023.
+    assert table == [P("nvram", 2, 3), P("fs", 3, 3657023)]
+    assert _table_text(parts) == "part nvram 2 3\npart fs 3 3657023\n"
+    assert list(parts) == [
+        ("dos", 63, 201600),
+        ("plan9", 201600, 3858624),
+        ("nvram", 201602, 201603),
+        ("fs", 201603, 3858623),
+    ]
+
+
+def test_prep_autopartition_reform_1885mb(tmp_path: Path) -> None:
+    with open_disk("raw", 1885 * MiB, tmp_path) as parts:
+        _, table = make_layout(parts, "reform")
+    # the same plan9 partition as pi (201600..3858624), so the same table
+    assert table == [P("nvram", 2, 3), P("fs", 3, 3657023)]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        # 250 MiB: 64/32 -> plan9 32..512000, secs 511968. fs share 243794 < 409600 -> 409600;
+        # left 102368: nvram -> 1; 9fat takes 102367
+        (250 * MiB, [P("9fat", 0, 102367), P("nvram", 102367, 102368), P("fs", 102368, 511968)]),
+        # 1 GiB: 64/32, 1024 cylinders -> plan9 32..2097152, secs 2097120.
+        # 9fat 998628 > max -> 204800; nvram -> 1; fs 1892319
+        (1 * GiB, [P("9fat", 0, 204800), P("nvram", 204800, 204801), P("fs", 204801, 2097120)]),
+        # 20 GiB: 255/63, 2610 cylinders of 16065 -> plan9 63..41929650, secs 41929587
+        (20 * GiB, [P("9fat", 0, 204800), P("nvram", 204800, 204801),
+                    P("fs", 204801, 41929587)]),
+        # 500 GiB: 65270 cylinders -> plan9 63..1048562550, secs 1048562487
+        (500 * GiB, [P("9fat", 0, 204800), P("nvram", 204800, 204801),
+                     P("fs", 204801, 1048562487)]),
+    ],
+)
+def test_prep_autopartition_sizes(size: int, expected: list[Plan9Partition]) -> None:
+    parts = _plan9_disk(size)
+    assert prep.prep_auto(parts, ["9fat", "nvram", "fs"]) == expected
+    assert read_table(parts["plan9"]) == expected
+
+
+def test_autopartition_every_automatic_partition() -> None:
+    """All of autox[] on a 20 GiB plan9 partition (41943040 sectors), round by round."""
+    table = autopartition(prep.AUTO_NAMES, 41943040)
+    sizes = {p.name: p.size for p in table}
+    # round 1: totw 79, no share under its minimum; 9fat 5309245 > max -> 204800
+    # round 2: totw 69: nvram 604902 > max -> 1;  round 3: totw 68: fscfg -> 1
+    # round 4: totw 67 over 41738238: no minimum or maximum hit (bloom and swap
+    #   622958 <= 1048576, cache 1245917 <= 2097152), so shares in order:
+    #   fs 41738238*10/67 = 6229587          left 35508651, totw 57
+    #   fossil 35508651*4/57 = 2491835       left 33016816, totw 53
+    #   arenas 33016816*20/53 = 12459175     left 20557641, totw 33
+    #   isect 20557641/33 = 622958           left 19934683, totw 32
+    #   bloom 19934683/32 = 622958           left 19311725, totw 31
+    #   other 19311725*4/31 = 2491835        left 16819890, totw 27
+    #   swap 16819890/27 = 622958            left 16196932, totw 26
+    #   cache 16196932*2/26 = 1245917        left 14951015, totw 24
+    #   fscache 14951015*4/24 = 2491835      left 12459180, totw 20
+    #   fsworm 12459180*20/20 = 12459180     left 0
+    assert sizes == {
+        "9fat": 204800, "nvram": 1, "fscfg": 1, "fs": 6229587, "fossil": 2491835,
+        "arenas": 12459175, "isect": 622958, "bloom": 622958, "other": 2491835,
+        "swap": 622958, "cache": 1245917, "fscache": 2491835, "fsworm": 12459180,
+    }
+    assert [p.name for p in table] == list(prep.AUTO_NAMES)  # autox[] order, not ours
+    assert table[0].start == 0 and table[-1].end == 41943040
+    assert all(a.end == b.start for a, b in itertools.pairwise(table))
+
+
+def test_autopartition_order_follows_autox_not_arguments() -> None:
+    assert [p.name for p in autopartition(["fs", "nvram", "9fat"], 4_000_000)] == [
+        "9fat", "nvram", "fs"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error and an untouched image
+# ---------------------------------------------------------------------------------------------
+def test_prep_autopartition_50mb_is_too_small() -> None:
+    parts = _plan9_disk(50 * MiB)  # plan9 32..102400: 102368 sectors < fs's 409600 alone
+    before = parts["plan9"].read_sectors(0, 2)
+    with pytest.raises(LayoutError, match="too small for automatic partitions 9fat nvram fs"):
+        prep.prep_auto(parts, ["9fat", "nvram", "fs"])
+    assert parts["plan9"].read_sectors(0, 2) == before
+    assert [name for name, _, _ in parts] == ["plan9"]
+
+
+def test_prep_autopartition_fs_alone_below_its_minimum_is_refused() -> None:
+    """9front clips fs to the partition (below its 200 MB minimum); we refuse."""
+    parts = _plan9_disk(150 * MiB)
+    with pytest.raises(LayoutError, match="too small"):
+        prep.prep_auto(parts, ["fs"])
+
+
+def test_prep_unknown_and_repeated_names() -> None:
+    parts = _plan9_disk(300 * MiB)
+    with pytest.raises(LayoutError, match="don't know how to create automatic partition 'root'"):
+        prep.prep_auto(parts, ["9fat", "root"])
+    with pytest.raises(LayoutError, match="more than once"):
+        prep.prep_auto(parts, ["fs", "fs"])
+    assert _table_text(parts) == ""
+
+
+def test_prep_refuses_a_fat_boot_sector_in_sector_1() -> None:
+    parts = _plan9_disk(300 * MiB)
+    parts["plan9"].write_sectors(1, b"\xeb\x3c\x90" + bytes(509))
+    with pytest.raises(LayoutError, match="fat partition"):
+        prep.prep_auto(parts, ["9fat", "nvram", "fs"])
+
+
+def test_prep_existing_table_is_kept_without_b() -> None:
+    parts = _plan9_disk(300 * MiB)
+    prep.write_table(parts, [P("fs", 2, 1000)])
+    out: list[str] = []
+    table = prep.prep_auto(parts, ["9fat", "fs"], blank=False, output=out.append)
+    assert table == [P("fs", 2, 1000)]
+    assert out == ["partitions already exist; not repartitioning\n"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Explicit tables and the editor
+# ---------------------------------------------------------------------------------------------
+def test_write_table_explicit_parts_and_registration() -> None:
+    parts = _plan9_disk(300 * MiB)
+    table = prep.write_table(parts, [P("9fat", 0, 2048), P("fs", 4096, 614368)])
+    assert table == [P("9fat", 0, 2048), P("fs", 4096, 614368)]
+    assert _table_text(parts) == "part 9fat 0 2048\npart fs 4096 614368\n"
+    assert ("fs", 32 + 4096, 32 + 614368) in list(parts)
+
+
+@pytest.mark.parametrize(
+    ("partitions", "message"),
+    [
+        ([P("fs", 0, 100)], "overlaps with the pbs and/or the partition table"),
+        ([P("fs", 1, 100)], "overlaps with the pbs"),
+        ([P("a", 2, 100), P("b", 50, 200)], 'start sector in partition "a"'),
+        ([P("a", 100, 200), P("b", 50, 150)], "end out of range"),
+        ([P("a", 2, 614369)], "end out of range"),  # past the partition's 614368 sectors
+        ([P("a", 614368, 614369)], "start out of range"),
+        ([P("a", 5, 5)], "size zero partition"),
+        ([P("a b", 2, 5)], "bad character in name"),
+        ([P("a/b", 2, 5)], "bad character in name"),
+        ([P("", 2, 5)], "partition has no name"),
+        ([P("a", 2, 5), P("a", 6, 9)], 'already have partition with name "a"'),
+    ],
+)
+def test_write_table_validation(partitions: list[Plan9Partition], message: str) -> None:
+    parts = _plan9_disk(300 * MiB)
+    with pytest.raises(LayoutError, match=message):
+        prep.write_table(parts, partitions)
+    assert _table_text(parts) == ""
+    assert [name for name, _, _ in parts] == ["plan9"]
+
+
+def test_write_table_longer_than_a_sector_is_refused() -> None:
+    parts = _plan9_disk(300 * MiB)
+    many = [P(f"p{i:02d}", 2 + i * 1000, 2 + (i + 1) * 1000) for i in range(30)]
+    with pytest.raises(LayoutError, match="do not fit in one 512-byte sector"):
+        prep.write_table(parts, many)
+
+
+def test_prep_script_sectors_and_suffixes() -> None:
+    parts = _plan9_disk(300 * MiB)
+    out: list[str] = []
+    table = prep.prep_script(
+        parts, "a 9fat 0 10M\na nvram . .+1\na fs . $\np\nw\nq\n", output=out.append
+    )
+    # 10M = 10485760/512 = 20480 sectors; `.` follows each add; `$` = end of the gap
+    assert table == [P("9fat", 0, 20480), P("nvram", 20480, 20481), P("fs", 20481, 614368)]
+    # cmdsum: width 9 = digits of 314556416 bytes (614368 sectors)
+    assert "' 9fat                 0 20480     (20480 sectors, 10.00 MB)\n" in "".join(out)
+
+
+def test_prep_script_errors_carry_the_line() -> None:
+    parts = _plan9_disk(300 * MiB)
+    with pytest.raises(LayoutError, match=r"^plan9\.prep:2: overlaps with the pbs"):
+        prep.prep_script(parts, "a nvram 2 3\na fs 1 2\nw\n", source="plan9.prep")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tables
+# ---------------------------------------------------------------------------------------------
+def test_unpack_table_as_prep_reads_it() -> None:
+    sector = b"part 9fat 0 0x10\n\npart  fs\t16 100\r\n".ljust(512, b"\0")
+    assert unpack_table(sector) == [P("9fat", 0, 16), P("fs", 16, 100)]  # base 0 numbers
+    assert unpack_table(b"no table here".ljust(512, b"\0")) == []
+
+
+def test_unpack_table_strict_and_lenient() -> None:
+    bad = b"part fs 10 5\npart other 20 30\n".ljust(512, b"\0")
+    with pytest.raises(ImageFormatError, match="start 10 is not below end 5"):
+        unpack_table(bad)
+    assert unpack_table(bad, strict=False) == [P("other", 20, 30)]  # prep skips the line
+    junk = b"part fs 1x 30\n".ljust(512, b"\0")
+    with pytest.raises(ImageFormatError, match="numbers"):
+        unpack_table(junk)
+    assert unpack_table(junk, strict=False) == [P("fs", 1, 30)]  # strtoll's prefix
+    dup = b"part fs 2 3\npart fs 4 5\n".ljust(512, b"\0")
+    with pytest.raises(ImageFormatError, match="already have"):
+        unpack_table(dup, strict=False)
+    overlap = b"part a 2 10\npart b 5 20\n".ljust(512, b"\0")
+    with pytest.raises(ImageFormatError, match="overlaps"):
+        unpack_table(overlap)
+    with pytest.raises(ImageFormatError, match="outside"):
+        unpack_table(b"part a 2 10\n".ljust(512, b"\0"), secs=8)
+
+
+def test_table_round_trips_through_pack() -> None:
+    table = [P("9fat", 0, 204800), P("nvram", 204800, 204801), P("fs", 204801, 7717185)]
+    assert unpack_table(prep.pack_table(table)) == table
