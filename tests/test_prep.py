@@ -303,3 +303,13 @@ def test_unpack_table_strict_and_lenient() -> None:
 def test_table_round_trips_through_pack() -> None:
     table = [P("9fat", 0, 204800), P("nvram", 204800, 204801), P("fs", 204801, 7717185)]
     assert unpack_table(prep.pack_table(table)) == table
+
+
+def test_prep_autopartition_arm64_qcow2_3770mb(tmp_path: Path) -> None:
+    with open_disk("raw", 3770 * MiB, tmp_path) as parts:
+        _, table = make_layout(parts, "reform")  # the reform script at 3770 MiB
+        registered = list(parts)
+    # plan9 = 201600..7717248 (25..957 cylinders of 8064): secs 7515648; nvram 1;
+    # fs would end at 3 + 7515647 = 7515650 > secs, so it stops at 7515647
+    assert table == [P("nvram", 2, 3), P("fs", 3, 7515647)]
+    assert registered[2:] == [("nvram", 201602, 201603), ("fs", 201603, 7717247)]
