@@ -1,0 +1,927 @@
+"""hjfs writer: the fs partition as `hjfs -r`, the mkfile's console commands and disk/mkfs leave it.
+
+The dist mkfile's `%.disk` rule runs, after the FAT step:
+
+    hjfs -f $d/fs -n $s -S -r
+    echo on; create /dist sys sys 775 d; create /usr sys sys 775 d
+    newuser glenda; newuser adm +glenda; newuser sys +glenda; newuser upas +glenda
+    disk/mkfs -z 4096 -U -s /n/src9 -d /n/newfs <{cat $proto $bootproto}
+
+We replay that sequence on an in-memory model of hjfs, operation by
+operation, in the order the 9P requests reach hjfs, so that block
+allocation, qid paths, versions, owners and times come out as hjfs computes
+them; then we write the final blocks in long runs.  Nothing touches the
+device until the whole tree has been placed, so a tree too big for the
+partition fails before anything is written.
+
+References (9front, sys/src/cmd/hjfs unless noted):
+- fs1.c ream(), createroot(), getfree()/putfree() with the free list,
+  getblk(), trunc(), newentry(), writeusers(), modified();
+- fs2.c chancreat(), chanopen(OTRUNC), chanwrite(), chanwstat();
+- auth.c udef[], userssave(), usersload(), cmdnewuser(), createuserdir();
+- cons.c cmdcreate(); main.c (-S: FSNOPERM|FSCHOWN);
+- sys/src/cmd/disk/mkfs.c protoenum(), uptodate(), mkdir(), copy() with -z;
+- sys/src/libbio (a Biobuf of 4095 bytes flushes 4090 at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+from imagebuild.blockdev import BlockDevice
+from imagebuild.errors import InputError, LayoutError
+from imagebuild.hjfs_layout import (
+    BLOCK,
+    DALLOC,
+    DEPERBLK,
+    DUMPROOTQID,
+    NAMELEN,
+    NDIRECT,
+    NINDIRECT,
+    NOUID,
+    OFFPERBLK,
+    QTDIR,
+    RBLOCK,
+    REFPERBLK,
+    REFSIZ,
+    ROOTQID,
+    SUPERBLK,
+    TRAW,
+    TREF,
+    ZERO_BLOCK,
+    Dentry,
+    FsSummary,
+    Superblock,
+    User,
+    UserTable,
+    block_of,
+    default_users,
+    indirect_path,
+    name_problem,
+    pack_dentries,
+    pack_indir,
+    ref_blocks,
+    to_short,
+    user_problem,
+)
+from imagebuild.proto import DMAPPEND, DMDIR, DMEXCL, ProtoEntry
+
+# The console lines the dist mkfile feeds hjfs between ream and mkfs (its echo on/off omitted).
+MKFILE_CONSOLE: tuple[str, ...] = (
+    "create /dist sys sys 775 d",
+    "create /usr sys sys 775 d",
+    "newuser glenda",
+    "newuser adm +glenda",
+    "newuser sys +glenda",
+    "newuser upas +glenda",
+)
+# Who runs mkfs: its attach name becomes every new file's creator and muid.  It must be a
+# user hjfs knows at that point; the dist is built as glenda.
+MKFS_USER = "glenda"
+DEFAULT_OWNER = ("sys", "sys")
+
+FREELISTLEN = 256  # dat.h: the free-block channel's capacity
+MKFS_BUFLEN = 4096 - 8  # mkfs -z 4096: buflen = 4096-8, the size of each read and write
+MKFS_TMP = b"__mkfstmp"  # copy() writes here, then renames by wstat
+USERS_BIO = RBLOCK - 5  # userssave(): Binits on RBLOCK bytes keeps Bungetsize (UTFmax+1) back
+ADM_UID = -1  # writeusers() and createroot() act as uid -1 ("adm")
+RUN_BYTES = 8 << 20  # write in runs of up to this many bytes
+_FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * _FILE_KEY + file_block
+
+_ZERO_CHUNK = bytes(MKFS_BUFLEN)
+_ZERO_RBLOCK = bytes(RBLOCK)
+
+Progress = Callable[[int], None]
+
+
+# -- block allocation (getfree/putfree) ---------------------------------------------------------
+
+
+class _Allocator:
+    """Reference counts and hjfs's free list.
+
+    getfree() first takes blocks queued on the free list (a channel of 256
+    block numbers), then scans the reference counts from the start for the
+    first free block, allocates it, and queues the following free blocks of
+    the same reference block while the channel has room.  putfree() queues a
+    block it frees if there is room.  During ream the channel does not exist
+    yet (initfs creates it afterwards), so nothing is queued.
+    """
+
+    def __init__(self, size: int, used_below: int) -> None:
+        self.size = size
+        self.refs = bytearray(size)
+        self.refs[:used_below] = b"\x01" * used_below
+        self.freelist: deque[int] | None = None
+        self.low = used_below  # every block below this one is in use
+        self.overflow = 0  # blocks handed out past the end while planning
+
+    def getfree(self) -> int:
+        refs = self.refs
+        freelist = self.freelist
+        if freelist is not None:
+            while freelist:
+                b = freelist.popleft()
+                if refs[b] == 0:
+                    refs[b] = 1
+                    return b
+        b = refs.find(0, self.low)
+        if b < 0:
+            self.overflow += 1
+            return self.size + self.overflow - 1
+        refs[b] = 1
+        self.low = b + 1
+        if freelist is not None:
+            end = min((b // REFPERBLK + 1) * REFPERBLK, self.size)
+            pos = b + 1
+            while len(freelist) < FREELISTLEN:
+                j = refs.find(0, pos, end)
+                if j < 0:
+                    break
+                freelist.append(j)
+                pos = j + 1
+        return b
+
+    def putfree(self, b: int) -> None:
+        if b >= self.size:
+            return
+        self.refs[b] -= 1
+        if self.refs[b] == 0:
+            self.low = min(self.low, b)
+            if self.freelist is not None and len(self.freelist) < FREELISTLEN:
+                self.freelist.append(b)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    """A Dentry and where it lives (hjfs's Loc: block and index), with its entry count."""
+
+    dentry: Dentry
+    blk: int
+    deind: int
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    length: int
+
+
+DirBlock: TypeAlias = "list[Dentry | None]"
+Offsets: TypeAlias = "array[int]"
+# a block's final content: dentries, indirect offsets, raw bytes, or file data (an int key)
+BlockContent: TypeAlias = "DirBlock | Offsets | bytes | int"
+
+
+class HjfsPlan:
+    """The fs partition after ream, console commands and mkfs, held in memory until write()."""
+
+    def __init__(self, size: int, now: int) -> None:
+        self.size = size
+        self.now = now
+        self.fstart = SUPERBLK + 1
+        self.fend = self.fstart + ref_blocks(size)
+        self.alloc = _Allocator(size, self.fend)
+        self.qidpath = DUMPROOTQID + 1
+        self.blocks: dict[int, BlockContent] = {}
+        self.paths: dict[str, _Node] = {}
+        self.sources: list[_Source] = []
+        self.users = UserTable(default_users())
+        self.root = 0
+
+    # -- hjfs internals -------------------------------------------------------------------------
+    def _modified(self, d: Dentry, uid: int) -> None:
+        """fs1.c modified(): every change stamps the time, the modifier and a new version."""
+        d.mtime = d.atime = self.now
+        d.muid = uid
+        d.vers = (d.vers + 1) & 0xFFFFFFFF
+
+    def _getblk(self, d: Dentry, blk: int, create: bool) -> tuple[int, bool]:
+        """fs1.c getblk(): the device block of file block `blk`, allocating on the way.
+
+        Returns (block, new); block 0 when absent and not creating.  New
+        indirect blocks are allocated level by level before the data block.
+        """
+        where = indirect_path(blk)
+        if where is None:
+            table: list[int] | Offsets = d.db
+            index = blk
+        else:
+            level, indexes = where
+            table, index = d.ib, level
+            for next_index in indexes:
+                if table[index] == 0:
+                    if not create:
+                        return 0, False
+                    table[index] = self.alloc.getfree()
+                    self.blocks[table[index]] = array("Q", bytes(8 * OFFPERBLK))
+                content = self.blocks[table[index]]
+                assert isinstance(content, array)
+                table, index = content, next_index
+        if table[index] == 0:
+            if not create:
+                return 0, False
+            table[index] = self.alloc.getfree()
+            return table[index], True
+        return table[index], False
+
+    def _delindir(self, table: list[int] | Offsets, index: int, depth: int) -> None:
+        """fs1.c delindir(): free an indirect tree, children first, zeroing the pointers."""
+        b = table[index]
+        if b == 0:
+            return
+        if depth > 0:
+            content = self.blocks.get(b)
+            if isinstance(content, array):
+                for k in range(OFFPERBLK):
+                    if content[k]:
+                        self._delindir(content, k, depth - 1)
+        self.alloc.putfree(b)
+        table[index] = 0
+
+    def _truncate(self, d: Dentry) -> None:
+        """fs1.c trunc(..., 0): free direct blocks in order, then each indirect tree."""
+        for i in range(NDIRECT):
+            if d.db[i]:
+                self.alloc.putfree(d.db[i])
+                d.db[i] = 0
+        for level in range(NINDIRECT):
+            self._delindir(d.ib, level, level + 1)
+        d.size = 0
+
+    def _dirblock(self, b: int) -> DirBlock:
+        content = self.blocks[b]
+        assert isinstance(content, list)
+        return content
+
+    def _create(self, parent: _Node, name: bytes, perm: int, uid: int, *, noperm: bool) -> _Node:
+        """fs2.c chancreat(): newentry (maybe a new directory block), newqid, modified(parent)."""
+        pd = parent.dentry
+        bi, slot = divmod(parent.entries, DEPERBLK)
+        blk, new = self._getblk(pd, bi, create=bi == pd.size)
+        if new:
+            self.blocks[blk] = [None] * DEPERBLK
+            pd.size = bi + 1
+        qid = self.qidpath
+        self.qidpath += 1
+        self._modified(pd, uid)
+        if not noperm:  # console creates (CHFNOPERM) skip this; 9P creates don't
+            if perm & DMDIR:
+                perm &= ~0o777 | (pd.mode & 0o777)
+            else:
+                perm &= ~0o666 | (pd.mode & 0o666)
+        d = Dentry(
+            name=name,
+            uid=uid,
+            muid=uid,
+            gid=pd.gid,
+            mode=DALLOC | (perm & 0o777),
+            path=qid,
+            type=(perm >> 24) & 0xFF,
+            atime=self.now,
+            mtime=self.now,
+        )
+        self._dirblock(blk)[slot] = d
+        parent.entries += 1
+        return _Node(d, blk, slot)
+
+    def _wstat(
+        self,
+        node: _Node,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime: int | None = None,
+        rename: tuple[_Node, bytes, int] | None = None,
+    ) -> None:
+        """fs2.c chanwstat() for the fields given; a rename marks the parent modified."""
+        d = node.dentry
+        if uid is not None:
+            d.uid = uid
+        if gid is not None:
+            d.gid = gid
+        if mtime is not None:
+            d.mtime = mtime & 0xFFFFFFFF  # Dir.mtime is 32 bits on the wire
+        if mode is not None:
+            d.mode = (d.mode & ~0o777) | (mode & 0o777)
+            d.type = (mode >> 24) & 0xFF
+        if rename is not None:
+            parent, name, by = rename
+            d.name = name
+            self._modified(parent.dentry, by)
+
+    def _write_bytes(self, node: _Node, offset: int, data: bytes, uid: int) -> None:
+        """fs2.c chanwrite() of literal bytes (the user table)."""
+        d = node.dentry
+        end = offset + len(data)
+        i = offset
+        while i < end:
+            bl, r = divmod(i, RBLOCK)
+            rn = min(RBLOCK - r, end - i)
+            b, new = self._getblk(d, bl, create=True)
+            old = self.blocks.get(b)
+            block = bytearray(RBLOCK) if new or not isinstance(old, bytes) else bytearray(old)
+            block[r : r + rn] = data[i - offset : i - offset + rn]
+            self.blocks[b] = bytes(block)
+            i += rn
+        self._modified(d, uid)
+        d.size = max(d.size, end)
+
+    def _register(self, path: str, node: _Node) -> None:
+        self.paths[path] = node
+
+    # -- ream and the user table ---------------------------------------------------------------
+    def ream(self) -> None:
+        """fs1.c ream() + createroot(): root and dump root share the first free block."""
+        if self.fend >= self.size:
+            raise LayoutError(
+                f"hjfs: a device of {self.size} blocks has no room past its "
+                f"{self.fend - self.fstart} reference-count blocks"
+            )
+        self.root = self.alloc.getfree()
+        root = Dentry(name=b"/", mode=DALLOC | 0o775, path=ROOTQID, type=QTDIR)
+        root.uid = root.muid = root.gid = ADM_UID
+        root.mtime = root.atime = self.now
+        dump = Dentry(**{**root.__dict__, "db": [0] * NDIRECT, "ib": [0] * NINDIRECT})
+        self.blocks[self.root] = [root, dump] + [None] * (DEPERBLK - 2)
+        self._register("/", _Node(root, self.root, 0))
+        self.alloc.freelist = deque()  # initfs() creates the free list after ream
+
+    def writeusers(self) -> None:
+        """fs1.c writeusers(): make /adm, create or truncate /adm/users, write the table."""
+        root = self.paths["/"]
+        if "/adm" not in self.paths:
+            self._register("/adm", self._create(root, b"adm", DMDIR | 0o775, ADM_UID, noperm=False))
+        adm = self.paths["/adm"]
+        users = self.paths.get("/adm/users")
+        if users is None:
+            users = self._create(adm, b"users", 0o664, ADM_UID, noperm=False)
+            self._register("/adm/users", users)
+        else:  # chanopen(OWRITE|OTRUNC)
+            self._truncate(users.dentry)
+            self._modified(users.dentry, ADM_UID)
+        data = self.users.serialize()
+        for i in range(0, len(data), USERS_BIO):  # Bchanwrite appends at the current length
+            self._write_bytes(users, users.dentry.size, data[i : i + USERS_BIO], ADM_UID)
+
+    def readusers(self) -> None:
+        """fs1.c readusers(): the table hjfs works with is what /adm/users says."""
+        node = self.paths["/adm/users"]
+        self.users = UserTable.parse(self.read_literal(node))
+
+    def read_literal(self, node: _Node) -> bytes:
+        d = node.dentry
+        out = bytearray()
+        for bl in range((d.size + RBLOCK - 1) // RBLOCK):
+            b, _ = self._getblk(d, bl, create=False)
+            content = self.blocks.get(b) if b else None
+            out += content if isinstance(content, bytes) else _ZERO_RBLOCK
+        return bytes(out[: d.size])
+
+    # -- console ----------------------------------------------------------------------------------
+    def console(self, line: str) -> None:
+        """One hjfs console line (cons.c); only commands that change the disk do anything."""
+        args = tokenize(line)
+        if not args:
+            raise LayoutError(f"hjfs console: empty command {line!r}")
+        cmd = args[0]
+        if cmd == "create":
+            self._cmd_create(line, args)
+        elif cmd == "newuser":
+            self._cmd_newuser(line, args)
+        elif cmd in ("echo", "sync", "allow", "disallow", "noauth", "chatty", "users", "df"):
+            if cmd == "users":
+                self.readusers()
+        else:
+            raise LayoutError(f"hjfs console: unsupported command {line!r}")
+
+    def _uid(self, name: str, what: str) -> int:
+        uid = self.users.name2uid(name)
+        if uid is None:
+            known = ", ".join(u.name for u in self.users.users)
+            raise LayoutError(f"{what}: unknown hjfs user {name!r} (known: {known})")
+        return uid
+
+    def _walk_parent(self, line: str, path: str) -> tuple[_Node, str, str]:
+        """cons.c walkpath(): the parent directory and last element of an absolute path."""
+        if not path.startswith("/"):
+            raise LayoutError(f"hjfs console: {line!r}: {path}: file does not exist")
+        elems = [e for e in path.split("/") if e]
+        if not elems or path.endswith("/"):
+            raise LayoutError(f"hjfs console: {line!r}: {path}: trailing slash")
+        parent_path = "/" + "/".join(elems[:-1])
+        parent = self.paths.get(parent_path)
+        if parent is None or not parent.dentry.is_dir:
+            raise LayoutError(f"hjfs console: {line!r}: {parent_path}: file does not exist")
+        return parent, parent_path, elems[-1]
+
+    def _cmd_create(self, line: str, args: list[str]) -> None:
+        """cons.c cmdcreate(): create PATH UID GID PERM [dla]; owner set, then group by wstat."""
+        if len(args) not in (5, 6):
+            raise LayoutError(f"hjfs console: {line!r}: syntax error")
+        try:
+            perm = int(args[4], 8) & 0o777
+        except ValueError:
+            raise LayoutError(f"hjfs console: {line!r}: syntax error") from None
+        for flag in args[5] if len(args) == 6 else "":
+            bits = {"l": DMEXCL, "d": DMDIR, "a": DMAPPEND}.get(flag)
+            if bits is None:
+                raise LayoutError(f"hjfs console: {line!r}: syntax error")
+            perm |= bits
+        uid = self._uid(args[2], f"hjfs console: {line!r}")
+        gid = self._uid(args[3], f"hjfs console: {line!r}")
+        parent, parent_path, name = self._walk_parent(line, args[1])
+        path = parent_path.rstrip("/") + "/" + name
+        if path in self.paths:
+            raise LayoutError(f"hjfs console: {line!r}: file exists")
+        problem = name_problem(name.encode())
+        if problem:
+            raise LayoutError(f"hjfs console: {line!r}: {problem}")
+        node = self._create(parent, name.encode(), perm, uid, noperm=True)
+        self._register(path, node)
+        self._wstat(node, gid=gid)
+
+    def _cmd_newuser(self, line: str, args: list[str]) -> None:
+        """auth.c cmdnewuser(): add or change a user, rewrite /adm/users, maybe make /usr/NAME."""
+        if len(args) < 2:
+            raise LayoutError(f"hjfs console: {line!r}: syntax error")
+        name = args[1]
+        if user_problem(name):
+            raise LayoutError(f"hjfs console: {line!r}: invalid user name")
+        table = self.users.users
+        uid, gid = 0, 10000
+        user: User | None = None
+        for u in table:
+            if u.name == name:
+                user = u
+                break
+            if u.uid == uid:
+                uid += 1
+            if u.uid == gid:
+                gid += 1
+        resort = createdir = False
+        if user is None:
+            resort = True
+            user = User(gid, name)
+            table.append(user)
+            if len(args) == 2 or args[2] != ":":
+                user.lead = user.uid = uid
+                createdir = True
+        for arg in args[2:]:
+            if arg == ":":
+                continue
+            if arg[0] not in "+-=":
+                if user_problem(arg):
+                    raise LayoutError(f"hjfs console: {line!r}: bad option {arg}")
+                user.name = arg
+                continue
+            other = next((v for v in table if v.name == arg[1:]), None)
+            if other is None:
+                raise LayoutError(f"hjfs console: {line!r}: no user {arg[1:]!r}")
+            if arg[0] == "=":
+                user.lead = other.uid
+                continue
+            j = 0
+            while j < len(user.members) and user.members[j] < other.uid:
+                j += 1
+            if arg[0] == "-":
+                if j >= len(user.members) or user.members[j] != other.uid:
+                    raise LayoutError(f"hjfs console: {line!r}: {arg[1:]} is not a member")
+                del user.members[j]
+            else:
+                user.members.insert(j, other.uid)
+        if resort:
+            table.sort(key=lambda u: u.uid)
+        self.writeusers()
+        if createdir:
+            self._createuserdir(name, uid)
+
+    def _createuserdir(self, name: str, uid: int) -> None:
+        """auth.c createuserdir(): /usr/NAME owned by the new user; the group set by wstat."""
+        usr = self.paths.get("/usr")
+        if usr is None or not usr.dentry.is_dir:
+            return
+        target = usr
+        path = "/usr/" + name
+        if path not in self.paths and not name_problem(name.encode()):
+            target = self._create(usr, name.encode(), DMDIR | 0o775, uid, noperm=True)
+            self._register(path, target)
+        # when the create fails hjfs applies the wstat to /usr itself
+        self._wstat(target, gid=self.users.name2uid(name))
+
+    # -- mkfs -----------------------------------------------------------------------------------
+    def mkfs(
+        self,
+        entries: Sequence[ProtoEntry],
+        *,
+        user: str,
+        default_owner: tuple[str, str],
+        timestamp: int | None,
+    ) -> None:
+        """disk/mkfs -z 4096 -U over a mount of this hjfs, one proto entry at a time."""
+        creator = self.users.name2uid(user)
+        if creator is None:
+            raise LayoutError(f"mkfs user {user!r}: hjfs answers 'no such user' to its attach")
+        for entry in entries:
+            self._mkfs_entry(entry, creator, default_owner, timestamp)
+
+    def _owner(self, entry: ProtoEntry, name: str | None, default: str) -> int:
+        chosen = name if name is not None else default
+        uid = self.users.name2uid(chosen)
+        if uid is None:
+            known = ", ".join(u.name for u in self.users.users)
+            raise LayoutError(
+                f"{entry.origin}: {entry.path}: unknown hjfs user or group {chosen!r} "
+                f"(known: {known})"
+            )
+        return uid
+
+    def _mkfs_entry(
+        self,
+        entry: ProtoEntry,
+        creator: int,
+        default_owner: tuple[str, str],
+        timestamp: int | None,
+    ) -> None:
+        where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
+        path = entry.path
+        if path == "/" or not path.startswith("/"):
+            raise LayoutError(f"{where}: mkfs cannot create this path")
+        parent_path, name = path.rsplit("/", 1)
+        parent_path = parent_path or "/"
+        name_bytes = name.encode("utf-8", "surrogateescape")
+        problem = name_problem(name_bytes)
+        if problem:
+            raise LayoutError(f"{where}: hjfs cannot store this name: {problem}")
+        if name_bytes == MKFS_TMP:
+            raise LayoutError(f"{where}: the name {MKFS_TMP.decode()} is mkfs's temporary file")
+        mtime = entry.mtime if timestamp is None else min(entry.mtime, timestamp)
+        uid = self._owner(entry, entry.uid, default_owner[0])
+        gid = self._owner(entry, entry.gid, default_owner[1])
+
+        existing = self.paths.get(path)
+        if existing is not None:
+            # uptodate(): a target at least as new as the source is left alone
+            if existing.dentry.mtime & 0xFFFFFFFF >= mtime & 0xFFFFFFFF:
+                return
+            if entry.is_dir and existing.dentry.is_dir:  # mkdir(): create fails, wstat it
+                self._wstat(existing, mode=entry.mode, gid=gid, mtime=mtime)
+                self._wstat(existing, uid=uid)
+                return
+            raise LayoutError(
+                f"{where}: already in the file system from an older source; "
+                "replacing files is not supported"
+            )
+        parent = self.paths.get(parent_path)
+        if parent is None or not parent.dentry.is_dir:
+            raise LayoutError(f"{where}: can't create: {parent_path} is not a directory")
+
+        if entry.is_dir:
+            node = self._create(parent, name_bytes, entry.mode, creator, noperm=False)
+            self._wstat(node, mode=entry.mode, gid=gid, mtime=mtime)
+            self._wstat(node, uid=uid)
+        else:
+            if parent_path.rstrip("/") + "/" + MKFS_TMP.decode() in self.paths:
+                raise LayoutError(f"{where}: {parent_path} holds a file named {MKFS_TMP.decode()}")
+            node = self._create(parent, MKFS_TMP, 0o666, creator, noperm=False)
+            self._copy(node, entry, creator, where)
+            self._wstat(
+                node, mode=entry.mode, gid=gid, mtime=mtime, rename=(parent, name_bytes, creator)
+            )
+            self._wstat(node, uid=uid)
+        self._register(path, node)
+
+    def _copy(self, node: _Node, entry: ProtoEntry, creator: int, where: str) -> None:
+        """mkfs copy(): 4088-byte writes, all-zero pieces skipped, a last zero byte if needed."""
+        if entry.length == 0:
+            return
+        touched, writes = scan_holes(entry.source, entry.length, where)
+        index = len(self.sources)
+        self.sources.append(_Source(entry.source, entry.length))
+        d = node.dentry
+        for bl in touched:
+            b, _ = self._getblk(d, bl, create=True)
+            self.blocks[b] = index * _FILE_KEY + bl
+        d.mtime = d.atime = self.now
+        d.muid = creator
+        d.vers = (d.vers + writes) & 0xFFFFFFFF
+        d.size = entry.length
+
+    # -- results --------------------------------------------------------------------------------
+    @property
+    def blocks_needed(self) -> int:
+        """Blocks in use at the end, counting any that did not fit."""
+        return self.size - self.alloc.refs.count(0) + self.alloc.overflow
+
+    def check_fits(self, name: str) -> None:
+        if self.alloc.overflow:
+            raise LayoutError(
+                f"{name}: the tree needs {self.blocks_needed} hjfs blocks of {BLOCK} bytes "
+                f"({self.blocks_needed * BLOCK} bytes) but the partition has {self.size} blocks"
+            )
+
+    def summary(self) -> FsSummary:
+        free = self.alloc.refs.count(0)
+        files = dirs = nbytes = 0
+        for node in self.paths.values():
+            if node.dentry.is_dir:
+                dirs += 1
+            else:
+                files += 1
+                nbytes += node.dentry.size
+        return FsSummary(self.size, self.size - free, free, files, dirs, nbytes)
+
+    def superblock(self) -> Superblock:
+        return Superblock(self.size, self.fstart, self.fend, self.root, self.qidpath)
+
+    def ref_block(self, k: int) -> bytes:
+        """Reference block k: counts of blocks k*1365 .. ; past the device, REFSENTINEL."""
+        first = k * REFPERBLK
+        counts = self.alloc.refs[first : first + REFPERBLK]
+        payload = bytearray(REFSIZ * REFPERBLK)
+        payload[0 : REFSIZ * len(counts) : REFSIZ] = counts
+        if len(counts) < REFPERBLK:  # ream(): entries past the end of the device read -1
+            payload[REFSIZ * len(counts) :] = b"\xff" * (REFSIZ * (REFPERBLK - len(counts)))
+        return block_of(TREF, payload)
+
+    def write(self, dev: BlockDevice, *, progress: Progress | None = None) -> None:
+        """Write superblock, reference counts and every block the model touched, in runs."""
+        self.check_fits(dev.name)
+        out = _RunWriter(dev, progress)
+        out.put(SUPERBLK, self.superblock().pack())
+        for k in range(self.fend - self.fstart):
+            out.put(self.fstart + k, self.ref_block(k))
+        data = _SourceReader(self.sources)
+        numbers = sorted(self.blocks)
+        i = 0
+        while i < len(numbers):
+            b = numbers[i]
+            content = self.blocks[b]
+            if isinstance(content, int):
+                # a run of consecutive blocks of one file: read it at once
+                n = 1
+                limit = RUN_BYTES // BLOCK
+                while (
+                    n < limit
+                    and i + n < len(numbers)
+                    and numbers[i + n] == b + n
+                    and self.blocks[b + n] == content + n
+                ):
+                    n += 1
+                index, bl = divmod(content, _FILE_KEY)
+                chunk = data.read(index, bl * RBLOCK, n * RBLOCK)
+                view = memoryview(chunk)
+                for k in range(n):
+                    piece = view[k * RBLOCK : (k + 1) * RBLOCK]
+                    if piece != _ZERO_RBLOCK[: len(piece)]:  # an all-zero raw block stays unwritten
+                        out.put_raw(b + k, piece)
+                i += n
+                continue
+            if isinstance(content, list):
+                out.put(b, pack_dentries(content))
+            elif isinstance(content, array):
+                out.put(b, pack_indir(content))
+            else:
+                out.put(b, block_of(TRAW, content))
+            i += 1
+        out.flush()
+        data.close()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def tokenize(line: str) -> list[str]:
+    """tokenize(2): blank-separated fields; '...' quotes, '' inside quotes is a quote."""
+    args: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in " \t\r\n":
+            i += 1
+        if i >= n:
+            return args
+        token = []
+        quoting = False
+        while i < n and (quoting or line[i] not in " \t\r\n"):
+            c = line[i]
+            if c == "'":
+                if quoting and line[i + 1 : i + 2] == "'":
+                    token.append("'")
+                    i += 2
+                    continue
+                quoting = not quoting
+                i += 1
+                continue
+            token.append(c)
+            i += 1
+        args.append("".join(token))
+
+
+def scan_holes(source: Path, length: int, where: str = "") -> tuple[Sequence[int], int]:
+    """Which file blocks mkfs -z 4096 makes hjfs allocate for `source`, and how many writes.
+
+    mkfs reads `length` bytes in 4088-byte pieces; an all-zero piece is
+    skipped with seek (a hole), any other is written.  If the last piece was
+    a hole it writes one zero byte at length-1.  hjfs allocates every
+    4095-byte block a write touches, in file order.
+    """
+    blocks_total = (length + RBLOCK - 1) // RBLOCK
+    label = where or str(source)
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(f"{label}: can't open {source}: {e.strerror}") from None
+    try:
+        if os.fstat(fd).st_size != length:
+            raise InputError(f"{label}: {source} changed size since the proto was read")
+        touched: list[int] = []
+        writes = 0
+        last_zero = False
+        offset = 0
+        piece = MKFS_BUFLEN * 1024
+        while offset < length:
+            data = os.pread(fd, min(piece, length - offset), offset)
+            if not data:
+                raise InputError(f"{label}: {source} ended early")
+            fast = _ZERO_CHUNK not in data
+            view = memoryview(data)
+            for start in range(0, len(data), MKFS_BUFLEN):
+                chunk = view[start : start + MKFS_BUFLEN]
+                if not fast or len(chunk) < MKFS_BUFLEN:
+                    last_zero = chunk == _ZERO_CHUNK[: len(chunk)]
+                else:
+                    last_zero = False
+                if last_zero:
+                    continue
+                writes += 1
+                first = (offset + start) // RBLOCK
+                last = (offset + start + len(chunk) - 1) // RBLOCK
+                if touched and touched[-1] >= first:
+                    first = touched[-1] + 1
+                touched.extend(range(first, last + 1))
+            offset += len(data)
+    finally:
+        os.close(fd)
+    if last_zero:
+        writes += 1
+        if not touched or touched[-1] != blocks_total - 1:
+            touched.append(blocks_total - 1)
+    if writes and len(touched) == blocks_total:
+        return range(blocks_total), writes
+    return touched, writes
+
+
+class _RunWriter:
+    """Collects consecutive whole blocks and writes each run with one pwrite."""
+
+    def __init__(self, dev: BlockDevice, progress: Progress | None) -> None:
+        self.dev = dev
+        self.progress = progress
+        self.buffer = bytearray()
+        self.start = 0
+        self.written = 0
+
+    def _begin(self, b: int) -> None:
+        if self.buffer and (
+            b != self.start + len(self.buffer) // BLOCK or len(self.buffer) >= RUN_BYTES
+        ):
+            self.flush()
+        if not self.buffer:
+            self.start = b
+
+    def put(self, b: int, block: bytes) -> None:
+        if block == ZERO_BLOCK:
+            return  # a fresh partition already reads as zeros
+        self._begin(b)
+        self.buffer += block
+
+    def put_raw(self, b: int, payload: memoryview) -> None:
+        self._begin(b)
+        self.buffer.append(TRAW)
+        self.buffer += payload
+        if len(payload) < RBLOCK:
+            self.buffer += bytes(RBLOCK - len(payload))
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.dev.pwrite(self.buffer, self.start * BLOCK)
+            self.written += len(self.buffer)
+            self.buffer = bytearray()
+            if self.progress is not None:
+                self.progress(self.written)
+
+
+class _SourceReader:
+    """Reads source files by index, keeping the last one open."""
+
+    def __init__(self, sources: list[_Source]) -> None:
+        self.sources = sources
+        self.index = -1
+        self.fd = -1
+
+    def read(self, index: int, offset: int, size: int) -> bytes:
+        source = self.sources[index]
+        if index != self.index:
+            self.close()
+            try:
+                self.fd = os.open(source.path, os.O_RDONLY)
+            except OSError as e:
+                raise InputError(f"{source.path}: can't open: {e.strerror}") from None
+            self.index = index
+            if os.fstat(self.fd).st_size != source.length:
+                raise InputError(f"{source.path}: changed size while the image was written")
+        size = max(0, min(size, source.length - offset))
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise InputError(f"{source.path}: changed size while the image was written")
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.index = -1
+
+
+# -- the public entry points ----------------------------------------------------------------------
+
+
+def plan(
+    size_blocks: int,
+    entries: Sequence[ProtoEntry],
+    *,
+    timestamp: int | None,
+    default_owner: tuple[str, str] = DEFAULT_OWNER,
+    console: Sequence[str] = MKFILE_CONSOLE,
+    mkfs_user: str = MKFS_USER,
+) -> HjfsPlan:
+    """Replay ream, the console lines and mkfs on a device of `size_blocks` 4096-byte blocks."""
+    if size_blocks < 1:
+        raise LayoutError("hjfs: device file too short (less than one 4096-byte block)")
+    now = int(time.time()) if timestamp is None else timestamp
+    model = HjfsPlan(size_blocks, now)
+    model.ream()
+    model.writeusers()
+    model.readusers()
+    for line in console:
+        model.console(line)
+    model.mkfs(entries, user=mkfs_user, default_owner=default_owner, timestamp=timestamp)
+    return model
+
+
+def ream_and_populate(
+    dev: BlockDevice,
+    entries: Sequence[ProtoEntry],
+    *,
+    timestamp: int | None,
+    default_owner: tuple[str, str] = DEFAULT_OWNER,
+    console: Sequence[str] = MKFILE_CONSOLE,
+    mkfs_user: str = MKFS_USER,
+    progress: Progress | None = None,
+) -> FsSummary:
+    """Make the fs partition `dev` what the dist mkfile's hjfs + mkfs steps make it.
+
+    `timestamp` pins hjfs's clock (every creation and modification time)
+    and clamps source mtimes (SOURCE_DATE_EPOCH); None uses the current
+    time and the sources' own mtimes.  Entries without an owner get
+    `default_owner` (uid, gid).  `progress` is called with the bytes
+    written so far.
+    """
+    model = plan(
+        dev.size // BLOCK,
+        entries,
+        timestamp=timestamp,
+        default_owner=default_owner,
+        console=console,
+        mkfs_user=mkfs_user,
+    )
+    model.check_fits(dev.name)
+    model.write(dev, progress=progress)
+    return model.summary()
+
+
+__all__ = [
+    "DEFAULT_OWNER",
+    "MKFILE_CONSOLE",
+    "MKFS_USER",
+    "NAMELEN",
+    "NOUID",
+    "HjfsPlan",
+    "plan",
+    "ream_and_populate",
+    "scan_holes",
+    "to_short",
+    "tokenize",
+]
