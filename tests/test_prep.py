@@ -313,3 +313,141 @@ def test_prep_autopartition_arm64_qcow2_3770mb(tmp_path: Path) -> None:
     # fs would end at 3 + 7515647 = 7515650 > secs, so it stops at 7515647
     assert table == [P("nvram", 2, 3), P("fs", 3, 7515647)]
     assert registered[2:] == [("nvram", 201602, 201603), ("fs", 201603, 7717247)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The editor's expression language (calc.y) and command lines (tokenize)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("42", 42),
+        ("0x10", 16),  # strtoull base 0: hex
+        ("010", 8),  # ... and a leading 0 is octal
+        (".", 100),  # dot
+        ("$", 1000),  # dollar
+        ("$-1", 999),
+        ("10%", 200),  # FRAC: size*10/100 with size 2000
+        ("-5%", -100),  # unary minus binds before '%': (-5)%
+        ("2*3%", 120),  # '%' binds tighter than '*': 2*(3%)
+        ("1+2*3", 7),
+        ("(1+2)*3", 9),
+        ("7/2", 3),
+        ("-7/2", -3),  # C division truncates toward zero
+        ("7/-2", -3),
+        ("- -7", 7),
+        ("8-2-1", 5),  # left associative
+        ("64/4/2", 8),
+        ("1k", 2),  # K suffix: 1024 bytes / unit 512
+        ("1K", 2),
+        ("3m", 6144),
+        ("1g", 2097152),
+        ("1t", 2147483648),
+        ("1000", 1000),
+        ("  4 +\t4 ", 8),
+        ("1023k", 2046),  # 1047552/512
+        ("1025", 1025),
+        ("01777", 1023),
+        ("1b", None),  # no 'b' suffix: NUMBER then 'b' is a syntax error
+        ("", None),
+        ("1 2", None),
+        ("(1", None),
+        ("0x", None),
+        ("+1", None),
+        ("1/0", "division by zero"),
+        ("1/(2-2)", "division by zero"),
+    ],
+)
+def test_parse_expr(text: str, value: int | str | None) -> None:
+    from imagebuild.prep_edit import EditError, parse_expr
+
+    if isinstance(value, int):
+        assert parse_expr(text, 100, 1000, 2000, 512) == value
+    else:
+        with pytest.raises(EditError, match=value or "syntax error"):
+            parse_expr(text, 100, 1000, 2000, 512)
+
+
+def test_parse_expr_fdisk_units_round_down() -> None:
+    """In fdisk the unit is a cylinder: 100M over 4032*512 bytes is 50, not 50.79."""
+    from imagebuild.prep_edit import parse_expr
+
+    assert parse_expr(".+100M", 0, 957, 957, 4032 * 512) == 50
+    assert parse_expr("4M", 0, 957, 957, 4032 * 512) == 2
+    assert parse_expr("4M", 0, 957, 957, 8064 * 512) == 1
+
+
+def _trunc(a: int, b: int) -> int:
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+def _c_eval(tree: object, size: int) -> int:
+    """A reference evaluator over explicit trees, with C's truncating division."""
+    if isinstance(tree, int):
+        return tree
+    assert isinstance(tree, tuple)
+    op, *args = tree
+    if op == "neg":
+        return -_c_eval(args[0], size)
+    if op == "pct":
+        return _trunc(size * _c_eval(args[0], size), 100)
+    a, b = (_c_eval(x, size) for x in args)
+    if op == "/":
+        return _trunc(a, b)
+    return {"+": a + b, "-": a - b, "*": a * b}[str(op)]
+
+
+def _render(tree: object) -> str:
+    if isinstance(tree, int):
+        return str(tree)
+    assert isinstance(tree, tuple)
+    op, *args = tree
+    if op == "neg":
+        return f"-({_render(args[0])})"
+    if op == "pct":
+        return f"({_render(args[0])})%"
+    return f"({_render(args[0])}{op}{_render(args[1])})"
+
+
+def test_parse_expr_matches_a_reference_on_random_trees() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from imagebuild.prep_edit import parse_expr
+
+    leaves = st.integers(min_value=1, max_value=10**6)
+
+    def extend(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+        return st.one_of(
+            st.tuples(st.sampled_from(["+", "-", "*"]), children, children),
+            st.tuples(st.just("/"), children, leaves),
+            st.tuples(st.just("neg"), children),
+            st.tuples(st.just("pct"), children),
+        )
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.recursive(leaves, extend, max_leaves=8))
+    def check(tree: object) -> None:
+        expected = _c_eval(tree, 1000)
+        if abs(expected) < 2**62:
+            assert parse_expr(_render(tree), 0, 0, 1000, 512) == expected
+
+    check()
+
+
+def test_tokenize_quotes_like_rc() -> None:
+    from imagebuild.prep_edit import tokenize
+
+    assert tokenize("t p1 'XENIX USR'") == ["t", "p1", "XENIX USR"]
+    assert tokenize("  a\tp1  . $ ") == ["a", "p1", ".", "$"]
+    assert tokenize("a 'it''s'") == ["a", "it's"]
+    assert len(tokenize(" ".join("x" * 12))) == 10  # tokenize stops at its maximum
+
+
+def test_fdisk_type_name_with_a_space_needs_quotes() -> None:
+    parts = _plan9_disk(300 * MiB)
+    entries = fdisk.fdisk_script(
+        PartFS(parts.disk), "t p1 'xenix usr'\nw\n", blank=False
+    )
+    assert entries[0].type == 0x03  # XENIX USR
