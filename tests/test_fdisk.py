@@ -436,3 +436,18 @@ def test_fdisk_refuses_a_looping_extended_chain() -> None:
     data.write_sectors(32, bytes(ebr))
     with pytest.raises(ImageFormatError, match="loops"):
         read_partitions(data)
+
+
+def test_fdisk_ctldiff_keeps_unchanged_partitions_and_their_subpartitions() -> None:
+    """ctldiff(): a partfs part equal to one of ours stays, with everything inside it."""
+    from imagebuild import prep
+
+    parts = blank_disk(1885 * MiB)
+    fdisk.fdisk_auto(parts)
+    prep.prep_auto(parts, ["9fat", "nvram", "fs"])
+    registered = list(parts)
+    fdisk.fdisk_auto(parts, blank=False)  # same plan9 partition: nothing to change
+    assert list(parts) == registered
+    # a different plan9 partition: the old one and the prep parts inside it go
+    fdisk.fdisk_script(parts, "a p1 0 10\nt p1 FAT32\na p2 . $\nw\n")
+    assert list(parts) == [("dos", 63, 40320), ("plan9", 40320, 3858624)]
