@@ -42,6 +42,10 @@ class _Quit(Exception):
     """The `q` command: stop reading the script."""
 
 
+class _EndOfInput(Exception):
+    """A prompt met the end of the script (getline's exits(0) at EOF)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Plan 9 libc pieces the editor relies on
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +475,7 @@ class Editor:
     def getline(self) -> str:
         line = self.reader.next_line() if self.reader is not None else None
         if line is None:
-            raise _Quit
+            raise _EndOfInput
         return line
 
     # -- commands ---------------------------------------------------------------------------
@@ -611,6 +615,8 @@ class Editor:
                     break
                 try:
                     self.runcmd(line)
+                except _EndOfInput:
+                    break
                 except EditError as err:
                     raise LayoutError(f"{reader.where()}: {err}") from None
                 except ImageBuildError as err:

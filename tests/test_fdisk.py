@@ -451,3 +451,9 @@ def test_fdisk_ctldiff_keeps_unchanged_partitions_and_their_subpartitions() -> N
     # a different plan9 partition: the old one and the prep parts inside it go
     fdisk.fdisk_script(parts, "a p1 0 10\nt p1 FAT32\na p2 . $\nw\n")
     assert list(parts) == [("dos", 63, 40320), ("plan9", 40320, 3858624)]
+
+
+def test_fdisk_script_ending_inside_a_prompt_still_needs_w() -> None:
+    text, parts, before = _script_error("a p1 0 10\na p2\n10\n")  # the end prompt hits EOF
+    assert text.startswith("pi.fdisk:3: changes not written"), text
+    assert parts["data"].pread(512, 0) == before
