@@ -256,35 +256,33 @@ def _count_bitmaps(image: Qcow2Image, refs: _References, result: CheckResult) ->
 
 
 def _stored_refcounts(image: Qcow2Image, result: CheckResult) -> array[int]:
-    """The refcounts the image stores, read from disk (blocks that are unusable count 0)."""
+    """The stored refcount of every cluster the file holds (unusable blocks count 0)."""
     cs = image.cluster_size
     header = image.header
     order = header.refcount_order
     table = _read_table(image, header.refcount_table_offset,
                         header.refcount_table_clusters * cs)
     per_block = (cs * 8) >> order
-    stored = array("Q")
+    clusters = size_to_clusters(image.file_size, image.cluster_bits)
+    stored = array("Q", bytes(8 * clusters))
     for rti, entry in enumerate(table):
         offset = entry & REFT_OFFSET_MASK
-        block: array[int] | None = None
-        if offset:
-            if offset & (cs - 1):
-                result.corruptions += 1
-                result.messages.append(
-                    f"ERROR refcount block {rti} is not cluster aligned; refcount table entry "
-                    f"corrupted"
-                )
-            elif offset + cs > image.file_size:
-                result.corruptions += 1
-                result.messages.append(f"ERROR refcount block {rti} is outside image")
-            else:
-                block = decode_refcount_block(os.pread(image._fd, cs, offset), order)
-        if block is None:
-            if any(e & REFT_OFFSET_MASK for e in table[rti + 1 :]):
-                stored.extend(bytes(8 * per_block))
-                continue
-            break
-        stored.extend(array("Q", block))
+        if not offset:
+            continue
+        if offset & (cs - 1):
+            result.corruptions += 1
+            result.messages.append(
+                f"ERROR refcount block {rti} is not cluster aligned; refcount table entry "
+                f"corrupted"
+            )
+        elif offset + cs > image.file_size:
+            result.corruptions += 1
+            result.messages.append(f"ERROR refcount block {rti} is outside image")
+        elif rti * per_block < clusters:
+            block = decode_refcount_block(os.pread(image._fd, cs, offset), order)
+            first = rti * per_block
+            count = min(per_block, clusters - first)
+            stored[first : first + count] = array("Q", block[:count])
     return stored
 
 

@@ -11,10 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from imagebuild.qcow2 import Qcow2Image, open_image
-from imagebuild.qcow2_check import check
-from imagebuild.qcow2_tools import convert, info, map_image
 from qcow2_helpers import (
     GiB,
     KiB,
@@ -29,6 +25,10 @@ from qcow2_helpers import (
     qemu_map,
     qemu_raw,
 )
+
+from imagebuild.qcow2 import Qcow2Image, open_image
+from imagebuild.qcow2_check import check
+from imagebuild.qcow2_tools import convert, info, map_image
 
 pytestmark = needs_qemu_img
 
