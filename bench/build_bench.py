@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagebuild.blockdev import RawFile  # noqa: E402
-from imagebuild.build import BuildOptions, plan_build, write_image  # noqa: E402
-from imagebuild.demo import DEMO_MARKER, make_demo_root  # noqa: E402
-from imagebuild.recipe import load_recipe  # noqa: E402
+from imagebuild.blockdev import RawFile
+from imagebuild.build import BuildOptions, plan_build, write_image
+from imagebuild.demo import DEMO_MARKER, make_demo_root
+from imagebuild.recipe import load_recipe
 
 KERNEL_SIZE = 3 * 1000 * 1000
 
@@ -75,8 +75,9 @@ def main() -> None:
               f"best of {args.repeat}")
         print(f"  direct   imagebuild build             {t_direct * 1000:8.1f} ms  "
               f"{direct_out.stat().st_size:>10} bytes")
-        print(f"  via-raw  write raw {t_raw * 1000:7.1f} ms + qemu-img convert {t_convert * 1000:7.1f} ms"
-              f" = {t_via * 1000:8.1f} ms  {via_out.stat().st_size:>10} bytes")
+        print(f"  via-raw  write raw {t_raw * 1000:7.1f} ms + qemu-img convert "
+              f"{t_convert * 1000:7.1f} ms = {t_via * 1000:8.1f} ms  "
+              f"{via_out.stat().st_size:>10} bytes")
         print(f"  ratio    direct / via-raw             {t_direct / t_via:8.2f}")
 
 

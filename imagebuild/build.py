@@ -67,7 +67,9 @@ def source_date_epoch() -> int | None:
 def _parse_file_option(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path or "/" in name:
-        raise InputError(f"--file {text!r}: expected NAME=PATH, NAME a file name on the boot partition")
+        raise InputError(
+            f"--file {text!r}: expected NAME=PATH, NAME a file name on the boot partition"
+        )
     return name, Path(path)
 
 

@@ -149,7 +149,7 @@ def edit_files(files: list[tuple[str, bytes]], sets: Sequence[str], adds: Sequen
 
 def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str]) -> None:
     from imagebuild.fat import FatFile, FatVolume, format_fat
-    from imagebuild.inspect import libparted_table, open_image, partitions
+    from imagebuild.inspect import mbr_table, open_image, partitions
     from imagebuild.qcow2 import Qcow2Image
 
     if output.resolve() == base.resolve():
@@ -157,7 +157,7 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     with open_image(base) as image:
         base_format = image.format
         disk = BlockDevice(image.storage, name=base.name)
-        parts = partitions(disk, libparted_table(disk))
+        parts = partitions(disk, mbr_table(disk))
         boot = next((n for n in BOOT_PARTITIONS if n in parts), None)
         if boot is None:
             raise ImageBuildError(f"{base}: no boot partition ({', '.join(BOOT_PARTITIONS)})")
@@ -165,7 +165,7 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
         volume = FatVolume(parts[boot])
         entries = [e for e in volume.listdir("/") if not e.is_dir]
         content = [(e.name, volume.read(e.name)) for e in entries]
-        boot_sector = parts[boot].read_sectors(0)
+        boot_sector = parts[boot].read_sectors(0)[:510]  # the program, without the signature
         params = volume.params
         stamp = source_date_epoch()
         timestamp = stamp if stamp is not None else (

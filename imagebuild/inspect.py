@@ -7,7 +7,6 @@ table and the FAT come from our readers, which mirror 9front's.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild.blockdev import BlockDevice, PartFS, RawFile, Storage
-from imagebuild.errors import ImageBuildError, ImageFormatError
+from imagebuild.errors import ImageBuildError
 
 QCOW2_MAGIC = b"QFI\xfb"
 PLAN9_TYPE = 0x39
@@ -24,7 +23,6 @@ FAT_TYPES = {0x01: "FAT12", 0x04: "FAT16", 0x06: "FAT16", 0x0B: "FAT32", 0x0C: "
 TYPE_NAMES = {PLAN9_TYPE: "PLAN9", **FAT_TYPES}
 # the name disk/fdisk gives each partition type in partfs (`dos` for FAT, ...)
 PARTFS_NAMES = {PLAN9_TYPE: "plan9", 0xEF: "esp", **{t: "dos" for t in FAT_TYPES if t != 0xEF}}
-LIBPARTED_SECTORS = 64  # libparted reads the MBR (and its first-track neighbours) only
 
 
 @dataclass
@@ -50,37 +48,27 @@ def open_image(path: Path) -> Iterator[OpenedImage]:
             yield OpenedImage(path, "raw", raw, {})
 
 
-def libparted_table(disk: BlockDevice) -> list[dict[str, Any]]:
-    """The MBR partitions as libparted reads them (through a sparse scratch copy)."""
-    import parted
+def mbr_table(disk: BlockDevice) -> list[dict[str, Any]]:
+    """The used MBR entries (primary and logical), confirmed by libparted (pyparted).
 
-    head = disk.pread(min(disk.size, LIBPARTED_SECTORS * 512), 0)
-    with tempfile.NamedTemporaryFile(prefix="imagebuild-mbr-", suffix=".img") as scratch:
-        scratch.write(head)
-        scratch.truncate(disk.size)
-        scratch.flush()
-        try:
-            device = parted.getDevice(scratch.name)
-            table = parted.newDisk(device)
-        except parted.PartedException as err:
-            raise ImageFormatError(f"{disk.name}: libparted reads no partition table: {err}") from None
-        try:
-            if table.type != "msdos":
-                return []
-            result = []
-            for part in table.partitions:
-                type_id = part.type_id
-                result.append({
-                    "number": part.number,
-                    "type": type_id,
-                    "type_name": TYPE_NAMES.get(type_id, "?"),
-                    "active": bool(part.getFlag(parted.PARTITION_BOOT)),
-                    "start": part.geometry.start,
-                    "sectors": part.geometry.length,
-                })
-            return result
-        finally:
-            device.removeFromCache()
+    libparted here cannot report an msdos type byte, so the bytes come from
+    our reader and libparted must agree on every start, length and boot flag.
+    """
+    from imagebuild.fdisk import read_mbr, read_partitions, verify_with_libparted
+
+    sector0 = disk.pread(512, 0)
+    if sector0[510:512] != b"\x55\xaa":
+        return []
+    entries = read_mbr(disk)
+    verify_with_libparted(disk, entries)
+    rows = [(slot + 1, e, e.lba, e.size) for slot, e in enumerate(entries) if e.used]
+    logical = [p for p in read_partitions(disk) if not p.primary]
+    rows += [(5 + i, p.entry, p.start, p.size) for i, p in enumerate(logical)]
+    return [
+        {"number": number, "type": entry.type, "type_name": entry.type_name,
+         "active": entry.bootable, "start": start, "sectors": sectors}
+        for number, entry, start, sectors in rows
+    ]
 
 
 def _fat_info(device: BlockDevice, name: str) -> dict[str, Any]:
@@ -129,11 +117,12 @@ def inspect_image(path: Path) -> dict[str, Any]:
             "path": str(path),
             "format": image.format,
             "virtual_size": image.storage.size,
-            "file_size": _allocated_size(path),
+            "file_size": path.stat().st_size,
+            "disk_usage": _allocated_size(path),
         }
         if image.format == "qcow2":
             info["qcow2"] = image.info
-        mbr = libparted_table(disk) if disk.size >= 512 else []
+        mbr = mbr_table(disk) if disk.size >= 512 else []
         info["mbr"] = mbr
         parts = partitions(disk, mbr)
         if "plan9" in parts:
@@ -164,7 +153,7 @@ def cat(path: Path, spec: str) -> bytes:
         raise ImageBuildError(f"{spec!r}: expected PARTITION:PATH, e.g. 9fat:plan9.ini")
     with open_image(path) as image:
         disk = BlockDevice(image.storage, name=path.name)
-        parts = partitions(disk, libparted_table(disk))
+        parts = partitions(disk, mbr_table(disk))
         if part not in parts:
             have = ", ".join(n for n, _, _ in parts) or "none"
             raise ImageBuildError(f"{path}: no partition {part!r} (partitions: {have})")

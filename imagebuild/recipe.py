@@ -253,7 +253,9 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
     reserved = fat.get("reserved", 1)
     if reserved < 1:
         raise RecipeError(f"{path}: key 'fat.reserved' must be at least 1, not {reserved}")
-    kernels = tuple(_root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"]))
+    kernels = tuple(
+        _root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"])
+    )
     return Recipe(
         name=name,
         path=path,

@@ -75,7 +75,8 @@ def print_layout(info: dict[str, Any], *, plain: bool) -> None:
     if not use_rich(plain):
         for title, columns, rows in sections:
             print(f"{title}:")
-            widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
+            widths = [max(len(str(c)), *(len(str(r[i])) for r in rows))
+                      for i, c in enumerate(columns)]
             print("  " + "  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
             for row in rows:
                 print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
@@ -103,6 +104,7 @@ def layout_sections(info: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         ["format", info["format"]],
         ["virtual size", f"{format_size(info['virtual_size'])} ({info['virtual_size']} bytes)"],
         ["file size", f"{format_size(info['file_size'])} ({info['file_size']} bytes)"],
+        ["disk usage", f"{format_size(info['disk_usage'])} (allocated blocks)"],
     ]
     if "qcow2" in info:
         q = info["qcow2"]

@@ -115,5 +115,5 @@ def test_extends_cycle_is_reported(tmp_path: Path) -> None:
 
 
 def test_unknown_target_lists_known_ones() -> None:
-    with pytest.raises(RecipeError, match="known: amd64.qcow2"):
+    with pytest.raises(RecipeError, match=r"known: amd64\.qcow2"):
         load_recipe("vax.img")

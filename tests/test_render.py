@@ -47,7 +47,8 @@ def test_pi3_config_txt() -> None:
 def test_set_overrides_and_adds_keys() -> None:
     files = render("amd64.qcow2", sets=["plan9.console=1", "plan9.*acpi=1", "plan9.monitor=vesa"])
     assert files["plan9.ini"] == "bootfile=9pc64\nconsole=1\n*acpi=1\nmonitor=vesa\n"
-    files = render("pi.img", sets=["config.pi3.core_freq=400", "cmdline.nobootprompt=local!/dev/sdM0/fs"])
+    files = render("pi.img",
+                   sets=["config.pi3.core_freq=400", "cmdline.nobootprompt=local!/dev/sdM0/fs"])
     assert "[pi3]\nkernel=9pi2\ncore_freq=400\n" in files["config.txt"]
     assert files["cmdline.txt"] == "console=0 nobootprompt=local!/dev/sdM0/fs\n"
 
