@@ -34,8 +34,10 @@ def register(sub: Any) -> None:
     k = verbs.add_parser("check", help="check refcounts and tables like qemu-img check "
                          "(exit 0 clean, 2 corruptions, 3 leaks)")
     k.add_argument("file")
-    k.add_argument("-r", "--repair", nargs="?", const="leaks", choices=("leaks", "all"),
-                   help="fix leaked clusters (leaks, the default) or all refcount errors")
+    k.add_argument("--repair", dest="repair", action="store_const", const="leaks",
+                   help="fix leaked clusters (same as -r leaks)")
+    k.add_argument("-r", dest="repair", choices=("leaks", "all"),
+                   help="fix leaked clusters, or all refcount errors (like qemu-img check -r)")
     k.add_argument("--output", choices=("human", "json"), default="human")
     k.set_defaults(handler=_check)
 
