@@ -30,7 +30,7 @@ import os
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -63,6 +63,7 @@ from imagebuild.hjfs_layout import (
     UserTable,
     block_of,
     default_users,
+    howmany,
     indirect_path,
     name_problem,
     pack_dentries,
@@ -94,6 +95,14 @@ USERS_BIO = RBLOCK - 5  # userssave(): Binits on RBLOCK bytes keeps Bungetsize (
 ADM_UID = -1  # writeusers() and createroot() act as uid -1 ("adm")
 RUN_BYTES = 8 << 20  # write in runs of up to this many bytes
 _FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * _FILE_KEY + file_block
+
+# Replay modes: DRY places every file as if it had no holes without reading it (it checks
+# everything and bounds the blocks needed); PLAN reads each file to find its holes and
+# records where its blocks go; STREAM does the same and writes the data at once.
+DRY, PLAN, STREAM = "dry", "plan", "stream"
+_STREAMED = -1  # a block whose final content went to the device already (or never will)
+# Files are read in pieces that start on both a 4088-byte write and a 4095-byte block boundary.
+PIECE = 4 * (MKFS_BUFLEN * RBLOCK // 7)  # 4 * lcm(4088, 4095) = 9565920 bytes
 
 _ZERO_CHUNK = bytes(MKFS_BUFLEN)
 _ZERO_RBLOCK = bytes(RBLOCK)
@@ -187,9 +196,15 @@ BlockContent: TypeAlias = "DirBlock | Offsets | bytes | int"
 class HjfsPlan:
     """The fs partition after ream, console commands and mkfs, held in memory until write()."""
 
-    def __init__(self, size: int, now: int) -> None:
+    def __init__(
+        self, size: int, now: int, mode: str = PLAN, sink: _RunWriter | None = None
+    ) -> None:
+        if mode not in (DRY, PLAN, STREAM) or (mode == STREAM) != (sink is not None):
+            raise ValueError(f"bad replay mode {mode!r}")
         self.size = size
         self.now = now
+        self.mode = mode
+        self.sink = sink
         self.fstart = SUPERBLK + 1
         self.fend = self.fstart + ref_blocks(size)
         self.alloc = _Allocator(size, self.fend)
@@ -604,20 +619,40 @@ class HjfsPlan:
         self._register(path, node)
 
     def _copy(self, node: _Node, entry: ProtoEntry, creator: int, where: str) -> None:
-        """mkfs copy(): 4088-byte writes, all-zero pieces skipped, a last zero byte if needed."""
-        if entry.length == 0:
+        """mkfs copy(): 4088-byte writes, all-zero pieces skipped, a last zero byte if needed.
+
+        Each write runs modified() on the file; hjfs allocates each 4095-byte
+        block the first time a write touches it, in file order.
+        """
+        length = entry.length
+        if length == 0:
             return
-        touched, writes = scan_holes(entry.source, entry.length, where)
-        index = len(self.sources)
-        self.sources.append(_Source(entry.source, entry.length))
         d = node.dentry
-        for bl in touched:
-            b, _ = self._getblk(d, bl, create=True)
-            self.blocks[b] = index * _FILE_KEY + bl
+        if self.mode == DRY:
+            if not os.access(entry.source, os.R_OK):
+                raise InputError(f"{where}: can't read {entry.source}")
+            for bl in range(howmany(length)):
+                b, _ = self._getblk(d, bl, create=True)
+                self.blocks[b] = _STREAMED
+            writes = -(-length // MKFS_BUFLEN)
+        else:
+            writes = 0
+            index = len(self.sources)
+            self.sources.append(_Source(entry.source, length))
+            for offset, data, touched, piece_writes in read_pieces(entry.source, length, where):
+                writes += piece_writes
+                placed = [(self._getblk(d, bl, create=True)[0], bl) for bl in touched]
+                if self.sink is None:
+                    for b, bl in placed:
+                        self.blocks[b] = index * _FILE_KEY + bl
+                else:
+                    for b, _ in placed:
+                        self.blocks[b] = _STREAMED
+                    _emit_file_blocks(self.sink, placed, data, offset)
         d.mtime = d.atime = self.now
         d.muid = creator
         d.vers = (d.vers + writes) & 0xFFFFFFFF
-        d.size = entry.length
+        d.size = length
 
     # -- results --------------------------------------------------------------------------------
     @property
@@ -657,47 +692,55 @@ class HjfsPlan:
         return block_of(TREF, payload)
 
     def write(self, dev: BlockDevice, *, progress: Progress | None = None) -> None:
-        """Write superblock, reference counts and every block the model touched, in runs."""
-        self.check_fits(dev.name)
-        out = _RunWriter(dev, progress)
+        """Write superblock, reference counts and every block the model holds, in runs.
+
+        File data recorded by a PLAN replay is read again from the sources
+        here; a STREAM replay wrote it already.
+        """
+        self.write_runs(_RunWriter(dev, progress))
+
+    def write_runs(self, out: _RunWriter) -> None:
+        if self.mode == DRY:
+            raise ValueError("a dry replay has nothing to write")
+        self.check_fits(out.dev.name)
         out.put(SUPERBLK, self.superblock().pack())
         for k in range(self.fend - self.fstart):
             out.put(self.fstart + k, self.ref_block(k))
-        data = _SourceReader(self.sources)
+        sources = _SourceReader(self.sources)
         numbers = sorted(self.blocks)
         i = 0
-        while i < len(numbers):
-            b = numbers[i]
-            content = self.blocks[b]
-            if isinstance(content, int):
-                # a run of consecutive blocks of one file: read it at once
-                n = 1
-                limit = RUN_BYTES // BLOCK
-                while (
-                    n < limit
-                    and i + n < len(numbers)
-                    and numbers[i + n] == b + n
-                    and self.blocks[b + n] == content + n
-                ):
-                    n += 1
-                index, bl = divmod(content, _FILE_KEY)
-                chunk = data.read(index, bl * RBLOCK, n * RBLOCK)
-                view = memoryview(chunk)
-                for k in range(n):
-                    piece = view[k * RBLOCK : (k + 1) * RBLOCK]
-                    if piece != _ZERO_RBLOCK[: len(piece)]:  # an all-zero raw block stays unwritten
-                        out.put_raw(b + k, piece)
-                i += n
-                continue
-            if isinstance(content, list):
-                out.put(b, pack_dentries(content))
-            elif isinstance(content, array):
-                out.put(b, pack_indir(content))
-            else:
-                out.put(b, block_of(TRAW, content))
-            i += 1
-        out.flush()
-        data.close()
+        try:
+            while i < len(numbers):
+                b = numbers[i]
+                content = self.blocks[b]
+                if isinstance(content, int):
+                    if content == _STREAMED:
+                        i += 1
+                        continue
+                    # a run of consecutive blocks of one file: read it at once
+                    n = 1
+                    while (
+                        n < RUN_BYTES // BLOCK
+                        and i + n < len(numbers)
+                        and numbers[i + n] == b + n
+                        and self.blocks[b + n] == content + n
+                    ):
+                        n += 1
+                    index, bl = divmod(content, _FILE_KEY)
+                    data = sources.read(index, bl * RBLOCK, n * RBLOCK)
+                    _emit_file_blocks(out, [(b + k, bl + k) for k in range(n)], data, bl * RBLOCK)
+                    i += n
+                    continue
+                if isinstance(content, list):
+                    out.put(b, pack_dentries(content))
+                elif isinstance(content, array):
+                    out.put(b, pack_indir(content))
+                else:
+                    out.put(b, block_of(TRAW, content))
+                i += 1
+            out.flush()
+        finally:
+            sources.close()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -729,16 +772,18 @@ def tokenize(line: str) -> list[str]:
         args.append("".join(token))
 
 
-def scan_holes(source: Path, length: int, where: str = "") -> tuple[Sequence[int], int]:
-    """Which file blocks mkfs -z 4096 makes hjfs allocate for `source`, and how many writes.
+def read_pieces(
+    source: Path, length: int, where: str = ""
+) -> Iterator[tuple[int, bytes, list[int], int]]:
+    """Read `source` as mkfs -z 4096 copies it into hjfs, a piece at a time.
 
     mkfs reads `length` bytes in 4088-byte pieces; an all-zero piece is
     skipped with seek (a hole), any other is written.  If the last piece was
-    a hole it writes one zero byte at length-1.  hjfs allocates every
-    4095-byte block a write touches, in file order.
+    a hole it writes one zero byte at length-1.  Yields (offset, data, file
+    blocks whose first write falls in this piece, number of writes).
     """
-    blocks_total = (length + RBLOCK - 1) // RBLOCK
     label = where or str(source)
+    nblocks = howmany(length)
     try:
         fd = os.open(source, os.O_RDONLY)
     except OSError as e:
@@ -746,81 +791,130 @@ def scan_holes(source: Path, length: int, where: str = "") -> tuple[Sequence[int
     try:
         if os.fstat(fd).st_size != length:
             raise InputError(f"{label}: {source} changed size since the proto was read")
-        touched: list[int] = []
-        writes = 0
-        last_zero = False
         offset = 0
-        piece = MKFS_BUFLEN * 1024
+        next_block = 0  # blocks below this one were touched already
         while offset < length:
-            data = os.pread(fd, min(piece, length - offset), offset)
-            if not data:
-                raise InputError(f"{label}: {source} ended early")
-            fast = _ZERO_CHUNK not in data
-            view = memoryview(data)
-            for start in range(0, len(data), MKFS_BUFLEN):
-                chunk = view[start : start + MKFS_BUFLEN]
-                if not fast or len(chunk) < MKFS_BUFLEN:
-                    last_zero = chunk == _ZERO_CHUNK[: len(chunk)]
-                else:
-                    last_zero = False
-                if last_zero:
-                    continue
+            data = os.pread(fd, min(PIECE, length - offset), offset)
+            if len(data) != min(PIECE, length - offset):
+                raise InputError(f"{label}: {source} changed size since the proto was read")
+            end = offset + len(data)
+            touched: list[int] = []
+            writes = 0
+            last_hole = False
+            if _ZERO_CHUNK not in data and (end < length or _tail_nonzero(data)):
+                writes = -(-len(data) // MKFS_BUFLEN)  # no all-zero piece here
+                touched.extend(range(max(next_block, offset // RBLOCK), (end - 1) // RBLOCK + 1))
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), MKFS_BUFLEN):
+                    chunk = view[start : start + MKFS_BUFLEN]
+                    last_hole = chunk == _ZERO_CHUNK[: len(chunk)]
+                    if last_hole:
+                        continue
+                    writes += 1
+                    first = max((offset + start) // RBLOCK, next_block)
+                    last = (offset + start + len(chunk) - 1) // RBLOCK
+                    touched.extend(range(first, last + 1))
+                    next_block = max(next_block, last + 1)
+            if touched:
+                next_block = max(next_block, touched[-1] + 1)
+            if end == length and last_hole:  # the final one-byte write
                 writes += 1
-                first = (offset + start) // RBLOCK
-                last = (offset + start + len(chunk) - 1) // RBLOCK
-                if touched and touched[-1] >= first:
-                    first = touched[-1] + 1
-                touched.extend(range(first, last + 1))
-            offset += len(data)
+                if next_block < nblocks:
+                    touched.append(nblocks - 1)
+            yield offset, data, touched, writes
+            offset = end
     finally:
         os.close(fd)
-    if last_zero:
-        writes += 1
-        if not touched or touched[-1] != blocks_total - 1:
-            touched.append(blocks_total - 1)
-    if writes and len(touched) == blocks_total:
-        return range(blocks_total), writes
+
+
+def _tail_nonzero(data: bytes) -> bool:
+    """Whether the last (possibly short) 4088-byte piece of `data` has a nonzero byte."""
+    tail = len(data) % MKFS_BUFLEN or MKFS_BUFLEN
+    return data[-tail:] != _ZERO_CHUNK[:tail]
+
+
+def scan_holes(source: Path, length: int, where: str = "") -> tuple[list[int], int]:
+    """The file blocks mkfs -z 4096 makes hjfs allocate for `source`, and how many writes."""
+    touched: list[int] = []
+    writes = 0
+    for _, _, blocks, n in read_pieces(source, length, where):
+        touched.extend(blocks)
+        writes += n
     return touched, writes
 
 
-class _RunWriter:
-    """Collects consecutive whole blocks and writes each run with one pwrite."""
+def _emit_file_blocks(
+    out: _RunWriter, placed: Sequence[tuple[int, int]], data: bytes, offset: int
+) -> None:
+    """Write file blocks [(device block, file block)] whose bytes start in `data` at `offset`.
 
-    def __init__(self, dev: BlockDevice, progress: Progress | None) -> None:
+    Consecutive device blocks go out as one run; all-zero blocks are left
+    unwritten (a raw block's type byte is 0 too).
+    """
+    view = memoryview(data)
+    maybe_zero = _ZERO_RBLOCK in data or len(data) % RBLOCK != 0
+    i = 0
+    while i < len(placed):
+        b, bl = placed[i]
+        n = 1
+        while i + n < len(placed) and placed[i + n] == (b + n, bl + n):
+            n += 1
+        frame = bytearray(n * BLOCK)
+        written = 0
+        for k in range(n):
+            start = (bl + k) * RBLOCK - offset
+            piece = view[start : start + RBLOCK]
+            if maybe_zero and piece == _ZERO_RBLOCK[: len(piece)]:
+                if written < k:
+                    out.put_run(b + written, frame[written * BLOCK : k * BLOCK])
+                written = k + 1
+                continue
+            frame[k * BLOCK + 1 : k * BLOCK + 1 + len(piece)] = piece
+        if written < n:
+            out.put_run(b + written, frame[written * BLOCK :] if written else frame)
+        i += n
+
+
+class _RunWriter:
+    """Collects whole blocks at consecutive numbers and writes each run with one pwrite."""
+
+    def __init__(self, dev: BlockDevice, progress: Progress | None = None) -> None:
         self.dev = dev
         self.progress = progress
         self.buffer = bytearray()
         self.start = 0
         self.written = 0
 
-    def _begin(self, b: int) -> None:
+    def put(self, b: int, block: bytes) -> None:
+        if block != ZERO_BLOCK:  # a fresh partition already reads as zeros
+            self.put_run(b, block)
+
+    def put_run(self, b: int, blocks: bytes | bytearray) -> None:
         if self.buffer and (
-            b != self.start + len(self.buffer) // BLOCK or len(self.buffer) >= RUN_BYTES
+            b != self.start + len(self.buffer) // BLOCK
+            or len(self.buffer) + len(blocks) > RUN_BYTES
         ):
             self.flush()
-        if not self.buffer:
-            self.start = b
+        if self.buffer:
+            self.buffer += blocks
+            return
+        self.start = b
+        if len(blocks) >= RUN_BYTES // 2:
+            self._write(blocks)
+        else:
+            self.buffer = bytearray(blocks)
 
-    def put(self, b: int, block: bytes) -> None:
-        if block == ZERO_BLOCK:
-            return  # a fresh partition already reads as zeros
-        self._begin(b)
-        self.buffer += block
-
-    def put_raw(self, b: int, payload: memoryview) -> None:
-        self._begin(b)
-        self.buffer.append(TRAW)
-        self.buffer += payload
-        if len(payload) < RBLOCK:
-            self.buffer += bytes(RBLOCK - len(payload))
+    def _write(self, data: bytes | bytearray) -> None:
+        self.dev.pwrite(data, self.start * BLOCK)
+        self.written += len(data)
+        if self.progress is not None:
+            self.progress(self.written)
 
     def flush(self) -> None:
         if self.buffer:
-            self.dev.pwrite(self.buffer, self.start * BLOCK)
-            self.written += len(self.buffer)
+            self._write(self.buffer)
             self.buffer = bytearray()
-            if self.progress is not None:
-                self.progress(self.written)
 
 
 class _SourceReader:
@@ -858,6 +952,30 @@ class _SourceReader:
 # -- the public entry points ----------------------------------------------------------------------
 
 
+def _replay(
+    size_blocks: int,
+    entries: Sequence[ProtoEntry],
+    *,
+    timestamp: int | None,
+    now: int,
+    default_owner: tuple[str, str],
+    console: Sequence[str],
+    mkfs_user: str,
+    mode: str,
+    sink: _RunWriter | None = None,
+) -> HjfsPlan:
+    if size_blocks < 1:
+        raise LayoutError("hjfs: device file too short (less than one 4096-byte block)")
+    model = HjfsPlan(size_blocks, now, mode, sink)
+    model.ream()
+    model.writeusers()
+    model.readusers()
+    for line in console:
+        model.console(line)
+    model.mkfs(entries, user=mkfs_user, default_owner=default_owner, timestamp=timestamp)
+    return model
+
+
 def plan(
     size_blocks: int,
     entries: Sequence[ProtoEntry],
@@ -867,18 +985,21 @@ def plan(
     console: Sequence[str] = MKFILE_CONSOLE,
     mkfs_user: str = MKFS_USER,
 ) -> HjfsPlan:
-    """Replay ream, the console lines and mkfs on a device of `size_blocks` 4096-byte blocks."""
-    if size_blocks < 1:
-        raise LayoutError("hjfs: device file too short (less than one 4096-byte block)")
-    now = int(time.time()) if timestamp is None else timestamp
-    model = HjfsPlan(size_blocks, now)
-    model.ream()
-    model.writeusers()
-    model.readusers()
-    for line in console:
-        model.console(line)
-    model.mkfs(entries, user=mkfs_user, default_owner=default_owner, timestamp=timestamp)
-    return model
+    """Replay ream, the console lines and mkfs on a device of `size_blocks` 4096-byte blocks.
+
+    Reads every source to find its holes; nothing is written.  The result
+    tells `blocks_needed` and can `write()` itself later.
+    """
+    return _replay(
+        size_blocks,
+        entries,
+        timestamp=timestamp,
+        now=int(time.time()) if timestamp is None else timestamp,
+        default_owner=default_owner,
+        console=console,
+        mkfs_user=mkfs_user,
+        mode=PLAN,
+    )
 
 
 def ream_and_populate(
@@ -896,19 +1017,33 @@ def ream_and_populate(
     `timestamp` pins hjfs's clock (every creation and modification time)
     and clamps source mtimes (SOURCE_DATE_EPOCH); None uses the current
     time and the sources' own mtimes.  Entries without an owner get
-    `default_owner` (uid, gid).  `progress` is called with the bytes
-    written so far.
+    `default_owner` (uid, gid); `mkfs_user` is who mkfs attaches as.
+    `progress` is called with the bytes written so far.
+
+    A first replay places every file without reading it, as if it had no
+    holes: it raises every error (names, owners, parents, unreadable
+    sources) and, since holes only save blocks, bounds the space needed.
+    If that fits, a second replay reads each file once and writes its data
+    as it goes; otherwise an exact replay decides, before anything is
+    written, whether the holes make it fit.
     """
-    model = plan(
-        dev.size // BLOCK,
-        entries,
-        timestamp=timestamp,
-        default_owner=default_owner,
-        console=console,
-        mkfs_user=mkfs_user,
-    )
-    model.check_fits(dev.name)
-    model.write(dev, progress=progress)
+    size = dev.size // BLOCK
+    now = int(time.time()) if timestamp is None else timestamp
+    common = {
+        "timestamp": timestamp,
+        "now": now,
+        "default_owner": default_owner,
+        "console": console,
+        "mkfs_user": mkfs_user,
+    }
+    dry = _replay(size, entries, mode=DRY, **common)  # type: ignore[arg-type]
+    out = _RunWriter(dev, progress)
+    if dry.alloc.overflow:
+        model = _replay(size, entries, mode=PLAN, **common)  # type: ignore[arg-type]
+        model.check_fits(dev.name)
+    else:
+        model = _replay(size, entries, mode=STREAM, sink=out, **common)  # type: ignore[arg-type]
+    model.write_runs(out)
     return model.summary()
 
 
@@ -920,6 +1055,7 @@ __all__ = [
     "NOUID",
     "HjfsPlan",
     "plan",
+    "read_pieces",
     "ream_and_populate",
     "scan_holes",
     "to_short",
