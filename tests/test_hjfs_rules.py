@@ -382,3 +382,54 @@ def test_dentry_block_layout_is_conv_c(tmp_path: Path) -> None:
     adm_block = entries(block(image, walk_tree(image)["/adm"].db[0]))
     assert adm_block[0].name == b"users" and all(e.mode == 0 for e in adm_block[1:])
     assert sb["root"] == sb["fend"]
+
+
+# -- the three replays agree -------------------------------------------------------------------
+
+
+def sparse_tree(src: Path) -> None:
+    from imagebuild.hjfs_writer import PIECE
+
+    src.mkdir(parents=True, exist_ok=True)
+    data = bytearray(os.urandom(PIECE + 50_000))
+    data[PIECE - 20_000 : PIECE + 30_000] = bytes(50_000)  # a hole across a read piece
+    (src / "straddle").write_bytes(bytes(data))
+    (src / "zeros").write_bytes(bytes(3 * MiB))
+    (src / "small").write_bytes(b"small\n")
+
+
+def test_streamed_and_planned_images_are_identical(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    sparse_tree(src)
+    (tmp_path / "proto").write_text("+\n")
+    entries_ = read_proto([tmp_path / "proto"], src)
+    streamed = BytesStorage(32 * MiB)
+    ream_and_populate(BlockDevice(streamed, name="fs"), entries_, timestamp=T)
+    planned = BytesStorage(32 * MiB)
+    plan(32 * MiB // BLOCK, entries_, timestamp=T).write(BlockDevice(planned, name="fs"))
+    assert streamed.buffer == planned.buffer
+    vol = HjfsVolume(BlockDevice(streamed, name="fs"))
+    assert vol.read("/straddle") == (src / "straddle").read_bytes()
+
+
+def test_holes_across_read_pieces_follow_mkfs(tmp_path: Path) -> None:
+    from hjfs_helpers import mkfs_touched_blocks
+
+    src = tmp_path / "src"
+    sparse_tree(src)
+    for name in ("straddle", "zeros", "small"):
+        data = (src / name).read_bytes()
+        assert scan_holes(src / name, len(data)) == mkfs_touched_blocks(data), name
+
+
+def test_a_tree_that_fits_only_thanks_to_its_holes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "zeros").write_bytes(bytes(3 * MiB))  # 769 blocks without holes, 1 with
+    (tmp_path / "proto").write_text("zeros\n")
+    storage = BytesStorage(2 * MiB)
+    dev = BlockDevice(storage, name="fs")
+    summary = ream_and_populate(dev, read_proto([tmp_path / "proto"], src), timestamp=T)
+    assert summary.blocks_used < 32
+    assert HjfsVolume(dev).read("/zeros") == bytes(3 * MiB)
+    assert fsck(dev) == []
