@@ -581,49 +581,61 @@ class Qcow2Image:
             length = self.size - offset
         end = min(offset + length, self.size)
         bits = self.cluster_bits
+        cs = self.cluster_size
         version = self.header.version
-        run: Extent | None = None
-        pos = offset
         per_l2 = self._l2_entries
+        normal = ClusterKind.NORMAL
+        # the run being built: kind, guest start, host start (0: none)
+        run_kind: ClusterKind | None = None
+        run_start = run_host = 0
+        pos = offset
         while pos < end:
             gc = pos >> bits
             l1i = gc >> self._l2_shift
             table = self._l2_table(l1i)
+            table_end = min(end, (l1i + 1) * per_l2 << bits)
             if table is None:
-                stop = min(end, (l1i + 1) * per_l2 << bits)
-                piece = Extent(ClusterKind.UNALLOCATED, pos, stop - pos)
-            else:
+                kind, host = ClusterKind.UNALLOCATED, 0
+                if run_kind is not kind:
+                    if run_kind is not None:
+                        yield Extent(run_kind, run_start, pos - run_start, run_host)
+                    run_kind, run_start, run_host = kind, pos, 0
+                pos = table_end
+                continue
+            while pos < table_end:
+                gc = pos >> bits
+                stop = min(table_end, (gc + 1) << bits)
                 entry = table[gc & (per_l2 - 1)]
-                kind = classify(entry, version)
-                stop = min(end, (gc + 1) << bits)
                 within = pos - (gc << bits)
-                if kind is ClusterKind.NORMAL:
-                    host = entry & L2E_OFFSET_MASK
-                    if host & (self.cluster_size - 1):
+                if entry & OFLAG_COMPRESSED:
+                    if run_kind is not None:
+                        yield Extent(run_kind, run_start, pos - run_start, run_host)
+                    yield Extent(ClusterKind.COMPRESSED, pos, stop - pos, within, entry)
+                    run_kind = None
+                    pos = stop
+                    continue
+                host = entry & L2E_OFFSET_MASK
+                if version >= 3 and entry & OFLAG_ZERO:
+                    kind = ClusterKind.ZERO  # a preallocated one keeps its host for map()
+                elif host:
+                    kind = normal
+                    if host & (cs - 1):
                         raise ImageFormatError(
                             f"{self.path}: L2 entry for guest cluster {gc}: host offset "
                             f"{host:#x} is not cluster aligned"
                         )
-                    piece = Extent(kind, pos, stop - pos, host + within)
-                elif kind is ClusterKind.COMPRESSED:
-                    piece = Extent(kind, pos, stop - pos, within, entry)
-                elif kind is ClusterKind.ZERO and entry & L2E_OFFSET_MASK:
-                    # preallocated zero cluster: the host offset is kept for map()
-                    piece = Extent(kind, pos, stop - pos, (entry & L2E_OFFSET_MASK) + within)
                 else:
-                    piece = Extent(kind, pos, stop - pos)
-            if run is not None and run.kind is piece.kind and piece.kind is not \
-                    ClusterKind.COMPRESSED and (
-                    run.host == piece.host == 0 or
-                    (run.host and run.host + run.length == piece.host)):
-                run = Extent(run.kind, run.start, run.length + piece.length, run.host)
-            else:
-                if run is not None:
-                    yield run
-                run = piece
-            pos = stop
-        if run is not None:
-            yield run
+                    kind = ClusterKind.UNALLOCATED
+                if host:
+                    host += within
+                if kind is not run_kind or (
+                        host != (run_host + pos - run_start if run_host else 0)):
+                    if run_kind is not None:
+                        yield Extent(run_kind, run_start, pos - run_start, run_host)
+                    run_kind, run_start, run_host = kind, pos, host
+                pos = stop
+        if run_kind is not None:
+            yield Extent(run_kind, run_start, pos - run_start, run_host)
 
     def readinto(self, buf: memoryview, offset: int) -> int:
         """Fill buf with guest bytes from offset (it must lie within the disk)."""
