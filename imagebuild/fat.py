@@ -265,7 +265,7 @@ class _Directory:
     entries: bytearray = field(default_factory=bytearray)
     runs: list[tuple[int, int]] = field(default_factory=list)  # (first cluster, count)
     last_cluster: int = 1  # format.c fatlast
-    names: dict[str, str] = field(default_factory=dict)
+    names: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def allocate(self, count: int, what: str) -> int:
         """clustalloc(Sof), clustalloc(0)..., clustalloc(Eof): `count` consecutive clusters."""
@@ -279,11 +279,13 @@ class _Directory:
         self.runs.append((first, count))
         return first
 
-    def claim(self, key: str, what: str) -> None:
-        folded = key.casefold()
-        if folded in self.names:
-            raise FatError(f"{what}: name clashes with {self.names[folded]!r} in the root")
-        self.names[folded] = what
+    def claim(self, kind: str, name: str, what: str) -> None:
+        """Refuse a second file a reader could not tell apart: the same name up to case
+        (kind "name") or the same 11-byte 8.3 name (kind "short")."""
+        key = (kind, name.casefold())
+        if key in self.names:
+            raise FatError(f"{what}: name clashes with {self.names[key]} in the root")
+        self.names[key] = what
 
 
 def _check_name(name: str) -> None:
@@ -314,11 +316,11 @@ def _add_file(
         state.alias_id += 1
         field11 = short_name_field(short)
         slots = lfn_slots(name, lfn_checksum(field11))
-        root.claim(name, f"file {name!r}")
     else:
         short = name
         field11 = short_name_field(short)
-    root.claim(field11.decode("latin-1"), f"file {name!r} (8.3 name {short.upper()!r})")
+    root.claim("name", name, f"file {name!r}")
+    root.claim("short", field11.decode("latin-1"), f"file {name!r} (8.3 name {short.upper()!r})")
     if len(root.entries) // DIR_ENTRY_SIZE + len(slots) + 1 > root.capacity:
         raise FatError(
             f"file {name!r}: too many files in root (it holds {root.capacity} entries)"
