@@ -259,6 +259,7 @@ class _SourceDir:
     mode: int
     mtime: int
     length: int
+    ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino): a directory met again is a loop
 
 
 def parse_mode_option(spec: str, mask: int, mode: int) -> tuple[int, int] | None:
@@ -335,6 +336,7 @@ class _ProtoReader:
         self.indent = 0
         self.origin = "?"
         self.opt: _Opt | None = None
+        self.expanding: set[tuple[int, int]] = set()  # directories `+` is inside of
 
     # -- errors --
     def fail(self, message: str) -> ProtoError:
@@ -463,7 +465,9 @@ class _ProtoReader:
         except OSError as e:
             raise self.fail(f"{new}: can't stat source {path}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
-            return _SourceDir(DMDIR | (st.st_mode & 0o777), int(st.st_mtime), 0)
+            return _SourceDir(
+                DMDIR | (st.st_mode & 0o777), int(st.st_mtime), 0, (st.st_dev, st.st_ino)
+            )
         if stat.S_ISREG(st.st_mode):
             return _SourceDir(st.st_mode & 0o777, int(st.st_mtime), st.st_size)
         raise self.fail(f"{new}: source {path} is neither a file nor a directory")
@@ -489,7 +493,16 @@ class _ProtoReader:
         directory = self.source_of(me)
         if not directory.is_dir():
             raise self.fail(f"{me.new or '/'}: can't open source directory {directory}")
-        names = self.listdir(me, directory)
+        ident = self.stat(directory, me.new or "/").ident
+        if ident in self.expanding:
+            raise self.fail(f"{me.new}: source {directory} contains itself (a symbolic link loop)")
+        self.expanding.add(ident)
+        try:
+            self.expand(me, recursive, self.listdir(me, directory))
+        finally:
+            self.expanding.discard(ident)
+
+    def expand(self, me: _File, recursive: bool, names: list[str]) -> None:
         for name in names:
             if self.opt is not None and self.opt.skip is not None and self.opt.skip.search(name):
                 continue

@@ -431,3 +431,17 @@ def test_real_distproto_parses_against_a_matching_tree(tmp_path: Path) -> None:
         "/386": (oct(DMDIR | 0o775), "sys", "sys"),
         "/386/9bootfat": ("0o664", "sys", "sys"),
     }
+
+
+def test_symlink_loop_in_plus_is_an_error(tmp_path: Path, src: Path) -> None:
+    (src / "lib" / "sub" / "back").symlink_to(src / "lib")
+    with pytest.raises(ProtoError, match=r"proto:2: /lib/sub/back: source .* contains itself"):
+        read_proto([proto(tmp_path, "lib d775\n\t+\n")], src)
+
+
+def test_symlinked_files_and_directories_are_followed(tmp_path: Path, src: Path) -> None:
+    (src / "lib" / "alias").symlink_to(src / "lib" / "a")
+    (src / "lib" / "tz").symlink_to(src / "adm" / "timezone")
+    entries = {e.path: e for e in read_proto([proto(tmp_path, "lib d775\n\t+\n")], src)}
+    assert entries["/lib/alias"].length == 1 and not entries["/lib/alias"].is_dir
+    assert entries["/lib/tz"].is_dir and "/lib/tz/EST" in entries
