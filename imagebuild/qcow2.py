@@ -998,7 +998,7 @@ class Qcow2Image:
 
 
 def _zstd_decompress(raw: bytes, cluster_size: int, where: str) -> bytes:
-    """QEMU's zstd cluster: a 32-bit big-endian length, then that many bytes of frames."""
+    """A zstd-compressed cluster: one frame, followed by padding or the next cluster."""
     try:
         import zstandard
     except ImportError:

@@ -226,3 +226,16 @@ def test_qcow2_fuzzed_qemu_compressed_image_never_tracebacks(tmp_path: Path) -> 
 
     run()
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+
+
+@needs_qemu_img
+def test_qcow2_zstd_without_zstandard_is_a_clear_error(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import now fails
+    raw = make_raw(tmp_path / "r.raw", MiB, [(0, patterned(MiB, 2))])
+    path = tmp_path / "z.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", raw, path)
+    err = _error(path)
+    assert isinstance(err, UnsupportedImageError) and "zstandard" in str(err)
