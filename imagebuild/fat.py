@@ -395,8 +395,11 @@ def plan_layout(
         if not raw.isascii() or any(c < 0x20 for c in raw):
             raise FatError(f"volume label {label!r}: must be printable ASCII")
         label_bytes = raw[:LABEL_SIZE].ljust(LABEL_SIZE, b" ")
-    if secs >= 1 << 32:
-        raise FatError(f"partition of {secs} sectors: a FAT counts at most 2^32-1")
+    if secs >= 1 << 32 or hidden_sectors >= 1 << 32:
+        raise FatError(
+            f"partition of {secs} sectors at sector {hidden_sectors}: a FAT counts "
+            f"sectors in 32 bits"
+        )
     if secs < ROOT_DIR_FRACTION:
         raise FatError(
             f"partition of {secs} sectors is too small: format gives a root directory "

@@ -38,6 +38,7 @@ MKFILE_FILES = [
     FatFile("bcm2711-rpi-4-b.dtb", payload(40_000, 4)),  # too long: long name
     FatFile("empty", b""),  # no cluster (start 0)
     FatFile("Ünïcode name with spaces and more than 26 chars.txt", b"hello\n"),  # 4 slots
+    FatFile("exactly twenty-six chars.x", b"2 full slots, no terminator\n"),
 ]
 
 
@@ -141,10 +142,10 @@ def test_fat_independent_readers_agree(
     listing = mdir(image)
     for file in MKFILE_FILES:
         assert mtype(image, file.name) == file.data, file.name
-    # format's alias counter runs through its check pass first: 3 long names
-    # take ids 0..2 there, so the commit pass writes ~3, ~4, ~5.
-    assert "LICENC~3 BRO" in listing and "LICENCE.broadcom" in listing
-    assert "BCM271~4 DTB" in listing
+    # format's alias counter runs through its check pass first: 4 long names
+    # take ids 0..3 there, so the commit pass writes ~4, ~5, ~6, ~7.
+    assert "LICENC~4 BRO" in listing and "LICENCE.broadcom" in listing
+    assert "BCM271~5 DTB" in listing and "exactly twenty-six chars.x" in listing
     assert "9BOOTFAT" in listing and "PLAN9    INI" in listing
 
 
@@ -171,7 +172,7 @@ def test_fat_reader_reads_everything_back(tmp_path: Path) -> None:
     assert volume.params == params
     names = [e.name for e in volume.listdir("/")]
     assert names == ["9BOOTFAT", "PLAN9.INI", "9PC64", "LICENCE.broadcom",
-                     "bcm2711-rpi-4-b.dtb", "EMPTY", MKFILE_FILES[-1].name]
+                     "bcm2711-rpi-4-b.dtb", "EMPTY", *(f.name for f in MKFILE_FILES[-2:])]
     for file in MKFILE_FILES:
         assert volume.read(file.name) == file.data
 
@@ -182,3 +183,17 @@ def test_fat_too_many_files_leaves_device_untouched(tmp_path: Path) -> None:
     with pytest.raises(FatError, match="too many files in root"):
         format_fat(part, files)
     assert storage.pread(part.size, part.start * 512) == bytes(part.size)
+
+
+@needs_fsck
+def test_fat_4096_byte_sectors(tmp_path: Path) -> None:
+    # format works in disk->secsize units throughout
+    storage = RawFile.create(tmp_path / "disk.img", (8 + 20000) * 4096)
+    part = BlockDevice(storage, sector_size=4096).slice(8, 8 + 20000, "dos")
+    params = format_fat(part, MKFILE_FILES[:4], timestamp=TIMESTAMP)
+    assert (params.bytes_per_sector, params.root_entries, params.fat_bits) == (4096, 512, 16)
+    image = tmp_path / "part.img"
+    image.write_bytes(storage.pread(part.size, 8 * 4096))
+    assert fsck(image) == LABEL_MESSAGE
+    volume = FatVolume(part)
+    assert [volume.read(f.name) for f in MKFILE_FILES[:4]] == [f.data for f in MKFILE_FILES[:4]]
