@@ -289,3 +289,22 @@ def test_fat_label_and_cluster_options() -> None:
     with pytest.raises(FatError, match="FAT width 32"):
         plan(20000, fat_bits=32)
     assert set(DISK_TYPES) == {"3½HD", "3½DD", "3½QD", "5¼HD", "5¼DD", "hard"}
+
+
+def test_fat_golden_hybrid_iso_esp() -> None:
+    """disk/format -b /386/pbs -xd -t hard $d/esp: the last cylinder of the ISO (its size
+    follows the ISO; here 2048 sectors at 800000, 64x32 geometry, documented explicitly)."""
+    disk = disk_with_partition(802048, 800000, 802048, 64, 32)
+    esp = disk.slice(800000, 802048, "esp")
+    params = format_fat(esp, [], pbs=PBS, disk_type="hard", xflag=True)
+    assert params == golden(
+        sectors_per_cluster=1,  # defcluster(2048) = 1
+        reserved_sectors=1,
+        root_entries=160,  # 2048/200 = 10 sectors of 16 entries
+        total_sectors16=2048, total_sectors32=2048,  # both: bigvolsize is always written
+        fat_sectors16=6,  # clusters 2 + (2048-1-12-10)/1 = 2027; (12*2027+4095)/4096 = 6
+        sectors_per_track=32, heads=64, hidden_sectors=800000,
+        fs_type=b"FAT12   ",
+    )
+    assert (params.first_data_sector, params.cluster_count, params.fat_bits) == (23, 2025, 12)
+    assert esp.pread(3, 512) == b"\xf8\xff\xff"  # FAT12: media, then 0xff 0xff
