@@ -292,6 +292,24 @@ def indirect_path(blk: int) -> tuple[int, list[int]] | None:
     return level, indexes
 
 
+def indirect_blocks_for(nblocks: int) -> int:
+    """Indirect blocks a file of `nblocks` blocks without holes needs (getblk's tree)."""
+    count = 0
+    nblocks -= NDIRECT
+    span = OFFPERBLK
+    level = 0
+    while nblocks > 0 and level < NINDIRECT:
+        here = min(nblocks, span)
+        per = OFFPERBLK
+        for _ in range(level + 1):  # each layer of the level's tree, bottom up
+            count += -(-here // per)
+            per *= OFFPERBLK
+        nblocks -= here
+        span *= OFFPERBLK
+        level += 1
+    return count
+
+
 # -- names --------------------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ from imagebuild.hjfs_layout import (
     block_of,
     default_users,
     howmany,
+    indirect_blocks_for,
     indirect_path,
     name_problem,
     pack_dentries,
@@ -214,6 +215,7 @@ class HjfsPlan:
         self.sources: list[_Source] = []
         self.users = UserTable(default_users())
         self.root = 0
+        self.dry_blocks = 0  # file blocks a DRY replay counted instead of placing
 
     # -- hjfs internals -------------------------------------------------------------------------
     def _modified(self, d: Dentry, uid: int) -> None:
@@ -250,6 +252,44 @@ class HjfsPlan:
             table[index] = self.alloc.getfree()
             return table[index], True
         return table[index], False
+
+    def _place(self, d: Dentry, touched: Sequence[int]) -> list[int]:
+        """getblk(GBCREATE) for ascending file blocks: their device blocks, allocating as needed.
+
+        The same allocations in the same order as _getblk block by block; the
+        indirect table holding the data pointers is looked up once per 341 blocks.
+        """
+        getfree = self.alloc.getfree
+        out: list[int] = []
+        leaf: list[int] | Offsets = d.db
+        lo, hi = 0, NDIRECT
+        for bl in touched:
+            if not lo <= bl < hi:
+                leaf, lo = self._leaf(d, bl)
+                hi = lo + (NDIRECT if lo == 0 else OFFPERBLK)
+            b = leaf[bl - lo]
+            if b == 0:
+                b = leaf[bl - lo] = getfree()
+            out.append(b)
+        return out
+
+    def _leaf(self, d: Dentry, blk: int) -> tuple[list[int] | Offsets, int]:
+        """The table holding file block `blk`'s pointer and the file block of its first slot,
+        allocating the indirect blocks on the way as getblk does."""
+        where = indirect_path(blk)
+        if where is None:
+            return d.db, 0
+        level, indexes = where
+        table: list[int] | Offsets = d.ib
+        index = level
+        for next_index in indexes:
+            if table[index] == 0:
+                table[index] = self.alloc.getfree()
+                self.blocks[table[index]] = array("Q", bytes(8 * OFFPERBLK))
+            content = self.blocks[table[index]]
+            assert isinstance(content, array)
+            table, index = content, next_index
+        return table, blk - indexes[-1]
 
     def _delindir(self, table: list[int] | Offsets, index: int, depth: int) -> None:
         """fs1.c delindir(): free an indirect tree, children first, zeroing the pointers."""
@@ -629,11 +669,11 @@ class HjfsPlan:
             return
         d = node.dentry
         if self.mode == DRY:
+            # no holes assumed: count the blocks instead of placing them
             if not os.access(entry.source, os.R_OK):
                 raise InputError(f"{where}: can't read {entry.source}")
-            for bl in range(howmany(length)):
-                b, _ = self._getblk(d, bl, create=True)
-                self.blocks[b] = _STREAMED
+            nblocks = howmany(length)
+            self.dry_blocks += nblocks + indirect_blocks_for(nblocks)
             writes = -(-length // MKFS_BUFLEN)
         else:
             writes = 0
@@ -641,14 +681,16 @@ class HjfsPlan:
             self.sources.append(_Source(entry.source, length))
             for offset, data, touched, piece_writes in read_pieces(entry.source, length, where):
                 writes += piece_writes
-                placed = [(self._getblk(d, bl, create=True)[0], bl) for bl in touched]
+                numbers = self._place(d, touched)
                 if self.sink is None:
-                    for b, bl in placed:
+                    for b, bl in zip(numbers, touched, strict=True):
                         self.blocks[b] = index * _FILE_KEY + bl
                 else:
-                    for b, _ in placed:
+                    for b in numbers:
                         self.blocks[b] = _STREAMED
-                    _emit_file_blocks(self.sink, placed, data, offset)
+                    _emit_file_blocks(
+                        self.sink, list(zip(numbers, touched, strict=True)), data, offset
+                    )
         d.mtime = d.atime = self.now
         d.muid = creator
         d.vers = (d.vers + writes) & 0xFFFFFFFF
@@ -657,11 +699,15 @@ class HjfsPlan:
     # -- results --------------------------------------------------------------------------------
     @property
     def blocks_needed(self) -> int:
-        """Blocks in use at the end, counting any that did not fit."""
-        return self.size - self.alloc.refs.count(0) + self.alloc.overflow
+        """Blocks in use at the end, counting any that did not fit (a bound for DRY)."""
+        return self.size - self.alloc.refs.count(0) + self.alloc.overflow + self.dry_blocks
+
+    @property
+    def fits(self) -> bool:
+        return self.blocks_needed <= self.size
 
     def check_fits(self, name: str) -> None:
-        if self.alloc.overflow:
+        if not self.fits:
             raise LayoutError(
                 f"{name}: the tree needs {self.blocks_needed} hjfs blocks of {BLOCK} bytes "
                 f"({self.blocks_needed * BLOCK} bytes) but the partition has {self.size} blocks"
@@ -1038,7 +1084,7 @@ def ream_and_populate(
     }
     dry = _replay(size, entries, mode=DRY, **common)  # type: ignore[arg-type]
     out = _RunWriter(dev, progress)
-    if dry.alloc.overflow:
+    if not dry.fits:
         model = _replay(size, entries, mode=PLAN, **common)  # type: ignore[arg-type]
         model.check_fits(dev.name)
     else:

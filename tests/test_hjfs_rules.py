@@ -433,3 +433,53 @@ def test_a_tree_that_fits_only_thanks_to_its_holes(tmp_path: Path) -> None:
     assert summary.blocks_used < 32
     assert HjfsVolume(dev).read("/zeros") == bytes(3 * MiB)
     assert fsck(dev) == []
+
+
+def test_dry_replay_bounds_the_exact_one(tmp_path: Path) -> None:
+    from imagebuild.hjfs_layout import indirect_blocks_for
+    from imagebuild.hjfs_writer import DRY, MKFILE_CONSOLE, _replay
+
+    # getblk's tree: 15 direct; then 341 below one single-indirect block; then
+    # double-indirect: one top block and one per 341 data blocks
+    assert [indirect_blocks_for(n) for n in (15, 16, 356, 357, 356 + 341, 356 + 342)] == [
+        0,
+        1,
+        1,
+        3,
+        3,
+        4,
+    ]
+    assert indirect_blocks_for(15 + 341 + 341**2 + 1) == 1 + (1 + 341) + 3
+    src = tmp_path / "src"
+    sparse_tree(src)
+    (src / "dense").write_bytes(os.urandom(3 * MiB))
+    for text, sparse in (("dense\nsmall\n", False), ("+\n", True)):
+        (tmp_path / "proto").write_text(text)
+        entries_ = read_proto([tmp_path / "proto"], src)
+        exact = plan(8192, entries_, timestamp=T).blocks_needed
+        dry = _replay(
+            8192,
+            entries_,
+            timestamp=T,
+            now=T,
+            default_owner=("sys", "sys"),
+            console=MKFILE_CONSOLE,
+            mkfs_user="glenda",
+            mode=DRY,
+        ).blocks_needed
+        # without holes the count is exact; holes only save blocks
+        assert (dry > exact) if sparse else (dry == exact), text
+
+
+def test_writer_summary_matches_reader(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    sparse_tree(src)
+    (tmp_path / "proto").write_text("+\n")
+    dev = BlockDevice(BytesStorage(32 * MiB), name="fs")
+    progress: list[int] = []
+    written = ream_and_populate(
+        dev, read_proto([tmp_path / "proto"], src), timestamp=T, progress=progress.append
+    )
+    assert written == HjfsVolume(dev).summary()
+    assert (written.files, written.directories) == (4, 4)  # users + 3; /, adm, dist, usr
+    assert progress == sorted(progress) and progress[-1] >= 2 * MiB
