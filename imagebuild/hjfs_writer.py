@@ -612,16 +612,8 @@ class HjfsPlan:
     ) -> None:
         where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
         path = entry.path
-        if path == "/" or not path.startswith("/"):
-            raise LayoutError(f"{where}: mkfs cannot create this path")
-        parent_path, name = path.rsplit("/", 1)
-        parent_path = parent_path or "/"
-        name_bytes = name.encode("utf-8", "surrogateescape")
-        problem = name_problem(name_bytes)
-        if problem:
-            raise LayoutError(f"{where}: hjfs cannot store this name: {problem}")
-        if name_bytes == MKFS_TMP:
-            raise LayoutError(f"{where}: the name {MKFS_TMP.decode()} is mkfs's temporary file")
+        if not path.startswith("/"):
+            raise LayoutError(f"{where}: not a path in the new file system")
         mtime = entry.mtime if timestamp is None else min(entry.mtime, timestamp)
         uid = self._owner(entry, entry.uid, default_owner[0])
         gid = self._owner(entry, entry.gid, default_owner[1])
@@ -639,6 +631,14 @@ class HjfsPlan:
                 f"{where}: already in the file system from an older source; "
                 "replacing files is not supported"
             )
+        parent_path, name = path.rsplit("/", 1)
+        parent_path = parent_path or "/"
+        name_bytes = name.encode("utf-8", "surrogateescape")
+        problem = name_problem(name_bytes)
+        if problem:
+            raise LayoutError(f"{where}: hjfs cannot store this name: {problem}")
+        if name_bytes == MKFS_TMP:
+            raise LayoutError(f"{where}: the name {MKFS_TMP.decode()} is mkfs's temporary file")
         parent = self.paths.get(parent_path)
         if parent is None or not parent.dentry.is_dir:
             raise LayoutError(f"{where}: can't create: {parent_path} is not a directory")
