@@ -184,7 +184,8 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
             [FatFile(name, data) for name, data in content],
             pbs=boot_sector,
             pbs_source=f"{base}:{boot} boot sector",
-            reserved=params.reserved_sectors,
+            # format's two passes each add one reserved sector on FAT32 (docs/fat.md)
+            reserved=params.reserved_sectors - (2 if params.fat_bits == 32 else 0),
             label=params.label,
             timestamp=timestamp,
         )
