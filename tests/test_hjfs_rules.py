@@ -487,6 +487,6 @@ def test_writer_summary_matches_reader(tmp_path: Path) -> None:
 
 def test_proto_naming_the_root_leaves_it_alone(tmp_path: Path) -> None:
     # "." is the new root: mkfs finds /n/newfs/ up to date (ream stamped it with the clock)
-    storage, dev = build(tmp_path, ".\td775\na\n", {"a": b"x"})
-    assert HjfsVolume(dev).stat("/").mode & 0o777 == 0o775
+    _, dev = build(tmp_path, ".\td700\na\n", {"a": b"x"})
+    assert HjfsVolume(dev).stat("/").mode & 0o777 == 0o775  # not 0700
     assert HjfsVolume(dev).listdir("/")[-1] == "a"
