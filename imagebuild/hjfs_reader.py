@@ -93,6 +93,7 @@ class HjfsVolume:
                 f"outside the device ({dev.size // BLOCK} blocks)"
             )
         self._users: UserTable | None = None
+        self._offsets: dict[int, list[int]] = {}
 
     # -- blocks ---------------------------------------------------------------------------------
     def block(self, b: int) -> bytes:
@@ -122,8 +123,17 @@ class HjfsVolume:
         for index in indexes:
             if b == 0:
                 return 0
-            b = unpack_indir(self.typed_block(b, TINDIR))[index]
+            b = self.offsets(b)[index]
         return b
+
+    def offsets(self, b: int) -> list[int]:
+        """An indirect block's pointers (the last few read are kept)."""
+        cached = self._offsets.get(b)
+        if cached is None:
+            if len(self._offsets) >= 64:
+                self._offsets.clear()
+            cached = self._offsets[b] = unpack_indir(self.typed_block(b, TINDIR))
+        return cached
 
     # -- the tree -------------------------------------------------------------------------------
     def root_location(self) -> tuple[int, int]:

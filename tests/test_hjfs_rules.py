@@ -490,3 +490,14 @@ def test_proto_naming_the_root_leaves_it_alone(tmp_path: Path) -> None:
     _, dev = build(tmp_path, ".\td700\na\n", {"a": b"x"})
     assert HjfsVolume(dev).stat("/").mode & 0o777 == 0o775  # not 0700
     assert HjfsVolume(dev).listdir("/")[-1] == "a"
+
+
+def test_every_permission_bit_survives(tmp_path: Path) -> None:
+    modes = [0o777, 0o000, 0o421, 0o124, 0o241, 0o700, 0o070, 0o007]
+    text = "".join(f"m{m:03o}\t{m:03o}\n" for m in modes) + "d\td000\n"
+    files: dict[str, bytes | None] = {f"m{m:03o}": b"x" for m in modes}
+    files["d"] = None
+    _, dev = build(tmp_path, text, files)
+    vol = HjfsVolume(dev)
+    assert [vol.stat(f"/m{m:03o}").mode for m in modes] == modes
+    assert vol.stat("/d").mode == 0x80000000
