@@ -1066,8 +1066,8 @@ def ream_and_populate(
     `default_owner` (uid, gid); `mkfs_user` is who mkfs attaches as.
     `progress` is called with the bytes written so far.
 
-    A first replay places every file without reading it, as if it had no
-    holes: it raises every error (names, owners, parents, unreadable
+    A first replay counts every file's blocks without reading it, as if it
+    had no holes: it raises every error (names, owners, parents, unreadable
     sources) and, since holes only save blocks, bounds the space needed.
     If that fits, a second replay reads each file once and writes its data
     as it goes; otherwise an exact replay decides, before anything is
