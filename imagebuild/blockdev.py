@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from imagebuild.errors import LayoutError, OutOfRangeError
+from imagebuild.errors import LayoutError, OutOfRangeError, ReadOnlyImageError
 
 SECTOR_SIZE = 512
 
@@ -55,10 +55,15 @@ class Storage(Protocol):
 
 
 class RawFile:
-    """A raw disk image file as Storage; its size is fixed when opened."""
+    """A raw disk image file as Storage; its size is fixed when opened.
+
+    Reads past the end of a short file return zeros; writes must stay inside
+    the size.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
         self.path = os.fspath(path)
+        self.writable = writable
         self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
 
@@ -78,19 +83,28 @@ class RawFile:
 
     def pread(self, size: int, offset: int) -> bytes:
         data = os.pread(self._fd, size, offset)
-        if len(data) < size:  # a short file reads as zeros to its nominal size
-            data += bytes(size - len(data))
-        return data
+        return data if len(data) == size else data.ljust(size, b"\0")
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        if not self.writable:
+            raise ReadOnlyImageError(f"{self.path}: image is open read-only")
+        if offset < 0 or offset + len(data) > self._size:
+            raise OutOfRangeError(
+                f"{self.path}: write of {len(data)} bytes at offset {offset} runs past the end "
+                f"({self._size} bytes)"
+            )
         view = memoryview(data)
         done = 0
         while done < len(view):
             done += os.pwrite(self._fd, view[done:], offset + done)
         return done
 
+    def fileno(self) -> int:
+        return self._fd
+
     def flush(self) -> None:
-        os.fsync(self._fd)
+        if self.writable:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -13,6 +13,10 @@ class UnsupportedImageError(ImageBuildError):
     """A well-formed image uses a feature we refuse to handle (encryption, ...)."""
 
 
+class ReadOnlyImageError(ImageBuildError):
+    """A write to an image or file opened read-only."""
+
+
 class OutOfRangeError(ImageBuildError):
     """I/O or a structure would fall outside the device or view it targets."""
 

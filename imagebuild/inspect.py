@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild.blockdev import BlockDevice, PartFS, RawFile, Storage
+from imagebuild.blockdev import BlockDevice, PartFS, Storage
 from imagebuild.errors import ImageBuildError
 
-QCOW2_MAGIC = b"QFI\xfb"
 PLAN9_TYPE = 0x39
 FAT_TYPES = {0x01: "FAT12", 0x04: "FAT16", 0x06: "FAT16", 0x0B: "FAT32", 0x0C: "FAT32",
              0x0E: "FAT16", 0xEF: "ESP"}
@@ -36,16 +35,14 @@ class OpenedImage:
 @contextmanager
 def open_image(path: Path) -> Iterator[OpenedImage]:
     """Open a qcow2 or raw image read-only, sniffing the format by its magic."""
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic == QCOW2_MAGIC:
-        from imagebuild.qcow2 import Qcow2Image
+    from imagebuild.qcow2 import Qcow2Image
+    from imagebuild.qcow2 import open_image as open_container
 
-        with Qcow2Image.open(path) as image:
+    with open_container(path) as image:
+        if isinstance(image, Qcow2Image):
             yield OpenedImage(path, "qcow2", image.data, image.info())
-    else:
-        with RawFile(path) as raw:
-            yield OpenedImage(path, "raw", raw, {})
+        else:
+            yield OpenedImage(path, "raw", image, {})
 
 
 def mbr_table(disk: BlockDevice) -> list[dict[str, Any]]:

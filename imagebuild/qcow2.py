@@ -39,10 +39,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+from imagebuild.blockdev import RawFile
 from imagebuild.errors import (
     ImageBuildError,
     ImageFormatError,
     OutOfRangeError,
+    ReadOnlyImageError,
     UnsupportedImageError,
 )
 from imagebuild.qcow2_format import (
@@ -91,10 +93,6 @@ from imagebuild.qcow2_format import (
 
 IOV_MAX = 1024
 _QUICK = 16  # bytes looked at before a full all-zero comparison
-
-
-class ReadOnlyImageError(ImageBuildError):
-    """A write to an image opened read-only."""
 
 
 class Storage(Protocol):
@@ -1095,59 +1093,9 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         return "qcow2" if f.read(4) == MAGIC else "raw"
 
 
-class RawImage:
-    """A raw image file as Storage with close(); reads past its end are zeros."""
-
-    def __init__(self, path: str, *, writable: bool = False) -> None:
-        self.path = path
-        self.writable = writable
-        self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        self._size = os.fstat(self._fd).st_size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def pread(self, size: int, offset: int) -> bytes:
-        data = os.pread(self._fd, size, offset)
-        return data if len(data) == size else data.ljust(size, b"\0")
-
-    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
-        if not self.writable:
-            raise ReadOnlyImageError(f"{self.path}: image is open read-only")
-        if offset < 0 or offset + len(data) > self._size:
-            raise OutOfRangeError(
-                f"{self.path}: write of {len(data)} bytes at offset {offset} runs past the end "
-                f"({self._size} bytes)"
-            )
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], offset + done)
-        return done
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def flush(self) -> None:
-        if self.writable:
-            os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> RawImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def open_image(path: str | os.PathLike[str], *, writable: bool = False,
                format: str | None = None, _chain: frozenset[str] = frozenset(),
-               ) -> Qcow2Image | RawImage:
+               ) -> Qcow2Image | RawFile:
     """Open a disk image as Storage (size, pread, pwrite, close), qcow2 or raw.
 
     `format` None sniffs the QCOW magic.  A qcow2 image comes back as a
@@ -1158,5 +1106,5 @@ def open_image(path: str | os.PathLike[str], *, writable: bool = False,
     if fmt == "qcow2":
         return Qcow2Image.open(name, writable=writable, _chain=_chain)
     if fmt == "raw":
-        return RawImage(name, writable=writable)
+        return RawFile(name, writable=writable)
     raise UnsupportedImageError(f"{name}: image format {fmt!r} (known: qcow2, raw)")

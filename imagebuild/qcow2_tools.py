@@ -16,11 +16,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from imagebuild.blockdev import RawFile
 from imagebuild.errors import ImageBuildError, UnsupportedImageError
 from imagebuild.qcow2 import (
     ClusterKind,
     Qcow2Image,
-    RawImage,
     is_zero,
     open_image,
 )
@@ -51,7 +51,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     image = open_image(name)
     try:
         actual = os.stat(name).st_blocks * 512
-        if isinstance(image, RawImage):
+        if isinstance(image, RawFile):
             return {"virtual-size": image.size, "filename": name, "format": "raw",
                     "actual-size": actual, "dirty-flag": False}
         header = image.header
@@ -103,7 +103,7 @@ def format_info(found: dict[str, Any]) -> str:
 
 
 # -- map ---------------------------------------------------------------------------------------
-def _raw_map(raw: RawImage, start: int, end: int, depth: int) -> Iterator[dict[str, Any]]:
+def _raw_map(raw: RawFile, start: int, end: int, depth: int) -> Iterator[dict[str, Any]]:
     """Data and holes of a raw file (SEEK_DATA/SEEK_HOLE), as file-posix reports them."""
     fd = raw.fileno()
     pos = start
@@ -128,9 +128,9 @@ def _raw_map(raw: RawImage, start: int, end: int, depth: int) -> Iterator[dict[s
                "zero": True, "data": False}
 
 
-def _layer_map(image: Qcow2Image | RawImage, start: int, end: int, depth: int,
+def _layer_map(image: Qcow2Image | RawFile, start: int, end: int, depth: int,
                ) -> Iterator[dict[str, Any]]:
-    if isinstance(image, RawImage):
+    if isinstance(image, RawFile):
         yield from _raw_map(image, start, end, depth)
         return
     limit = min(end, image.size)
@@ -144,7 +144,7 @@ def _layer_map(image: Qcow2Image | RawImage, start: int, end: int, depth: int,
             offset = {"offset": ext.host} if ext.host else {}
             yield {**base, "present": True, "zero": True, "data": False, **offset}
         elif image.backing is not None:
-            assert isinstance(image.backing, (Qcow2Image, RawImage))
+            assert isinstance(image.backing, (Qcow2Image, RawFile))
             yield from _layer_map(image.backing, ext.start, ext.start + ext.length, depth + 1)
         else:
             yield {**base, "present": False, "zero": True, "data": False}
@@ -162,10 +162,10 @@ def _mergeable(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return True
 
 
-def map_image(target: str | os.PathLike[str] | Qcow2Image | RawImage) -> list[dict[str, Any]]:
+def map_image(target: str | os.PathLike[str] | Qcow2Image | RawFile) -> list[dict[str, Any]]:
     """`qemu-img map --output=json`: extents of the whole chain, merged like qemu-img."""
-    owned = not isinstance(target, (Qcow2Image, RawImage))
-    image = open_image(target) if not isinstance(target, (Qcow2Image, RawImage)) else target
+    owned = not isinstance(target, (Qcow2Image, RawFile))
+    image = open_image(target) if not isinstance(target, (Qcow2Image, RawFile)) else target
     try:
         merged: list[dict[str, Any]] = []
         for entry in _layer_map(image, 0, image.size, 0):
@@ -197,18 +197,18 @@ def _layer_names(path: str) -> list[str]:
     names = [path]
     image = open_image(path)
     try:
-        layer: Qcow2Image | RawImage | None = image
+        layer: Qcow2Image | RawFile | None = image
         while isinstance(layer, Qcow2Image) and layer.header.backing_file:
             names.append(_full_backing_name(names[-1], layer.header.backing_file))
             backing = layer.backing
-            layer = backing if isinstance(backing, (Qcow2Image, RawImage)) else None
+            layer = backing if isinstance(backing, (Qcow2Image, RawFile)) else None
     finally:
         image.close()
     return names
 
 
 # -- convert -----------------------------------------------------------------------------------
-def data_extents(image: Qcow2Image | RawImage) -> Iterator[tuple[int, int]]:
+def data_extents(image: Qcow2Image | RawFile) -> Iterator[tuple[int, int]]:
     """(start, length) of the guest ranges that may hold non-zero data, through the chain."""
     run_start = run_end = -1
     for e in map_image(image):
@@ -264,7 +264,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         source.close()
 
 
-def _chunks(image: Qcow2Image | RawImage, align: int) -> Iterator[tuple[int, bytes]]:
+def _chunks(image: Qcow2Image | RawFile, align: int) -> Iterator[tuple[int, bytes]]:
     for start, length in data_extents(image):
         first = start // align * align
         end = min(image.size, -(-(start + length) // align) * align)
@@ -273,7 +273,7 @@ def _chunks(image: Qcow2Image | RawImage, align: int) -> Iterator[tuple[int, byt
             yield pos, image.pread(n, pos)
 
 
-def _convert_to_raw(source: Qcow2Image | RawImage, tmp: str) -> None:
+def _convert_to_raw(source: Qcow2Image | RawFile, tmp: str) -> None:
     block = 65536
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
@@ -289,7 +289,7 @@ def _convert_to_raw(source: Qcow2Image | RawImage, tmp: str) -> None:
         os.close(fd)
 
 
-def _convert_to_qcow2(source: Qcow2Image | RawImage, tmp: str, compress: bool,
+def _convert_to_qcow2(source: Qcow2Image | RawFile, tmp: str, compress: bool,
                       cluster_size: int) -> None:
     with Qcow2Image.create(tmp, source.size, cluster_size=cluster_size) as out:
         for pos, data in _chunks(source, cluster_size):

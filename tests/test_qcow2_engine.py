@@ -21,8 +21,8 @@ from qcow2_helpers import (
     qemu_raw,
 )
 
-from imagebuild.blockdev import BlockDevice, Storage
-from imagebuild.qcow2 import Qcow2Image, RawImage, open_image
+from imagebuild.blockdev import BlockDevice, RawFile, Storage
+from imagebuild.qcow2 import Qcow2Image, open_image
 from imagebuild.qcow2_check import check
 from imagebuild.qcow2_format import INCOMPAT_DIRTY, Qcow2Header
 
@@ -215,7 +215,7 @@ def test_qcow2_open_image_sniffs_format(tmp_path: Path) -> None:
     qcow = tmp_path / "q.qcow2"
     Qcow2Image.create(qcow, MiB).close()
     with open_image(raw) as a, open_image(qcow, writable=True) as b:
-        assert isinstance(a, RawImage) and isinstance(b, Qcow2Image)
+        assert isinstance(a, RawFile) and isinstance(b, Qcow2Image)
         assert a.pread(3, 10) == b"raw"
         b.pwrite(b"q", 0)
         assert b.size == a.size == MiB
