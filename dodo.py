@@ -67,18 +67,41 @@ def _target_task(recipe: Recipe, root: Path, sets: list[str]) -> Callable[[], di
             ],
             "targets": [str(output)],
             "clean": True,
-                # a different root or --set is a different build even where the files match
-            "uptodate": [_config_unchanged(root, mine)],
+                # a different root or --set is a different build even where the files match;
+            # the fs tree is summed up rather than listed (it can be 40 000 files)
+            "uptodate": [_config_unchanged(root, mine, _fs_signature(recipe, root))],
         }
 
     task.__doc__ = f"{recipe.output}: {recipe.description}"
     return task
 
 
-def _config_unchanged(root: Path, sets: list[str]) -> Any:
+def _config_unchanged(root: Path, sets: list[str], fs: str) -> Any:
     from doit.tools import config_changed
 
-    return config_changed({"root": str(root), "set": sets})
+    return config_changed({"root": str(root), "set": sets, "fs": fs})
+
+
+_fs_signatures: dict[tuple[object, ...], str] = {}
+
+
+def _fs_signature(recipe: Recipe, root: Path) -> str:
+    """A digest of every file the fs partition gets: path, source, mode, owner, size, mtime."""
+    import hashlib
+
+    from imagebuild.build import fs_tree
+
+    if recipe.fs.type == "none":
+        return "none"
+    key = (recipe.fs.protos, tuple(sorted(recipe.fs.binds.items())), recipe.fs.git_bind,
+           recipe.objtype)
+    if key not in _fs_signatures:
+        digest = hashlib.sha256()
+        for e in fs_tree(recipe, root):
+            digest.update(f"{e.path}\0{e.source}\0{e.mode}\0{e.uid}\0{e.gid}\0{e.length}\0"
+                          f"{e.mtime}\n".encode())
+        _fs_signatures[key] = digest.hexdigest()
+    return _fs_signatures[key]
 
 
 def _register() -> list[str]:

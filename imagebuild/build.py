@@ -14,18 +14,19 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import FrameType
 
 from imagebuild.blockdev import BlockDevice, PartFS, RawFile, Storage
 from imagebuild.demo import is_demo_root
 from imagebuild.errors import ImageBuildError, InputError, LayoutError
+from imagebuild.proto import ProtoEntry
 from imagebuild.recipe import Recipe
 from imagebuild.render import render_boot_files
 
-# step name, bytes written so far in this step
-Progress = Callable[[str, int], None]
+# step name, bytes written so far in this step, bytes the step will write (if known)
+Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -37,6 +38,7 @@ class BuildOptions:
     files: Sequence[str] = ()  # NAME=PATH: add or replace a file on the boot partition
     template_dir: Path | None = None
     timestamp: int | None = None  # FAT times; SOURCE_DATE_EPOCH when None and set
+    fs: bool = True  # False: leave the fs partition empty (a boot-only image)
 
 
 @dataclass
@@ -52,7 +54,8 @@ class BuildPlan:
     pbs: bytes | None
     fat_files: list[tuple[str, bytes]]
     raw_writes: list[tuple[str, int, bytes]]
-    steps: list[str] = field(default_factory=list)
+    pinned_time: int | None = None  # SOURCE_DATE_EPOCH (or --timestamp): hjfs's clock
+    fs_entries: list[ProtoEntry] | None = None  # None: no fs written
 
 
 def source_date_epoch() -> int | None:
@@ -124,6 +127,7 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
 
     timestamp = options.timestamp if options.timestamp is not None else source_date_epoch()
     output = options.output or Path("out") / recipe.output_name(container)
+    fs_entries = fs_tree(recipe, root) if options.fs and recipe.fs.type != "none" else None
     return BuildPlan(
         recipe=recipe,
         root=root,
@@ -136,6 +140,24 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         pbs=contents.get(recipe.fat_pbs) if recipe.fat_pbs else None,
         fat_files=fat_files,
         raw_writes=[(w.file, w.offset, contents[w.file]) for w in recipe.raw_writes],
+        pinned_time=timestamp,
+        fs_entries=fs_entries,
+    )
+
+
+def fs_tree(recipe: Recipe, root: Path) -> list[ProtoEntry]:
+    """The files `mk binds` + `disk/mkfs <{cat $proto $bootproto}` would copy, in order."""
+    from imagebuild.proto import read_proto
+
+    binds: dict[str, Path | Sequence[Path]] = {
+        target: [root / s for s in sources] if len(sources) > 1 else root / sources[0]
+        for target, sources in recipe.fs.binds.items()
+    }
+    if recipe.fs.git_bind and (root / ".git").is_dir():
+        binds[recipe.fs.git_bind] = root
+    return read_proto(
+        [root / p for p in recipe.fs.protos], root, binds=binds,
+        variables={"objtype": recipe.objtype},
     )
 
 
@@ -153,15 +175,16 @@ class CountingStorage:
         self.progress = progress
         self.step = ""
         self.written = 0
+        self.total: int | None = None
 
     @property
     def size(self) -> int:
         return self.inner.size
 
-    def begin(self, step: str) -> None:
-        self.step, self.written = step, 0
+    def begin(self, step: str, total: int | None = None) -> None:
+        self.step, self.written, self.total = step, 0, total
         if self.progress:
-            self.progress(step, 0)
+            self.progress(step, 0, total)
 
     def pread(self, size: int, offset: int) -> bytes:
         return self.inner.pread(size, offset)
@@ -170,7 +193,7 @@ class CountingStorage:
         n = self.inner.pwrite(data, offset)
         self.written += n
         if self.progress:
-            self.progress(self.step, self.written)
+            self.progress(self.step, self.written, self.total)
         return n
 
 
@@ -199,6 +222,10 @@ def write_image(plan: BuildPlan, storage: Storage, progress: Progress | None = N
     counting.begin("prep")
     prep.prep_auto(parts, recipe.prep)
 
+    if plan.fs_entries is not None:
+        # before the FAT: hjfs checks that the tree fits before it writes a byte
+        _write_fs(plan, parts, counting)
+
     counting.begin(f"format {recipe.fat_partition}")
     if recipe.fat_partition not in parts:
         raise LayoutError(
@@ -218,6 +245,19 @@ def write_image(plan: BuildPlan, storage: Storage, progress: Progress | None = N
         counting.begin(PurePosixPath(name).name)
         _check_raw_write(plan, parts, name, offset, len(data))
         disk.pwrite(data, offset)
+
+
+def _write_fs(plan: BuildPlan, parts: PartFS, counting: CountingStorage) -> None:
+    from imagebuild.hjfs import ream_and_populate
+
+    assert plan.fs_entries is not None
+    if "fs" not in parts:
+        raise LayoutError(
+            f"{plan.recipe.path}: the layout makes no fs partition for {plan.recipe.fs.type}"
+        )
+    tree_bytes = sum(e.length for e in plan.fs_entries if not e.is_dir)
+    counting.begin(f"fs ({plan.recipe.fs.type})", tree_bytes)
+    ream_and_populate(parts["fs"], plan.fs_entries, timestamp=plan.pinned_time)
 
 
 def _check_raw_write(plan: BuildPlan, parts: PartFS, name: str, offset: int, length: int) -> None:

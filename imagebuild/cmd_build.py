@@ -23,6 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("--file", dest="files", action="append", default=[], metavar="NAME=PATH",
                    help="add or replace a file on the boot partition (repeatable)")
     p.add_argument("--template-dir", type=Path, help="directory whose templates override ours")
+    p.add_argument("--no-fs", dest="fs", action="store_false",
+                   help="leave the fs partition empty (a boot-only image)")
     _add_output_flags(p)
     p.set_defaults(handler=run_build)
 
@@ -66,7 +68,8 @@ def run_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.target)
     root = resolve_root(args.root)
     options = BuildOptions(root=root, output=args.output, container=args.container,
-                           sets=args.sets, files=args.files, template_dir=args.template_dir)
+                           sets=args.sets, files=args.files, template_dir=args.template_dir,
+                           fs=args.fs)
     from imagebuild.demo import is_demo_root
 
     title = f"building {recipe.name} from {root}"

@@ -63,12 +63,89 @@ def _stand_in(path: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
+# Our own small protos in the dist protos' places, listing the demo tree below
+# (the real distproto lists the whole distribution).
+DEMO_DISTPROTO = """\
+mode=ug+rw
+mode=o-w
+uid=sys
+gid=sys
+adm\td775 adm adm
+\tuid=adm
+\tgid=adm
+\ttimezone\td775
+\t\t*
+cfg\td775
+lib\td775
+\t*
+\tndb\td775
+\t\t*
+rc\td775
+\t+
+$objtype\td775
+\tbin\td775
+\t\t+
+mail\td775 upas upas
+\tuid=upas
+\tgid=upas
+\tlib\td775
+\t\t*
+usr\td775
+\tglenda\td775 glenda glenda
+\t\tuid=glenda
+\t\tgid=glenda
+\t\tlib\td775
+\t\t\t*
+\t\ttmp\td775
+"""
+DEMO_BOOTPROTO = """\
+uid=sys
+gid=sys
+386\td775
+\t9bootfat\t664
+\tmbr\t664
+\tpbs\t664
+cfg\td775
+\tplan9.ini\t664
+"""
+OBJTYPES = ("386", "amd64", "arm", "arm64")
+
+
+def demo_tree() -> dict[str, bytes]:
+    """A small stand-in distribution for the fs partition, with the dirs `mk binds` binds."""
+    text = "# imagebuild demo stand-in: {}\n".format
+    files = {
+        "sys/lib/sysconfig/proto/distproto": DEMO_DISTPROTO.encode(),
+        "sys/lib/sysconfig/proto/9bootproto": DEMO_BOOTPROTO.encode(),
+        "adm/timezone/GMT": b"GMT 0 GMT 0\n",
+        "sys/lib/dist/adm/timezone/local": b"GMT 0 GMT 0\n",
+        "sys/lib/dist/cfg/plan9.ini": text("plan9.ini").encode() + b"bootfile=9pc64\n",
+        "sys/lib/dist/mail/lib/remotemail": text("remotemail").encode(),
+        "sys/lib/dist/ndb/local": text("ndb").encode() + b"sys=demo ether=000000000000\n",
+        "sys/lib/dist/usr/glenda/lib/profile": text("profile").encode(),
+        "sys/lib/dist/usr/glenda/tmp/.placeholder": b"",
+        "lib/words": b"".join(w.encode() + b"\n" for w in ("glenda", "plan", "nine", "front")),
+        "lib/ndb/common": text("ndb common").encode(),
+        "mail/README": text("mail spool; only mail/lib is copied").encode(),
+        "rc/bin/hello": b"#!/bin/rc\necho hello from the demo root\n",
+        "rc/lib/rcmain": text("rcmain").encode(),
+        "rc/lib/empty": b"",
+    }
+    for objtype in OBJTYPES:
+        for name in ("echo", "cat", "rc"):
+            files[f"{objtype}/bin/{name}"] = _stand_in(f"{objtype}/bin/{name}", 12 * 1024)
+    files["amd64/bin/big"] = _stand_in("amd64/bin/big", 300 * 1024 + 7)
+    return files
+
+
 def demo_files() -> dict[str, bytes]:
-    """Root-relative path -> content, for every input of every recipe."""
-    files: dict[str, bytes] = {}
+    """Root-relative path -> content, for every input of every recipe and the fs tree."""
+    files: dict[str, bytes] = demo_tree()
     for name in list_recipes():
         recipe = load_recipe(name)
         for path in recipe.root_inputs():
+            if path in files:
+                continue
             if path == "386/mbr":
                 files[path] = demo_mbr()
             elif path == "386/pbs":

@@ -12,7 +12,7 @@ docs/hjfs.md describes the format, the order in which hjfs allocates, and where 
 """
 
 from imagebuild.hjfs_layout import BLOCK, RBLOCK, FsSummary
-from imagebuild.hjfs_reader import HjfsError, HjfsStat, HjfsVolume, fsck
+from imagebuild.hjfs_reader import HjfsError, HjfsStat, HjfsVolume, fsck, is_hjfs
 from imagebuild.hjfs_writer import (
     DEFAULT_OWNER,
     MKFILE_CONSOLE,
@@ -34,6 +34,7 @@ __all__ = [
     "HjfsStat",
     "HjfsVolume",
     "fsck",
+    "is_hjfs",
     "plan",
     "ream_and_populate",
 ]

@@ -30,6 +30,7 @@ from imagebuild.hjfs_layout import (
     REFSIZ,
     ROOTQID,
     SUPERBLK,
+    SUPERMAGIC,
     TDENTRY,
     TINDIR,
     TRAW,
@@ -77,6 +78,16 @@ class HjfsStat:
 
 def _label(block_type: int) -> str:
     return f"{block_type} ({TYPE_NAMES.get(block_type, '?')})"
+
+
+def is_hjfs(dev: BlockDevice) -> bool:
+    """Whether the device's superblock block carries hjfs's magic (a never-reamed fs does not)."""
+    if dev.size < (SUPERBLK + 1) * BLOCK:
+        return False
+    try:
+        return Superblock.unpack(dev.pread(BLOCK, SUPERBLK * BLOCK)).magic == SUPERMAGIC
+    except ImageBuildError:
+        return False
 
 
 class HjfsVolume:
@@ -435,4 +446,4 @@ def fsck(dev: BlockDevice) -> list[str]:
     return _Checker(vol).run()
 
 
-__all__ = ["HjfsError", "HjfsStat", "HjfsVolume", "fsck"]
+__all__ = ["HjfsError", "HjfsStat", "HjfsVolume", "fsck", "is_hjfs"]

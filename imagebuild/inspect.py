@@ -6,6 +6,7 @@ table and the FAT come from our readers, which mirror 9front's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,6 +127,11 @@ def inspect_image(path: Path) -> dict[str, Any]:
             info["plan9"] = [
                 {"name": p.name, "start": p.start, "end": p.end} for p in read_table(parts["plan9"])
             ]
+        if "fs" in parts:
+            try:
+                info["fs"] = _fs_info(parts["fs"])
+            except ImageBuildError as err:
+                info.setdefault("problems", []).append(f"fs: {err}")
         info["fat"] = []
         for name in ("9fat", "dos", "esp"):
             if name in parts:
@@ -141,19 +147,82 @@ def _allocated_size(path: Path) -> int:
     return min(st.st_size, st.st_blocks * 512)
 
 
-def cat(path: Path, spec: str) -> bytes:
-    """`9fat:plan9.ini` -> the file's bytes."""
-    from imagebuild.fat import FatVolume
+def _fs_info(device: BlockDevice) -> dict[str, Any] | None:
+    """The hjfs summary, or None when the partition holds no hjfs (never formatted)."""
+    from imagebuild.hjfs import HjfsVolume, is_hjfs
 
+    if not is_hjfs(device):
+        return None
+    summary = HjfsVolume(device).summary()
+    return {"type": "hjfs", **dataclasses.asdict(summary)}
+
+
+FAT_PARTITIONS = ("9fat", "dos", "esp")
+FS_PARTITIONS = ("fs",)
+
+
+def _split_spec(path: Path, spec: str) -> tuple[str, str]:
     part, sep, file = spec.partition(":")
-    if not sep or not part or not file:
-        raise ImageBuildError(f"{spec!r}: expected PARTITION:PATH, e.g. 9fat:plan9.ini")
+    if not sep or not part:
+        raise ImageBuildError(f"{spec!r}: expected PARTITION:PATH, e.g. 9fat:plan9.ini or fs:/lib")
+    if part not in FAT_PARTITIONS + FS_PARTITIONS:
+        raise ImageBuildError(
+            f"{path}: partition {part!r} holds no file system we read "
+            f"(we read {', '.join(FAT_PARTITIONS + FS_PARTITIONS)})"
+        )
+    return part, file or "/"
+
+
+@contextmanager
+def _partition(path: Path, part: str) -> Iterator[BlockDevice]:
     with open_image(path) as image:
         disk = BlockDevice(image.storage, name=path.name)
         parts = partitions(disk, mbr_table(disk))
         if part not in parts:
             have = ", ".join(n for n, _, _ in parts) or "none"
             raise ImageBuildError(f"{path}: no partition {part!r} (partitions: {have})")
-        if part not in ("9fat", "dos", "esp"):
-            raise ImageBuildError(f"{path}: partition {part!r} holds no file system we read")
-        return FatVolume(parts[part]).read(file)
+        yield parts[part]
+
+
+def cat(path: Path, spec: str) -> bytes:
+    """`9fat:plan9.ini` or `fs:/lib/ndb/local` -> the file's bytes."""
+    part, file = _split_spec(path, spec)
+    with _partition(path, part) as device:
+        if part in FS_PARTITIONS:
+            from imagebuild.hjfs import HjfsVolume
+
+            return HjfsVolume(device).read(file)
+        from imagebuild.fat import FatVolume
+
+        return FatVolume(device).read(file)
+
+
+def listing(path: Path, spec: str) -> list[dict[str, Any]]:
+    """`fs:/usr` -> one dict per entry (name, mode, owner, group, size, mtime)."""
+    part, directory = _split_spec(path, spec)
+    with _partition(path, part) as device:
+        if part in FS_PARTITIONS:
+            from imagebuild.hjfs import HjfsVolume
+
+            return [
+                {"name": st.name, "mode": st.mode, "dir": st.is_dir, "uid": st.uid,
+                 "gid": st.gid, "size": st.length, "mtime": st.mtime}
+                for st in HjfsVolume(device).scandir(directory)
+            ]
+        from imagebuild.fat import FatVolume
+
+        return [
+            {"name": e.name, "mode": e.attributes, "dir": e.is_dir, "uid": "", "gid": "",
+             "size": e.size, "mtime": int(e.mtime.timestamp())}
+            for e in FatVolume(device).listdir(directory)
+        ]
+
+
+def check_fs(path: Path, part: str) -> list[str]:
+    """Recount every hjfs reference and walk every directory; the problems found."""
+    if part not in FS_PARTITIONS:
+        raise ImageBuildError(f"{path}: fsck checks hjfs partitions ({', '.join(FS_PARTITIONS)})")
+    from imagebuild.hjfs import fsck
+
+    with _partition(path, part) as device:
+        return fsck(device)

@@ -41,6 +41,7 @@ _TOP_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "render": (dict, False),
     "vars": (dict, False),
     "raw_write": (list, False),
+    "fs": (dict, False),
 }
 _LAYOUT_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "mbr": (str, False),
@@ -53,6 +54,39 @@ _FAT_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "reserved": (int, False),
     "files": (list, True),
 }
+_FS_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "type": (str, False),
+    "protos": (list, False),
+    "binds": (dict, False),
+    "git_bind": (str, False),
+}
+FS_TYPES = ("hjfs", "none")
+
+# The dist mkfile's %.disk rule: `disk/mkfs ... <{cat $proto $bootproto}` after
+# `mk binds`, which binds these directories of sys/lib/dist over the tree
+# (`bind -a adm/timezone` is a union: the tree's own files first), and the
+# whole tree at /dist/plan9front when it is a git checkout.
+MKFILE_PROTOS = ("sys/lib/sysconfig/proto/distproto", "sys/lib/sysconfig/proto/9bootproto")
+MKFILE_BINDS: dict[str, tuple[str, ...]] = {
+    "/cfg": ("sys/lib/dist/cfg",),
+    "/mail/lib": ("sys/lib/dist/mail/lib",),
+    "/lib/ndb": ("sys/lib/dist/ndb",),
+    "/adm/timezone": ("adm/timezone", "sys/lib/dist/adm/timezone"),
+    "/usr": ("sys/lib/dist/usr",),
+}
+MKFILE_GIT_BIND = "/dist/plan9front"
+
+
+@dataclass(frozen=True)
+class FsSpec:
+    """The fs partition: its file system, the protos and the source binds."""
+
+    type: str = "hjfs"
+    protos: tuple[str, ...] = MKFILE_PROTOS
+    binds: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(MKFILE_BINDS))
+    git_bind: str | None = MKFILE_GIT_BIND  # where the tree goes if it has a .git
+
+
 _RAW_WRITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "file": (str, True),
     "offset": (int, True),
@@ -89,6 +123,7 @@ class Recipe:
     render: dict[str, str]  # boot file name -> template name
     vars: dict[str, Any] = field(default_factory=dict)
     raw_writes: tuple[RawWrite, ...] = ()
+    fs: FsSpec = field(default_factory=FsSpec)
 
     def image_size(self, container: str) -> int:
         """The image size the mkfile makes for this container.
@@ -114,6 +149,7 @@ class Recipe:
             + [f for f in self.fat_files if f not in self.render]
             + list(self.kernels)
             + [w.file for w in self.raw_writes]
+            + (list(self.fs.protos) if self.fs.type != "none" else [])
         ):
             if p is not None and p not in paths:
                 paths.append(p)
@@ -257,6 +293,7 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
         _root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"])
     )
     return Recipe(
+        fs=_fs_spec(path, data.get("fs", {})),
         name=name,
         path=path,
         sources=sources,
@@ -278,3 +315,26 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
         vars=dict(variables),
         raw_writes=tuple(raw_writes),
     )
+
+
+def _fs_spec(path: Path, table: dict[str, Any]) -> FsSpec:
+    """[fs]: type ("hjfs" or "none"), protos, binds (fs path -> root dir or list), git_bind."""
+    _check_table(path, table, _FS_KEYS, "fs.")
+    kind = table.get("type", "hjfs")
+    if kind not in FS_TYPES:
+        raise RecipeError(f"{path}: key 'fs.type' must be one of {FS_TYPES}, not {kind!r}")
+    protos = tuple(
+        _root_relative(path, "fs.protos", p)
+        for p in _strings(path, "fs.protos", table.get("protos", list(MKFILE_PROTOS)))
+    )
+    binds: dict[str, tuple[str, ...]] = dict(MKFILE_BINDS)
+    for target, source in table.get("binds", {}).items():
+        key = f"fs.binds.{target}"
+        if not target.startswith("/"):
+            raise RecipeError(f"{path}: key '{key}': the bound path must start with /")
+        sources = [source] if isinstance(source, str) else source
+        if not isinstance(sources, list) or not sources:
+            raise RecipeError(f"{path}: key '{key}' must be a directory or a list of them")
+        binds[target] = tuple(_root_relative(path, key, s) for s in _strings(path, key, sources))
+    git_bind = table.get("git_bind", MKFILE_GIT_BIND)
+    return FsSpec(kind, protos, binds, git_bind or None)

@@ -29,7 +29,7 @@ def build_progress(title: str, *, quiet: bool, plain: bool) -> Iterator[Progress
     if not use_rich(plain):
         state: dict[str, int] = {}
 
-        def plain_progress(step: str, written: int) -> None:
+        def plain_progress(step: str, written: int, total: int | None) -> None:
             if step not in state:
                 _flush_plain(state)
             state.clear()
@@ -52,11 +52,11 @@ def build_progress(title: str, *, quiet: bool, plain: bool) -> Iterator[Progress
         bars.console.print(f"[bold]{title}")
         tasks: dict[str, Any] = {}
 
-        def rich_progress(step: str, written: int) -> None:
+        def rich_progress(step: str, written: int, total: int | None) -> None:
             if step not in tasks:
                 for other in tasks.values():  # a new step finishes the previous one
                     bars.update(other, total=bars.tasks[other].completed)
-                tasks[step] = bars.add_task(step, total=None)
+                tasks[step] = bars.add_task(step, total=total)
             bars.update(tasks[step], completed=written)
 
         yield rich_progress
@@ -120,6 +120,15 @@ def layout_sections(info: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         rows = [[p["name"], p["start"], p["end"], format_size((p["end"] - p["start"]) * 512)]
                 for p in info["plan9"]]
         sections.append(("Plan 9 partitions", ["name", "start", "end", "size"], rows))
+    if info.get("fs"):
+        fs = info["fs"]
+        block = fs["block_size"]
+        rows = [["blocks", f"{fs['blocks_used']} used of {fs['blocks_total']} "
+                 f"({format_size(fs['blocks_used'] * block)} of "
+                 f"{format_size(fs['blocks_total'] * block)})"],
+                ["directories", fs["directories"]], ["files", fs["files"]],
+                ["bytes", f"{format_size(fs['bytes'])} ({fs['bytes']})"]]
+        sections.append((f"fs: {fs['type']}", ["", "value"], rows))
     for fat in info.get("fat", []):
         rows = [[f["name"], f["size"], f["mtime"]] for f in fat["files"]]
         sections.append((f"{fat['partition']}: FAT{fat['fat_bits']}, "

@@ -170,6 +170,55 @@ def test_same_inputs_same_sha256(root: Path, tmp_path: Path, sde: int) -> None:
         assert len(digests) == 1, name
 
 
-def test_qcow2_of_amd64_is_small(built: dict[str, Path]) -> None:
-    # sparse: the file holds the boot partition's data, not 3770 MiB
-    assert built["amd64.qcow2"].stat().st_size < 4 * MiB
+@pytest.mark.parametrize("with_fs", [False, True])
+def test_qcow2_of_amd64_is_no_bigger_than_what_was_written_plus_1mib(
+    root: Path, tmp_path: Path, with_fs: bool
+) -> None:
+    import random
+    import shutil
+
+    from imagebuild.build import BuildOptions, plan_build, write_image
+    from imagebuild.qcow2 import Qcow2Image
+
+    r = tmp_path / "root"
+    shutil.copytree(root, r)
+    (r / "amd64/9pc64").write_bytes(random.Random(3).randbytes(3_000_000))  # a 3 MB kernel
+    plan = plan_build(load_recipe("amd64.qcow2"), BuildOptions(root=r, timestamp=1, fs=with_fs))
+    counts: dict[str, int] = {}  # bytes handed to the image: the last count of each step
+    out = tmp_path / "a.qcow2"
+    with Qcow2Image.create(out, plan.size) as image:
+        write_image(plan, image.data, lambda step, n, total: counts.__setitem__(step, n))
+    assert counts["format 9fat"] >= 3_000_000
+    assert out.stat().st_size <= sum(counts.values()) + MiB
+
+
+@pytest.mark.parametrize("name", ["amd64.qcow2", "pi.img"])
+def test_fs_partition_holds_the_proto_tree(built: dict[str, Path], root: Path, name: str) -> None:
+    from imagebuild.inspect import cat, check_fs, listing
+
+    image = built[name]
+    assert check_fs(image, "fs") == []
+    top = {e["name"]: e for e in listing(image, "fs:/")}
+    # hjfs -r + the mkfile's console `create /dist`, `create /usr`, then the protos
+    assert {"adm", "dist", "usr", "lib", "rc", "386", "cfg", "mail"} <= set(top)
+    assert (top["mail"]["uid"], top["mail"]["gid"]) == ("upas", "upas")
+    objtype = load_recipe(name).objtype
+    assert f"{objtype}" in top
+    assert cat(image, "fs:/lib/words") == (root / "lib/words").read_bytes()
+    # `bind ndb /n/src9/lib/ndb`: /lib/ndb/local comes from sys/lib/dist/ndb
+    assert cat(image, "fs:/lib/ndb/local") == (root / "sys/lib/dist/ndb/local").read_bytes()
+    assert cat(image, f"fs:/{objtype}/bin/rc") == (root / f"{objtype}/bin/rc").read_bytes()
+    users = cat(image, "fs:/adm/users").decode().splitlines()
+    # newuser glenda; newuser adm +glenda; newuser sys +glenda; newuser upas +glenda
+    assert "-1:adm:adm:glenda" in users and "10000:sys::glenda" in users
+    assert "10003:upas:upas:glenda" in users and "2:glenda:glenda:" in users
+
+
+def test_no_fs_leaves_the_fs_partition_unformatted(root: Path, tmp_path: Path) -> None:
+    from imagebuild.build import BuildOptions, build
+    from imagebuild.inspect import inspect_image
+
+    out = build(load_recipe("zynq.img"), BuildOptions(root=root, output=tmp_path / "z.img",
+                                                      fs=False)).output
+    info = inspect_image(out)
+    assert info.get("fs") is None and [p["name"] for p in info["plan9"]] == ["9fat", "nvram", "fs"]

@@ -121,3 +121,36 @@ def test_corrupt_image_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.qcow2"
     bad.write_bytes(b"QFI\xfb" + bytes(60))
     assert_one_line_error(imagebuild("inspect", bad), str(bad))
+
+
+def test_fs_tree_too_big_for_the_partition(tmp_path: Path, root: Path) -> None:
+    r = copy_root(root, tmp_path / "root")
+    (r / "rc/bin/huge").write_bytes(b"x" * (250 * MiB))  # the fs partition of 300 MiB is ~200
+    recipe = tmp_path / "small.toml"
+    recipe.write_text('extends = "zynq.img"\nmb = 300\n')
+    out = tmp_path / "small.img"
+    proc = imagebuild("build", recipe, "--root", r, "-o", out)
+    assert_one_line_error(proc, "fs")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_proto_error_names_file_and_line(tmp_path: Path, root: Path) -> None:
+    r = copy_root(root, tmp_path / "root")
+    proto = r / "sys/lib/sysconfig/proto/distproto"
+    proto.write_text(proto.read_text() + "nosuchdir\td775\n")
+    out = tmp_path / "x.img"
+    proc = imagebuild("build", "zynq.img", "--root", r, "-o", out)
+    assert_one_line_error(proc, "distproto:", "nosuchdir")
+    assert not out.exists()
+
+
+def test_ls_cat_and_fsck_of_the_fs_partition(tmp_path: Path, root: Path) -> None:
+    out = tmp_path / "z.img"
+    assert imagebuild("build", "zynq.img", "--root", root, "-o", out, "-q").returncode == 0
+    ls = imagebuild("ls", out, "fs:/rc/bin")
+    assert ls.returncode == 0 and ls.stdout.split()[-1] == "hello"
+    assert imagebuild("cat", out, "fs:/rc/bin/hello").stdout == (root / "rc/bin/hello").read_text()
+    fsck = imagebuild("fsck", out, "fs")
+    assert fsck.returncode == 0 and "clean" in fsck.stdout
+    assert_one_line_error(imagebuild("cat", out, "fs:/no/such/file"), "no")
