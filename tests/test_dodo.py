@@ -62,6 +62,12 @@ def test_second_run_does_nothing_and_changes_rebuild_only_affected(env: dict[str
     third = doit(env, "set=plan9.console=1", *TARGETS)
     assert ran(third) == {"amd64.qcow2", "zynq.img"} and skipped(third) == {"pi.img"}
 
+    # a file of the fs tree: every image carries it; an amd64 binary: only amd64's fs
+    (Path(env["IMAGEBUILD_ROOT"]) / "lib/words").write_text("changed\n")
+    assert ran(doit(env, "set=plan9.console=1", *TARGETS)) == set(TARGETS)
+    (Path(env["IMAGEBUILD_ROOT"]) / "amd64/bin/cat").write_bytes(b"new cat")
+    assert ran(doit(env, "set=plan9.console=1", *TARGETS)) == {"amd64.qcow2"}
+
 
 def test_parallel_build_and_clean(env: dict[str, str]) -> None:
     out = Path(env["IMAGEBUILD_OUT"])
