@@ -39,16 +39,69 @@ def _real_mode_print(message: str, origin: int) -> bytes:
     return code + message.encode("ascii") + b"\r\n\0"
 
 
+# Stand-in for /386/mbr: like 9front's mbr it moves itself to 0x600, finds the
+# active partition and chain-loads that partition's first sector (the 9fat boot
+# sector with the pbs) to 0x7c00 with an int 13h extended read, so booting a
+# demo image exercises the MBR table and the pbs placement.  Assembled by hand:
+DEMO_MBR_ORIGIN = 0x600
+_DAP, _MSG = 0x5A, 0x6A  # offsets of the disk address packet and the message
+DEMO_MBR_CODE = bytes([
+    0xFA,                                   # 00 cli
+    0x31, 0xC0,                             # 01 xor ax, ax
+    0x8E, 0xD0,                             # 03 mov ss, ax
+    0xBC, 0x00, 0x7C,                       # 05 mov sp, 7c00h
+    0x8E, 0xD8,                             # 08 mov ds, ax
+    0x8E, 0xC0,                             # 0a mov es, ax
+    0xFB,                                   # 0c sti
+    0xFC,                                   # 0d cld
+    0xBE, 0x00, 0x7C,                       # 0e mov si, 7c00h
+    0xBF, 0x00, 0x06,                       # 11 mov di, 0600h
+    0xB9, 0x00, 0x01,                       # 14 mov cx, 256
+    0xF3, 0xA5,                             # 17 rep movsw
+    0xEA, 0x1E, 0x06, 0x00, 0x00,           # 19 jmp 0000:061e
+    0xBE, 0xBE, 0x07,                       # 1e mov si, 07beh (the relocated table)
+    0xB9, 0x04, 0x00,                       # 21 mov cx, 4
+    0xF6, 0x04, 0x80,                       # 24 find: test byte [si], 80h
+    0x75, 0x07,                             # 27 jnz found
+    0x83, 0xC6, 0x10,                       # 29 add si, 16
+    0xE2, 0xF6,                             # 2c loop find
+    0xEB, 0x16,                             # 2e jmp fail
+    0x66, 0x8B, 0x44, 0x08,                 # 30 found: mov eax, [si+8] (LBA start)
+    0x66, 0xA3, 0x62, 0x06,                 # 34 mov [dap+8], eax
+    0xBE, 0x5A, 0x06,                       # 38 mov si, dap
+    0xB4, 0x42,                             # 3b mov ah, 42h (dl: the BIOS's drive)
+    0xCD, 0x13,                             # 3d int 13h
+    0x72, 0x05,                             # 3f jc fail
+    0xEA, 0x00, 0x7C, 0x00, 0x00,           # 41 jmp 0000:7c00
+    0xBE, 0x6A, 0x06,                       # 46 fail: mov si, msg
+    0xAC,                                   # 49 print: lodsb
+    0x08, 0xC0,                             # 4a or al, al
+    0x74, 0x09,                             # 4c jz halt
+    0xB4, 0x0E,                             # 4e mov ah, 0eh
+    0xBB, 0x07, 0x00,                       # 50 mov bx, 7
+    0xCD, 0x10,                             # 53 int 10h
+    0xEB, 0xF2,                             # 55 jmp print
+    0xF4,                                   # 57 halt: hlt
+    0xEB, 0xFD,                             # 58 jmp halt
+    0x10, 0x00, 0x01, 0x00, 0x00, 0x7C, 0x00, 0x00,  # 5a dap: size, 1 sector to 0000:7c00
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  # 62      LBA (filled in above)
+])
+
+
 def demo_mbr() -> bytes:
-    """Stand-in for /386/mbr: one sector of code, no partition table."""
-    code = _real_mode_print("imagebuild demo mbr: stand-in, no 9front here", 0)
-    return code.ljust(446, b"\0")
+    """Stand-in for /386/mbr: 446 bytes of chain loader, no partition table."""
+    assert len(DEMO_MBR_CODE) == _MSG and DEMO_MBR_CODE[_DAP] == 0x10
+    message = b"imagebuild demo mbr: no active partition or read error\r\n\0"
+    return (DEMO_MBR_CODE + message).ljust(446, b"\0")
+
+
+DEMO_PBS_MESSAGE = "imagebuild demo pbs: stand-in, no 9bootfat here"
 
 
 def demo_pbs() -> bytes:
     """Stand-in for /386/pbs: jump over a FAT32-sized BPB, code at 0x5a."""
     jump = bytes([0xEB, 0x58, 0x90])  # jmp 0x5a; nop
-    code = _real_mode_print("imagebuild demo pbs: stand-in, no 9bootfat here", 0x5A)
+    code = _real_mode_print(DEMO_PBS_MESSAGE, 0x5A)
     return (jump.ljust(0x5A, b"\0") + code).ljust(510, b"\0")
 
 
