@@ -427,9 +427,9 @@ class HjfsPlan:
         else:  # chanopen(OWRITE|OTRUNC)
             self._truncate(users.dentry)
             self._modified(users.dentry, ADM_UID)
-        data = self.users.serialize()
-        for i in range(0, len(data), USERS_BIO):  # Bchanwrite appends at the current length
-            self._write_bytes(users, users.dentry.size, data[i : i + USERS_BIO], ADM_UID)
+        for piece in bio_pieces(self.users.serialize(), USERS_BIO):
+            # Bchanwrite appends at the current length
+            self._write_bytes(users, users.dentry.size, piece, ADM_UID)
 
     def readusers(self) -> None:
         """fs1.c readusers(): the table hjfs works with is what /adm/users says."""
@@ -818,6 +818,27 @@ def tokenize(line: str) -> list[str]:
         args.append("".join(token))
 
 
+def bio_pieces(data: bytes, size: int) -> list[bytes]:
+    """The writes a Biobuf of `size` bytes makes of UTF-8 text printed into it.
+
+    fmt (fmtdef.h FMTRUNE) and Bputc flush the buffer when the next rune
+    does not fit, so a piece is `size` bytes unless a multi-byte rune would
+    straddle its end; then it ends before that rune.
+    """
+    pieces: list[bytes] = []
+    start = i = 0
+    while i < len(data):
+        lead = data[i]
+        n = 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        if i + n - start > size:
+            pieces.append(data[start:i])
+            start = i
+        i += n
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces
+
+
 def read_pieces(
     source: Path, length: int, where: str = ""
 ) -> Iterator[tuple[int, bytes, list[int], int]]:
@@ -1100,6 +1121,7 @@ __all__ = [
     "NAMELEN",
     "NOUID",
     "HjfsPlan",
+    "bio_pieces",
     "plan",
     "read_pieces",
     "ream_and_populate",

@@ -15,7 +15,7 @@ from imagebuild.blockdev import BlockDevice, BytesStorage
 from imagebuild.errors import ImageBuildError, InputError, LayoutError
 from imagebuild.hjfs import HjfsVolume, fsck, plan, ream_and_populate
 from imagebuild.hjfs_layout import Dentry, UserTable, default_users, indirect_path
-from imagebuild.hjfs_writer import scan_holes, tokenize
+from imagebuild.hjfs_writer import bio_pieces, scan_holes, tokenize
 from imagebuild.proto import ProtoEntry, read_proto
 
 T = 1_700_000_000
@@ -116,6 +116,61 @@ def test_newuser_for_a_new_user_makes_home_directory(tmp_path: Path) -> None:
         0o775,
     )
     assert fsck(dev) == []
+
+
+def _groups_filling_users(rune: str) -> tuple[str, ...]:
+    """`newuser NAME :` lines that grow ream's table (auth.c udef[]) to exactly 8180 bytes,
+    with `rune` (1 or 2 characters, 2 bytes in UTF-8) starting at byte 4089."""
+    udef = (
+        "-1:adm:adm:\n0:none:adm:\n1:tor:tor:\n2:glenda:glenda:\n10000:sys::\n"
+        "10001:map:map:\n10002:doc::\n10003:upas:upas:\n10004:font::\n"
+    )
+    pos = len(udef)
+    names: list[str] = []
+
+    def add(name: str) -> None:
+        nonlocal pos
+        names.append(name)
+        # cmdnewuser(): a group (":") takes the next uid from 10000 up: 10005, 10006, ...
+        pos += len(f"1{len(names) + 4:04d}:{name}::\n".encode())
+
+    while 4089 - pos > 100:
+        add(f"g{len(names):03d}".ljust(60, "x"))
+    if 4089 - pos > 50:
+        add(f"g{len(names):03d}".ljust(4089 - pos - 49, "x"))  # leaves 40 bytes
+    prefix = f"g{len(names):03d}".ljust(4089 - (pos + 6), "x")  # "100NN:" is 6 bytes
+    add(prefix + rune + "y")
+    while 8180 - pos > 72:
+        add(f"g{len(names):03d}".ljust(60, "x"))
+    add(f"g{len(names):03d}".ljust(8180 - pos - 9, "z"))
+    assert pos == 8180
+    return tuple(f"newuser {name} :" for name in names)
+
+
+def test_user_table_pieces_never_split_a_rune(tmp_path: Path) -> None:
+    # userssave() prints into a Biobuf of RBLOCK-Bungetsize = 4090 bytes; fmt flushes it when
+    # the next rune does not fit (fmtdef.h FMTRUNE), so a 2-byte rune at byte 4089 ends the
+    # first piece at 4089 bytes and the 8180-byte table takes three writes instead of two.
+    # Each write is one modified(): the file's version is one higher than with ASCII names.
+    tables = {}
+    for rune in ("é", "ee"):
+        (tmp_path / rune).mkdir()
+        storage, dev = build(tmp_path / rune, "", {}, console=_groups_filling_users(rune))
+        image = bytes(storage.buffer)
+        users = walk_tree(image)["/adm/users"]
+        assert users.size == 8180
+        assert read_file(image, users)[4089:4091] == rune.encode()
+        assert fsck(dev) == []
+        tables[rune] = users
+    assert tables["é"].vers == tables["ee"].vers + 1
+
+
+def test_bio_pieces_fill_the_buffer_with_whole_runes() -> None:
+    assert [len(p) for p in bio_pieces(b"a" * 8181, 4090)] == [4090, 4090, 1]
+    # a 3-byte rune at 4088 does not fit the first piece; a 4-byte one ending the second does
+    text = "a" * 4088 + "\u65e5" + "b" * 4083 + "\U0001f600"
+    assert [len(p) for p in bio_pieces(text.encode(), 4090)] == [4088, 4090]
+    assert b"".join(bio_pieces(text.encode(), 4090)) == text.encode()
 
 
 def test_console_create_with_flags(tmp_path: Path) -> None:
