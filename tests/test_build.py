@@ -180,15 +180,23 @@ def test_same_layout_on_a_raw_file_and_a_qcow2_view(root: Path, tmp_path: Path) 
 
 
 def test_same_inputs_same_sha256(root: Path, tmp_path: Path, sde: int) -> None:
+    import time
+
     from imagebuild.build import BuildOptions, build
 
     for name in ("amd64.qcow2", "pi.img"):
         digests = set()
         for i in range(2):
+            if i:
+                time.sleep(1.1)  # the second build in another second: no clock may leak in
             out = tmp_path / f"{i}-{name}"
             build(load_recipe(name), BuildOptions(root=root, output=out))
             digests.add(content_digest(out))
         assert len(digests) == 1, name
+    # and the digest does see a difference: a build with another clock
+    other = build(load_recipe("pi.img"), BuildOptions(root=root, output=tmp_path / "x",
+                                                      timestamp=sde + 86400)).output
+    assert content_digest(other) not in digests
 
 
 @pytest.mark.parametrize("with_fs", [False, True])
