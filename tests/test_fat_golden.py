@@ -14,6 +14,9 @@ parseexpr, and confirmed by test_fat_partitions_of_the_mkfile_pipeline):
     9fat the rest: 204767 sectors at 32; geometry 64 heads, 32 sectors.
   pi.img, 1885 MiB: fdisk 'a p1 . .+100M' in 4032-sector cylinders: 100M = 50
     cylinders, start 0 -> 63: dos = [63, 201600), 201537 sectors; 64x63.
+  reform.img, 1885 MiB: fdisk 'a p1 4M 100M': 4M = 4194304/2064384 = 2 cylinders,
+    100M = 50 cylinders; a start past cylinder 0 is not moved: dos = [8064, 201600),
+    193536 sectors; both entries end on head 63, sector 63: 64x63.
 """
 
 from __future__ import annotations
@@ -114,6 +117,17 @@ CASES = {
             sectors_per_track=63, heads=64, hidden_sectors=63, total_sectors32=201537,
         ),
     ),
+    "reform.img dos": (
+        1885 * MiB // 512, 8064, 193536, 64, 63, 1,
+        golden(
+            reserved_sectors=1,  # no -r
+            # defcluster(193536): 193536/32768 = 5 -> 8 sectors per cluster
+            fat_sectors16=95,  # clusters 2 + (193536-1-190-32)/8 = 24166 -> (16*24166+4095)/4096
+            sectors_per_track=63, heads=64,
+            hidden_sectors=8064,  # disk->offset: the partition starts at cylinder 2
+            total_sectors32=193536,
+        ),
+    ),
 }
 
 # (first FAT, root directory, cluster 2, cluster count) for each case:
@@ -123,6 +137,7 @@ LAYOUTS = {
     "generic 1885 MiB 9fat": (2, 202, 234, 25570),
     "generic 300 MiB 9fat": (2, 202, 234, 25566),
     "pi.img dos": (1, 199, 231, 25163),
+    "reform.img dos": (1, 191, 223, 24164),
 }
 
 
@@ -202,6 +217,8 @@ def test_fat_partitions_of_the_mkfile_pipeline(tmp_path: Path) -> None:
         (300, None, ("9fat", 32, 204767, 64, 32)),
         (1885, "a p1 . .+100M\nt p1 FAT32\na p2 . $\nt p2 PLAN9\nA p1\nw\nq\n",
          ("dos", 63, 201537, 64, 63)),
+        (1885, "a p1 4M 100M\nt p1 FAT32\na p2 . $\nt p2 PLAN9\nA p1\nw\nq\n",
+         ("dos", 8064, 193536, 64, 63)),
     ):
         with RawFile.create(tmp_path / f"{mb}.img", mb * MiB) as storage:
             disk = BlockDevice(storage)
