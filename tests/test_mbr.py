@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from imagebuild import fdisk, mbr
 from imagebuild.blockdev import BlockDevice, BytesStorage, RawFile
 from imagebuild.bootcode import DEFAULT_MBR, MESSAGE, MESSAGE_OFFSET, PROGRAM
 from imagebuild.errors import LayoutError
+from tests.qemu_vga import BootedQemu, needs_qemu
 
 TABLE = bytes(range(1, 65))  # stands for an existing partition table at 446..509
 MARK = b"\xa5" * 512
@@ -121,48 +119,15 @@ def test_default_program_listing() -> None:
     assert int.from_bytes(PROGRAM[0x0F:0x11], "little") == 0x7C00 + MESSAGE_OFFSET
 
 
-def _vga_text(dump: Path) -> str:
-    data = dump.read_bytes() if dump.exists() else b""
-    return data[0::2].decode("latin-1")  # text mode: character, attribute, ...
-
-
-def _wait_for_screen(monitor: subprocess.Popen[str], dump: Path, count: int) -> str:
-    """Poll the VGA text buffer through the QEMU monitor until the message shows `count` times."""
-    assert monitor.stdin is not None
-    text = ""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        dump.unlink(missing_ok=True)
-        monitor.stdin.write(f'pmemsave 0xb8000 4000 "{dump}"\n')
-        monitor.stdin.flush()
-        time.sleep(0.5)
-        text = _vga_text(dump)
-        if text.count("Not a bootable disc.") >= count:
-            return text
-    return text
-
-
-@pytest.mark.skipif(
-    shutil.which("qemu-system-i386") is None, reason="qemu-system-x86 is not installed"
-)
+@needs_qemu
 def test_default_program_runs_under_a_bios(tmp_path: Path) -> None:
     """SeaBIOS boots sector 0: the message appears; a key press boots again (int 19h)."""
     image = tmp_path / "boot.img"
     with RawFile.create(image, 4 * MiB) as raw:
         mbr.install_bootcode(BlockDevice(raw))
-    dump = tmp_path / "vga.bin"
-    qemu = subprocess.Popen(
-        ["qemu-system-i386", "-drive", f"file={image},format=raw", "-display", "none",
-         "-monitor", "stdio", "-nodefaults", "-vga", "std", "-net", "none"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        first = _wait_for_screen(qemu, dump, 1)
+    with BootedQemu(image, "raw", tmp_path / "vga.bin", system="qemu-system-i386") as qemu:
+        first = qemu.wait_for(lambda text: "Not a bootable disc." in text, 20)
         assert "Not a bootable disc." in first and "Press a key to reboot." in first
-        assert qemu.stdin is not None
-        qemu.stdin.write("sendkey ret\n")
-        qemu.stdin.flush()
-        assert _wait_for_screen(qemu, dump, 2).count("Booting from Hard Disk") == 2
-    finally:
-        qemu.kill()
-        qemu.wait()
+        qemu.monitor("sendkey ret")
+        again = qemu.wait_for(lambda text: text.count("Not a bootable disc.") >= 2, 20)
+        assert again.count("Booting from Hard Disk") == 2
