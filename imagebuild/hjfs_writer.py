@@ -99,9 +99,9 @@ _FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * _FILE_KEY +
 
 # Replay modes: DRY places every file as if it had no holes without reading it (it checks
 # everything and bounds the blocks needed); PLAN reads each file to find its holes and
-# records where its blocks go; STREAM does the same and writes the data at once.
+# records where its blocks go; STREAM does the same and writes the data at once (its model
+# keeps only the blocks written at the end: directories, indirect blocks, the user table).
 DRY, PLAN, STREAM = "dry", "plan", "stream"
-_STREAMED = -1  # a block whose final content went to the device already (or never will)
 # Files are read in pieces that start on both a 4088-byte write and a 4095-byte block boundary.
 PIECE = 4 * (MKFS_BUFLEN * RBLOCK // 7)  # 4 * lcm(4088, 4095) = 9565920 bytes
 
@@ -678,19 +678,20 @@ class HjfsPlan:
         else:
             writes = 0
             index = len(self.sources)
-            self.sources.append(_Source(entry.source, length))
+            if self.sink is None:
+                self.sources.append(_Source(entry.source, length))
             for offset, data, touched, piece_writes in read_pieces(entry.source, length, where):
                 writes += piece_writes
                 numbers = self._place(d, touched)
                 if self.sink is None:
                     for b, bl in zip(numbers, touched, strict=True):
                         self.blocks[b] = index * _FILE_KEY + bl
-                else:
-                    for b in numbers:
-                        self.blocks[b] = _STREAMED
-                    _emit_file_blocks(
-                        self.sink, list(zip(numbers, touched, strict=True)), data, offset
-                    )
+                else:  # the data goes out now; the model keeps no record of it
+                    if not self.blocks.keys().isdisjoint(numbers):
+                        # blocks freed earlier (a truncated /adm/users) lose their old content
+                        for b in numbers:
+                            self.blocks.pop(b, None)
+                    _emit_file_blocks(self.sink, numbers, touched, data, offset)
         d.mtime = d.atime = self.now
         d.muid = creator
         d.vers = (d.vers + writes) & 0xFFFFFFFF
@@ -760,9 +761,6 @@ class HjfsPlan:
                 b = numbers[i]
                 content = self.blocks[b]
                 if isinstance(content, int):
-                    if content == _STREAMED:
-                        i += 1
-                        continue
                     # a run of consecutive blocks of one file: read it at once
                     n = 1
                     while (
@@ -774,7 +772,7 @@ class HjfsPlan:
                         n += 1
                     index, bl = divmod(content, _FILE_KEY)
                     data = sources.read(index, bl * RBLOCK, n * RBLOCK)
-                    _emit_file_blocks(out, [(b + k, bl + k) for k in range(n)], data, bl * RBLOCK)
+                    _emit_file_blocks(out, range(b, b + n), range(bl, bl + n), data, bl * RBLOCK)
                     i += n
                     continue
                 if isinstance(content, list):
@@ -912,35 +910,51 @@ def scan_holes(source: Path, length: int, where: str = "") -> tuple[list[int], i
 
 
 def _emit_file_blocks(
-    out: _RunWriter, placed: Sequence[tuple[int, int]], data: bytes, offset: int
+    out: _RunWriter, numbers: Sequence[int], touched: Sequence[int], data: bytes, offset: int
 ) -> None:
-    """Write file blocks [(device block, file block)] whose bytes start in `data` at `offset`.
+    """Write file blocks `touched`, placed at device blocks `numbers`, from `data` read at `offset`.
 
-    Consecutive device blocks go out as one run; all-zero blocks are left
-    unwritten (a raw block's type byte is 0 too).
+    Runs of consecutive device blocks holding consecutive file blocks go
+    out at once; all-zero blocks are left unwritten (a raw block's type byte
+    is 0 too).
     """
     view = memoryview(data)
-    maybe_zero = _ZERO_RBLOCK in data or len(data) % RBLOCK != 0
-    i = 0
-    while i < len(placed):
-        b, bl = placed[i]
-        n = 1
-        while i + n < len(placed) and placed[i + n] == (b + n, bl + n):
-            n += 1
-        frame = bytearray(n * BLOCK)
+    # Without 4095 zero bytes in a row only a short last block can be all zero.
+    any_zero_block = _ZERO_RBLOCK in data
+    for i, n in _runs(numbers, touched):
+        start = touched[i] * RBLOCK - offset
+        pieces = [view[p : p + RBLOCK] for p in range(start, start + n * RBLOCK, RBLOCK)]
+        if not any_zero_block and len(pieces[-1]) == RBLOCK:
+            out.put_run(numbers[i], _raw_blocks(pieces))
+            continue
         written = 0
-        for k in range(n):
-            start = (bl + k) * RBLOCK - offset
-            piece = view[start : start + RBLOCK]
-            if maybe_zero and piece == _ZERO_RBLOCK[: len(piece)]:
+        for k, piece in enumerate(pieces):
+            if piece == _ZERO_RBLOCK[: len(piece)]:
                 if written < k:
-                    out.put_run(b + written, frame[written * BLOCK : k * BLOCK])
+                    out.put_run(numbers[i + written], _raw_blocks(pieces[written:k]))
                 written = k + 1
-                continue
-            frame[k * BLOCK + 1 : k * BLOCK + 1 + len(piece)] = piece
         if written < n:
-            out.put_run(b + written, frame[written * BLOCK :] if written else frame)
-        i += n
+            out.put_run(numbers[i + written], _raw_blocks(pieces[written:]))
+
+
+def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """(first index, length) of each run where both `numbers` and `touched` count up by one."""
+    breaks = [
+        k
+        for k in range(1, len(numbers))
+        if numbers[k] != numbers[k - 1] + 1 or touched[k] != touched[k - 1] + 1
+    ]
+    for first, end in zip([0, *breaks], [*breaks, len(numbers)], strict=True):
+        yield first, end - first
+
+
+def _raw_blocks(pieces: Sequence[memoryview]) -> bytes:
+    """TRAW blocks holding `pieces` of RBLOCK bytes (the last may be short): type byte, payload,
+    zero fill."""
+    last = pieces[-1]
+    if len(last) < RBLOCK:
+        pieces = [*pieces[:-1], memoryview(bytes(last).ljust(RBLOCK, b"\0"))]
+    return bytes((TRAW,)).join([b"", *pieces])
 
 
 class _RunWriter:
@@ -949,7 +963,8 @@ class _RunWriter:
     def __init__(self, dev: BlockDevice, progress: Progress | None = None) -> None:
         self.dev = dev
         self.progress = progress
-        self.buffer = bytearray()
+        self.parts: list[bytes] = []  # the run so far, joined when it is written
+        self.length = 0
         self.start = 0
         self.written = 0
 
@@ -957,31 +972,30 @@ class _RunWriter:
         if block != ZERO_BLOCK:  # a fresh partition already reads as zeros
             self.put_run(b, block)
 
-    def put_run(self, b: int, blocks: bytes | bytearray) -> None:
-        if self.buffer and (
-            b != self.start + len(self.buffer) // BLOCK
-            or len(self.buffer) + len(blocks) > RUN_BYTES
+    def put_run(self, b: int, blocks: bytes) -> None:
+        if self.parts and (
+            b != self.start + self.length // BLOCK or self.length + len(blocks) > RUN_BYTES
         ):
             self.flush()
-        if self.buffer:
-            self.buffer += blocks
-            return
-        self.start = b
-        if len(blocks) >= RUN_BYTES // 2:
-            self._write(blocks)
-        else:
-            self.buffer = bytearray(blocks)
+        if not self.parts:
+            self.start = b
+            if len(blocks) >= RUN_BYTES // 2:
+                self._write(blocks)
+                return
+        self.parts.append(blocks)
+        self.length += len(blocks)
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, data: bytes) -> None:
         self.dev.pwrite(data, self.start * BLOCK)
         self.written += len(data)
         if self.progress is not None:
             self.progress(self.written)
 
     def flush(self) -> None:
-        if self.buffer:
-            self._write(self.buffer)
-            self.buffer = bytearray()
+        if self.parts:
+            self._write(self.parts[0] if len(self.parts) == 1 else b"".join(self.parts))
+            self.parts = []
+            self.length = 0
 
 
 class _SourceReader:
