@@ -22,6 +22,7 @@ file's counts bytes.  Pointer 0 means "no block": files can have holes.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -313,13 +314,16 @@ def indirect_blocks_for(nblocks: int) -> int:
 # -- names --------------------------------------------------------------------------------------
 
 
+_CONTROL_CHARACTER = re.compile(rb"[\x00-\x1f]")
+
+
 def name_problem(name: bytes) -> str | None:
     """fs2.c namevalid(): why hjfs would refuse this name, or None."""
     if not name:
         return "empty name"
     if name in (b".", b".."):
         return f"{name.decode()!r} is not a file name"
-    if any(c < 0x20 for c in name):
+    if _CONTROL_CHARACTER.search(name):
         return "control character in name"
     if b"/" in name:
         return "'/' in name"

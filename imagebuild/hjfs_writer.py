@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from imagebuild.blockdev import BlockDevice
 from imagebuild.errors import InputError, LayoutError
@@ -64,7 +64,6 @@ from imagebuild.hjfs_layout import (
     block_of,
     default_users,
     howmany,
-    indirect_blocks_for,
     indirect_path,
     name_problem,
     pack_dentries,
@@ -97,16 +96,19 @@ ADM_UID = -1  # writeusers() and createroot() act as uid -1 ("adm")
 RUN_BYTES = 8 << 20  # write in runs of up to this many bytes
 _FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * _FILE_KEY + file_block
 
-# Replay modes: DRY places every file as if it had no holes without reading it (it checks
-# everything and bounds the blocks needed); PLAN reads each file to find its holes and
-# records where its blocks go; STREAM does the same and writes the data at once (its model
-# keeps only the blocks written at the end: directories, indirect blocks, the user table).
+# Replay modes: DRY places every file as if it had no holes, without reading it (it checks
+# everything, bounds the blocks needed, and is exact for a tree without holes); PLAN reads
+# each file to find its holes and records where its blocks go; STREAM does the same and
+# writes the data at once.  DRY and STREAM models keep only the blocks written at the end
+# (directories, indirect blocks, the user table), not the file data.
 DRY, PLAN, STREAM = "dry", "plan", "stream"
 # Files are read in pieces that start on both a 4088-byte write and a 4095-byte block boundary.
 PIECE = 4 * (MKFS_BUFLEN * RBLOCK // 7)  # 4 * lcm(4088, 4095) = 9565920 bytes
 
 _ZERO_CHUNK = bytes(MKFS_BUFLEN)
 _ZERO_RBLOCK = bytes(RBLOCK)
+_ZERO_PROBE = bytes(64)
+_RAW_TYPE = bytes((TRAW,))
 
 Progress = Callable[[int], None]
 
@@ -188,6 +190,16 @@ class _Source:
     length: int
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """A file a DRY replay placed without reading it: where each of its blocks went."""
+
+    path: Path
+    length: int
+    where: str
+    numbers: list[int]  # device block of each file block
+
+
 DirBlock: TypeAlias = "list[Dentry | None]"
 Offsets: TypeAlias = "array[int]"
 # a block's final content: dentries, indirect offsets, raw bytes, or file data (an int key)
@@ -198,7 +210,12 @@ class HjfsPlan:
     """The fs partition after ream, console commands and mkfs, held in memory until write()."""
 
     def __init__(
-        self, size: int, now: int, mode: str = PLAN, sink: _RunWriter | None = None
+        self,
+        size: int,
+        now: int,
+        mode: str = PLAN,
+        sink: _RunWriter | None = None,
+        dense_files: int = 0,
     ) -> None:
         if mode not in (DRY, PLAN, STREAM) or (mode == STREAM) != (sink is not None):
             raise ValueError(f"bad replay mode {mode!r}")
@@ -206,6 +223,11 @@ class HjfsPlan:
         self.now = now
         self.mode = mode
         self.sink = sink
+        # STREAM: the first files copied are known to have no holes and are on the device already
+        self.dense_files = dense_files
+        self.files_copied = 0
+        self.placed: list[_Placed] = []  # DRY: every file copied, in order
+        self.placed_written = 0  # DRY: how many of those write_placed() wrote
         self.fstart = SUPERBLK + 1
         self.fend = self.fstart + ref_blocks(size)
         self.alloc = _Allocator(size, self.fend)
@@ -214,8 +236,8 @@ class HjfsPlan:
         self.paths: dict[str, _Node] = {}
         self.sources: list[_Source] = []
         self.users = UserTable(default_users())
+        self.mkfs_uids: dict[str, int] = {}  # user and group names mkfs looked up
         self.root = 0
-        self.dry_blocks = 0  # file blocks a DRY replay counted instead of placing
 
     # -- hjfs internals -------------------------------------------------------------------------
     def _modified(self, d: Dentry, uid: int) -> None:
@@ -589,11 +611,15 @@ class HjfsPlan:
         creator = self.users.name2uid(user)
         if creator is None:
             raise LayoutError(f"mkfs user {user!r}: hjfs answers 'no such user' to its attach")
+        self.mkfs_uids = {}  # the user table does not change while mkfs runs
         for entry in entries:
             self._mkfs_entry(entry, creator, default_owner, timestamp)
 
     def _owner(self, entry: ProtoEntry, name: str | None, default: str) -> int:
         chosen = name if name is not None else default
+        uid = self.mkfs_uids.get(chosen)
+        if uid is not None:
+            return uid
         uid = self.users.name2uid(chosen)
         if uid is None:
             known = ", ".join(u.name for u in self.users.users)
@@ -601,6 +627,7 @@ class HjfsPlan:
                 f"{entry.origin}: {entry.path}: unknown hjfs user or group {chosen!r} "
                 f"(known: {known})"
             )
+        self.mkfs_uids[chosen] = uid
         return uid
 
     def _mkfs_entry(
@@ -668,40 +695,66 @@ class HjfsPlan:
         if length == 0:
             return
         d = node.dentry
-        if self.mode == DRY:
-            # no holes assumed: count the blocks instead of placing them
-            if not os.access(entry.source, os.R_OK):
+        index = self.files_copied
+        self.files_copied += 1
+        if self.mode == DRY or index < self.dense_files:
+            # no holes: every 4088-byte piece is written, each block allocated in turn
+            if self.mode == DRY and not os.access(entry.source, os.R_OK):
                 raise InputError(f"{where}: can't read {entry.source}")
-            nblocks = howmany(length)
-            self.dry_blocks += nblocks + indirect_blocks_for(nblocks)
+            numbers = self._place(d, range(howmany(length)))
+            self._forget(numbers)
+            if self.mode == DRY:
+                self.placed.append(_Placed(entry.source, length, where, numbers))
             writes = -(-length // MKFS_BUFLEN)
         else:
             writes = 0
-            index = len(self.sources)
             if self.sink is None:
                 self.sources.append(_Source(entry.source, length))
-            for offset, data, touched, piece_writes in read_pieces(entry.source, length, where):
-                writes += piece_writes
-                numbers = self._place(d, touched)
+            for piece in read_pieces(entry.source, length, where):
+                writes += piece.writes
+                numbers = self._place(d, piece.touched)
                 if self.sink is None:
-                    for b, bl in zip(numbers, touched, strict=True):
-                        self.blocks[b] = index * _FILE_KEY + bl
-                else:  # the data goes out now; the model keeps no record of it
-                    if not self.blocks.keys().isdisjoint(numbers):
-                        # blocks freed earlier (a truncated /adm/users) lose their old content
-                        for b in numbers:
-                            self.blocks.pop(b, None)
-                    _emit_file_blocks(self.sink, numbers, touched, data, offset)
+                    key = (len(self.sources) - 1) * _FILE_KEY
+                    for b, bl in zip(numbers, piece.touched, strict=True):
+                        self.blocks[b] = key + bl
+                else:  # the data goes out now
+                    self._forget(numbers)
+                    _emit_file_blocks(self.sink, numbers, piece)
         d.mtime = d.atime = self.now
         d.muid = creator
         d.vers = (d.vers + writes) & 0xFFFFFFFF
         d.size = length
 
+    def _forget(self, numbers: list[int]) -> None:
+        """File data that is not kept in the model goes to `numbers`: blocks freed earlier (a
+        truncated /adm/users) lose their old content."""
+        if not self.blocks.keys().isdisjoint(numbers):
+            for b in numbers:
+                self.blocks.pop(b, None)
+
+    def write_placed(self, out: _RunWriter) -> int:
+        """Write the data of the files a DRY replay placed, reading each once, in order.
+
+        Stops before the first file that turns out to have a hole (the DRY
+        layout is wrong from there on) and returns how many files were
+        written; they went where an exact replay puts them too.
+        """
+        if self.mode != DRY:
+            raise ValueError("only a dry replay has files placed without reading them")
+        for placed in self.placed[self.placed_written :]:
+            for piece in read_pieces(placed.path, placed.length, placed.where):
+                if piece.holes:
+                    return self.placed_written
+                first, last = piece.touched[0], piece.touched[-1]
+                _emit_file_blocks(out, placed.numbers[first : last + 1], piece)
+            self.placed_written += 1
+        return self.placed_written
+
     # -- results --------------------------------------------------------------------------------
     @property
     def blocks_needed(self) -> int:
         """Blocks in use at the end, counting any that did not fit (a bound for DRY)."""
-        return self.size - self.alloc.refs.count(0) + self.alloc.overflow + self.dry_blocks
+        return self.size - self.alloc.refs.count(0) + self.alloc.overflow
 
     @property
     def fits(self) -> bool:
@@ -747,8 +800,8 @@ class HjfsPlan:
         self.write_runs(_RunWriter(dev, progress))
 
     def write_runs(self, out: _RunWriter) -> None:
-        if self.mode == DRY:
-            raise ValueError("a dry replay has nothing to write")
+        if self.mode == DRY and self.placed_written < len(self.placed):
+            raise ValueError("a dry replay writes its files' data first (write_placed)")
         self.check_fits(out.dev.name)
         out.put(SUPERBLK, self.superblock().pack())
         for k in range(self.fend - self.fstart):
@@ -772,7 +825,8 @@ class HjfsPlan:
                         n += 1
                     index, bl = divmod(content, _FILE_KEY)
                     data = sources.read(index, bl * RBLOCK, n * RBLOCK)
-                    _emit_file_blocks(out, range(b, b + n), range(bl, bl + n), data, bl * RBLOCK)
+                    piece = Piece(bl * RBLOCK, data, list(range(bl, bl + n)), 0, False, True)
+                    _emit_file_blocks(out, range(b, b + n), piece)
                     i += n
                     continue
                 if isinstance(content, list):
@@ -837,15 +891,23 @@ def bio_pieces(data: bytes, size: int) -> list[bytes]:
     return pieces
 
 
-def read_pieces(
-    source: Path, length: int, where: str = ""
-) -> Iterator[tuple[int, bytes, list[int], int]]:
+class Piece(NamedTuple):
+    """A piece of a source file as mkfs -z 4096 copies it into hjfs."""
+
+    offset: int
+    data: bytes
+    touched: list[int]  # file blocks whose first write falls in this piece
+    writes: int
+    holes: bool  # whether mkfs skips any of it (or writes the final zero byte)
+    zero_run: bool  # whether it holds 4088 zero bytes in a row; else no whole block is zero
+
+
+def read_pieces(source: Path, length: int, where: str = "") -> Iterator[Piece]:
     """Read `source` as mkfs -z 4096 copies it into hjfs, a piece at a time.
 
     mkfs reads `length` bytes in 4088-byte pieces; an all-zero piece is
     skipped with seek (a hole), any other is written.  If the last piece was
-    a hole it writes one zero byte at length-1.  Yields (offset, data, file
-    blocks whose first write falls in this piece, number of writes).
+    a hole it writes one zero byte at length-1.
     """
     label = where or str(source)
     nblocks = howmany(length)
@@ -866,7 +928,8 @@ def read_pieces(
             touched: list[int] = []
             writes = 0
             last_hole = False
-            if _ZERO_CHUNK not in data and (end < length or _tail_nonzero(data)):
+            zero_run = _holds_zero_run(data, _ZERO_CHUNK)
+            if not zero_run and (end < length or _tail_nonzero(data)):
                 writes = -(-len(data) // MKFS_BUFLEN)  # no all-zero piece here
                 touched.extend(range(max(next_block, offset // RBLOCK), (end - 1) // RBLOCK + 1))
             else:
@@ -881,16 +944,26 @@ def read_pieces(
                     last = (offset + start + len(chunk) - 1) // RBLOCK
                     touched.extend(range(first, last + 1))
                     next_block = max(next_block, last + 1)
+            holes = writes < -(-len(data) // MKFS_BUFLEN)
             if touched:
                 next_block = max(next_block, touched[-1] + 1)
             if end == length and last_hole:  # the final one-byte write
                 writes += 1
                 if next_block < nblocks:
                     touched.append(nblocks - 1)
-            yield offset, data, touched, writes
+            yield Piece(offset, data, touched, writes, holes, zero_run)
             offset = end
     finally:
         os.close(fd)
+
+
+def _holds_zero_run(data: bytes, zeros: bytes) -> bool:
+    """Whether `data` holds `zeros`, a run of at least 64 zero bytes.
+
+    A substring search first prepares its needle, at a cost that grows with
+    the needle's length, so a short run is looked for first: most data has none.
+    """
+    return _ZERO_PROBE in data and zeros in data
 
 
 def _tail_nonzero(data: bytes) -> bool:
@@ -903,38 +976,37 @@ def scan_holes(source: Path, length: int, where: str = "") -> tuple[list[int], i
     """The file blocks mkfs -z 4096 makes hjfs allocate for `source`, and how many writes."""
     touched: list[int] = []
     writes = 0
-    for _, _, blocks, n in read_pieces(source, length, where):
-        touched.extend(blocks)
-        writes += n
+    for piece in read_pieces(source, length, where):
+        touched.extend(piece.touched)
+        writes += piece.writes
     return touched, writes
 
 
-def _emit_file_blocks(
-    out: _RunWriter, numbers: Sequence[int], touched: Sequence[int], data: bytes, offset: int
-) -> None:
-    """Write file blocks `touched`, placed at device blocks `numbers`, from `data` read at `offset`.
+def _emit_file_blocks(out: _RunWriter, numbers: Sequence[int], piece: Piece) -> None:
+    """Write the blocks `piece` touches, placed at device blocks `numbers`.
 
     Runs of consecutive device blocks holding consecutive file blocks go
     out at once; all-zero blocks are left unwritten (a raw block's type byte
     is 0 too).
     """
-    view = memoryview(data)
+    touched, offset = piece.touched, piece.offset
+    view = memoryview(piece.data)
     # Without 4095 zero bytes in a row only a short last block can be all zero.
-    any_zero_block = _ZERO_RBLOCK in data
+    any_zero_block = piece.zero_run and _ZERO_RBLOCK in piece.data
     for i, n in _runs(numbers, touched):
         start = touched[i] * RBLOCK - offset
         pieces = [view[p : p + RBLOCK] for p in range(start, start + n * RBLOCK, RBLOCK)]
-        if not any_zero_block and len(pieces[-1]) == RBLOCK:
-            out.put_run(numbers[i], _raw_blocks(pieces))
-            continue
+        maybe_zero = pieces if any_zero_block else pieces[-1:]
+        zero = [k for k in range(n - len(maybe_zero), n) if _is_zero(pieces[k])]
         written = 0
-        for k, piece in enumerate(pieces):
-            if piece == _ZERO_RBLOCK[: len(piece)]:
-                if written < k:
-                    out.put_run(numbers[i + written], _raw_blocks(pieces[written:k]))
-                written = k + 1
-        if written < n:
-            out.put_run(numbers[i + written], _raw_blocks(pieces[written:]))
+        for k in [*zero, n]:
+            if written < k:
+                out.put_raw(numbers[i + written], pieces[written:k])
+            written = k + 1
+
+
+def _is_zero(piece: memoryview) -> bool:
+    return piece == _ZERO_RBLOCK[: len(piece)]
 
 
 def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -948,54 +1020,55 @@ def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int,
         yield first, end - first
 
 
-def _raw_blocks(pieces: Sequence[memoryview]) -> bytes:
-    """TRAW blocks holding `pieces` of RBLOCK bytes (the last may be short): type byte, payload,
-    zero fill."""
-    last = pieces[-1]
-    if len(last) < RBLOCK:
-        pieces = [*pieces[:-1], memoryview(bytes(last).ljust(RBLOCK, b"\0"))]
-    return bytes((TRAW,)).join([b"", *pieces])
-
-
 class _RunWriter:
-    """Collects whole blocks at consecutive numbers and writes each run with one pwrite."""
+    """Collects whole blocks at consecutive numbers and writes each run with one pwrite.
+
+    A run is kept as the list of its parts and joined when written, so file
+    data is copied once between the read and the write.
+    """
 
     def __init__(self, dev: BlockDevice, progress: Progress | None = None) -> None:
         self.dev = dev
         self.progress = progress
-        self.parts: list[bytes] = []  # the run so far, joined when it is written
-        self.length = 0
-        self.start = 0
+        self.parts: list[bytes | memoryview] = []
+        self.length = 0  # bytes in parts
+        self.start = 0  # the block the run starts at
         self.written = 0
 
     def put(self, b: int, block: bytes) -> None:
         if block != ZERO_BLOCK:  # a fresh partition already reads as zeros
-            self.put_run(b, block)
+            self._put_parts(b, [block], BLOCK)
 
-    def put_run(self, b: int, blocks: bytes) -> None:
+    def put_raw(self, b: int, pieces: Sequence[memoryview]) -> None:
+        """TRAW blocks b, b+1, ... holding `pieces` of RBLOCK bytes (the last may be short)."""
+        parts = [part for piece in pieces for part in (_RAW_TYPE, piece)]
+        fill = RBLOCK - len(pieces[-1])
+        if fill:
+            parts.append(bytes(fill))
+        self._put_parts(b, parts, len(pieces) * BLOCK)
+
+    def _put_parts(self, b: int, parts: list[bytes | memoryview], length: int) -> None:
         if self.parts and (
-            b != self.start + self.length // BLOCK or self.length + len(blocks) > RUN_BYTES
+            b != self.start + self.length // BLOCK or self.length + length > RUN_BYTES
         ):
             self.flush()
         if not self.parts:
             self.start = b
-            if len(blocks) >= RUN_BYTES // 2:
-                self._write(blocks)
-                return
-        self.parts.append(blocks)
-        self.length += len(blocks)
+        self.parts += parts
+        self.length += length
+        if self.length == length and length >= RUN_BYTES // 2:  # a long run goes out alone
+            self.flush()
 
-    def _write(self, data: bytes) -> None:
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         self.dev.pwrite(data, self.start * BLOCK)
         self.written += len(data)
         if self.progress is not None:
             self.progress(self.written)
-
-    def flush(self) -> None:
-        if self.parts:
-            self._write(self.parts[0] if len(self.parts) == 1 else b"".join(self.parts))
-            self.parts = []
-            self.length = 0
+        self.parts = []
+        self.length = 0
 
 
 class _SourceReader:
@@ -1044,10 +1117,11 @@ def _replay(
     mkfs_user: str,
     mode: str,
     sink: _RunWriter | None = None,
+    dense_files: int = 0,
 ) -> HjfsPlan:
     if size_blocks < 1:
         raise LayoutError("hjfs: device file too short (less than one 4096-byte block)")
-    model = HjfsPlan(size_blocks, now, mode, sink)
+    model = HjfsPlan(size_blocks, now, mode, sink, dense_files)
     model.ream()
     model.writeusers()
     model.readusers()
@@ -1101,29 +1175,43 @@ def ream_and_populate(
     `default_owner` (uid, gid); `mkfs_user` is who mkfs attaches as.
     `progress` is called with the bytes written so far.
 
-    A first replay counts every file's blocks without reading it, as if it
-    had no holes: it raises every error (names, owners, parents, unreadable
+    A first replay places every file without reading it, as if it had no
+    holes: it raises every error (names, owners, parents, unreadable
     sources) and, since holes only save blocks, bounds the space needed.
-    If that fits, a second replay reads each file once and writes its data
-    as it goes; otherwise an exact replay decides, before anything is
-    written, whether the holes make it fit.
+    If that fits, each file is read once and its data written where that
+    replay put it, which is where hjfs puts it unless the file has holes.
+    At the first file with a hole a second replay takes over: it places the
+    files before that one again without reading them, and reads the rest
+    to find their holes, writing their data as it goes.  If the first
+    replay does not fit, an exact one decides, before anything is written,
+    whether the holes make the tree fit.
     """
     size = dev.size // BLOCK
     now = int(time.time()) if timestamp is None else timestamp
-    common = {
-        "timestamp": timestamp,
-        "now": now,
-        "default_owner": default_owner,
-        "console": console,
-        "mkfs_user": mkfs_user,
-    }
-    dry = _replay(size, entries, mode=DRY, **common)  # type: ignore[arg-type]
+
+    def replay(mode: str, sink: _RunWriter | None = None, dense_files: int = 0) -> HjfsPlan:
+        return _replay(
+            size,
+            entries,
+            timestamp=timestamp,
+            now=now,
+            default_owner=default_owner,
+            console=console,
+            mkfs_user=mkfs_user,
+            mode=mode,
+            sink=sink,
+            dense_files=dense_files,
+        )
+
+    model = replay(DRY)
     out = _RunWriter(dev, progress)
-    if not dry.fits:
-        model = _replay(size, entries, mode=PLAN, **common)  # type: ignore[arg-type]
+    if not model.fits:
+        model = replay(PLAN)
         model.check_fits(dev.name)
     else:
-        model = _replay(size, entries, mode=STREAM, sink=out, **common)  # type: ignore[arg-type]
+        dense = model.write_placed(out)
+        if dense < len(model.placed):
+            model = replay(STREAM, out, dense)
     model.write_runs(out)
     return model.summary()
 
