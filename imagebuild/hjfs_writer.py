@@ -29,9 +29,11 @@ from __future__ import annotations
 import os
 import time
 from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
@@ -107,7 +109,6 @@ PIECE = 4 * (MKFS_BUFLEN * RBLOCK // 7)  # 4 * lcm(4088, 4095) = 9565920 bytes
 
 _ZERO_CHUNK = bytes(MKFS_BUFLEN)
 _ZERO_RBLOCK = bytes(RBLOCK)
-_ZERO_PROBE = bytes(64)
 _RAW_TYPE = bytes((TRAW,))
 
 Progress = Callable[[int], None]
@@ -153,6 +154,10 @@ class _Allocator:
         if freelist is not None:
             end = min((b // REFPERBLK + 1) * REFPERBLK, self.size)
             pos = b + 1
+            stop = min(end, pos + FREELISTLEN - len(freelist))
+            if refs.count(0, pos, stop) == stop - pos:  # all free, as on a fresh device
+                freelist.extend(range(pos, stop))
+                return b
             while len(freelist) < FREELISTLEN:
                 j = refs.find(0, pos, end)
                 if j < 0:
@@ -160,6 +165,25 @@ class _Allocator:
                 freelist.append(j)
                 pos = j + 1
         return b
+
+    def getfree_many(self, count: int) -> list[int]:
+        """What `count` getfree() calls return, taking consecutive free queued blocks at once."""
+        refs = self.refs
+        freelist = self.freelist
+        taken: list[int] = []
+        while len(taken) < count:
+            n = min(count - len(taken), len(freelist or ()))
+            if freelist and n > 1:
+                first = freelist[0]
+                run = range(first, first + n)
+                if list(islice(freelist, n)) == list(run) and refs.count(0, first, run.stop) == n:
+                    refs[first : run.stop] = b"\x01" * n
+                    for _ in run:
+                        freelist.popleft()
+                    taken += run
+                    continue
+            taken.append(self.getfree())
+        return taken
 
     def putfree(self, b: int) -> None:
         if b >= self.size:
@@ -190,8 +214,7 @@ class _Source:
     length: int
 
 
-@dataclass(frozen=True)
-class _Placed:
+class _Placed(NamedTuple):
     """A file a DRY replay placed without reading it: where each of its blocks went."""
 
     path: Path
@@ -278,21 +301,22 @@ class HjfsPlan:
     def _place(self, d: Dentry, touched: Sequence[int]) -> list[int]:
         """getblk(GBCREATE) for ascending file blocks: their device blocks, allocating as needed.
 
-        The same allocations in the same order as _getblk block by block; the
-        indirect table holding the data pointers is looked up once per 341 blocks.
+        The same allocations in the same order as _getblk block by block: the
+        indirect blocks on the way to each table of pointers, then the data
+        blocks it lacks.
         """
-        getfree = self.alloc.getfree
         out: list[int] = []
-        leaf: list[int] | Offsets = d.db
-        lo, hi = 0, NDIRECT
-        for bl in touched:
-            if not lo <= bl < hi:
-                leaf, lo = self._leaf(d, bl)
-                hi = lo + (NDIRECT if lo == 0 else OFFPERBLK)
-            b = leaf[bl - lo]
-            if b == 0:
-                b = leaf[bl - lo] = getfree()
-            out.append(b)
+        i = 0
+        while i < len(touched):
+            leaf, lo = self._leaf(d, touched[i])
+            hi = lo + (NDIRECT if lo == 0 else OFFPERBLK)
+            j = bisect_left(touched, hi, i)  # touched[i:j] hang below this table
+            missing = [bl - lo for bl in touched[i:j] if leaf[bl - lo] == 0]
+            new = self.alloc.getfree_many(len(missing))
+            for k, b in zip(missing, new, strict=True):
+                leaf[k] = b
+            out += new if len(new) == j - i else [leaf[bl - lo] for bl in touched[i:j]]
+            i = j
         return out
 
     def _leaf(self, d: Dentry, blk: int) -> tuple[list[int] | Offsets, int]:
@@ -825,7 +849,7 @@ class HjfsPlan:
                         n += 1
                     index, bl = divmod(content, _FILE_KEY)
                     data = sources.read(index, bl * RBLOCK, n * RBLOCK)
-                    piece = Piece(bl * RBLOCK, data, list(range(bl, bl + n)), 0, False, True)
+                    piece = Piece(bl * RBLOCK, data, list(range(bl, bl + n)), 0, False)
                     _emit_file_blocks(out, range(b, b + n), piece)
                     i += n
                     continue
@@ -899,7 +923,6 @@ class Piece(NamedTuple):
     touched: list[int]  # file blocks whose first write falls in this piece
     writes: int
     holes: bool  # whether mkfs skips any of it (or writes the final zero byte)
-    zero_run: bool  # whether it holds 4088 zero bytes in a row; else no whole block is zero
 
 
 def read_pieces(source: Path, length: int, where: str = "") -> Iterator[Piece]:
@@ -928,48 +951,56 @@ def read_pieces(source: Path, length: int, where: str = "") -> Iterator[Piece]:
             touched: list[int] = []
             writes = 0
             last_hole = False
-            zero_run = _holds_zero_run(data, _ZERO_CHUNK)
-            if not zero_run and (end < length or _tail_nonzero(data)):
-                writes = -(-len(data) // MKFS_BUFLEN)  # no all-zero piece here
+            zero = _zero_pieces(data, _ZERO_CHUNK)
+            if not zero:
+                writes = -(-len(data) // MKFS_BUFLEN)
                 touched.extend(range(max(next_block, offset // RBLOCK), (end - 1) // RBLOCK + 1))
             else:
-                view = memoryview(data)
-                for start in range(0, len(data), MKFS_BUFLEN):
-                    chunk = view[start : start + MKFS_BUFLEN]
-                    last_hole = chunk == _ZERO_CHUNK[: len(chunk)]
+                skipped = set(zero)
+                for k, start in enumerate(range(0, len(data), MKFS_BUFLEN)):
+                    last_hole = k in skipped
                     if last_hole:
                         continue
+                    chunk_end = min(start + MKFS_BUFLEN, len(data))
                     writes += 1
                     first = max((offset + start) // RBLOCK, next_block)
-                    last = (offset + start + len(chunk) - 1) // RBLOCK
+                    last = (offset + chunk_end - 1) // RBLOCK
                     touched.extend(range(first, last + 1))
                     next_block = max(next_block, last + 1)
-            holes = writes < -(-len(data) // MKFS_BUFLEN)
             if touched:
                 next_block = max(next_block, touched[-1] + 1)
             if end == length and last_hole:  # the final one-byte write
                 writes += 1
                 if next_block < nblocks:
                     touched.append(nblocks - 1)
-            yield Piece(offset, data, touched, writes, holes, zero_run)
+            yield Piece(offset, data, touched, writes, holes=bool(zero))
             offset = end
     finally:
         os.close(fd)
 
 
-def _holds_zero_run(data: bytes, zeros: bytes) -> bool:
-    """Whether `data` holds `zeros`, a run of at least 64 zero bytes.
+def _zero_pieces(data: bytes, zeros: bytes) -> list[int]:
+    """Which of the pieces of len(zeros) bytes that `data` splits into (the last may be short)
+    are all zero, by index.
 
-    A substring search first prepares its needle, at a cost that grows with
-    the needle's length, so a short run is looked for first: most data has none.
+    The byte in the middle of each piece rules most pieces out at once; only
+    those where it is zero are compared in full.
     """
-    return _ZERO_PROBE in data and zeros in data
-
-
-def _tail_nonzero(data: bytes) -> bool:
-    """Whether the last (possibly short) 4088-byte piece of `data` has a nonzero byte."""
-    tail = len(data) % MKFS_BUFLEN or MKFS_BUFLEN
-    return data[-tail:] != _ZERO_CHUNK[:tail]
+    size = len(zeros)
+    count = -(-len(data) // size)
+    middles = data[size // 2 :: size]
+    candidates = []
+    k = middles.find(0)
+    while k >= 0:
+        candidates.append(k)
+        k = middles.find(0, k + 1)
+    if len(middles) < count:  # the last piece is too short to have a middle byte
+        candidates.append(count - 1)
+    return [
+        k
+        for k in candidates
+        if data.startswith(zeros[: min(size, len(data) - k * size)], k * size)
+    ]
 
 
 def scan_holes(source: Path, length: int, where: str = "") -> tuple[list[int], int]:
@@ -991,22 +1022,17 @@ def _emit_file_blocks(out: _RunWriter, numbers: Sequence[int], piece: Piece) -> 
     """
     touched, offset = piece.touched, piece.offset
     view = memoryview(piece.data)
-    # Without 4095 zero bytes in a row only a short last block can be all zero.
-    any_zero_block = piece.zero_run and _ZERO_RBLOCK in piece.data
+    first = offset // RBLOCK  # the piece starts on a block boundary
+    zero_blocks = {first + k for k in _zero_pieces(piece.data, _ZERO_RBLOCK)}
     for i, n in _runs(numbers, touched):
         start = touched[i] * RBLOCK - offset
         pieces = [view[p : p + RBLOCK] for p in range(start, start + n * RBLOCK, RBLOCK)]
-        maybe_zero = pieces if any_zero_block else pieces[-1:]
-        zero = [k for k in range(n - len(maybe_zero), n) if _is_zero(pieces[k])]
+        zero = [k for k in range(n) if touched[i + k] in zero_blocks] if zero_blocks else []
         written = 0
         for k in [*zero, n]:
             if written < k:
                 out.put_raw(numbers[i + written], pieces[written:k])
             written = k + 1
-
-
-def _is_zero(piece: memoryview) -> bool:
-    return piece == _ZERO_RBLOCK[: len(piece)]
 
 
 def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int, int]]:
