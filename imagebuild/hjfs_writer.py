@@ -30,10 +30,8 @@ import os
 import time
 from array import array
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
@@ -132,7 +130,7 @@ class _Allocator:
         self.size = size
         self.refs = bytearray(size)
         self.refs[:used_below] = b"\x01" * used_below
-        self.freelist: deque[int] | None = None
+        self.freelist: list[int] | None = None  # queued blocks, the next first
         self.low = used_below  # every block below this one is in use
         self.overflow = 0  # blocks handed out past the end while planning
 
@@ -141,7 +139,7 @@ class _Allocator:
         freelist = self.freelist
         if freelist is not None:
             while freelist:
-                b = freelist.popleft()
+                b = freelist.pop(0)
                 if refs[b] == 0:
                     refs[b] = 1
                     return b
@@ -174,12 +172,10 @@ class _Allocator:
         while len(taken) < count:
             n = min(count - len(taken), len(freelist or ()))
             if freelist and n > 1:
-                first = freelist[0]
-                run = range(first, first + n)
-                if list(islice(freelist, n)) == list(run) and refs.count(0, first, run.stop) == n:
-                    refs[first : run.stop] = b"\x01" * n
-                    for _ in run:
-                        freelist.popleft()
+                run = range(freelist[0], freelist[0] + n)
+                if freelist[:n] == list(run) and refs.count(0, run.start, run.stop) == n:
+                    refs[run.start : run.stop] = b"\x01" * n
+                    del freelist[:n]
                     taken += run
                     continue
             taken.append(self.getfree())
@@ -458,7 +454,7 @@ class HjfsPlan:
         dump = Dentry(**{**root.__dict__, "db": [0] * NDIRECT, "ib": [0] * NINDIRECT})
         self.blocks[self.root] = [root, dump] + [None] * (DEPERBLK - 2)
         self._register("/", _Node(root, self.root, 0))
-        self.alloc.freelist = deque()  # initfs() creates the free list after ream
+        self.alloc.freelist = []  # initfs() creates the free list after ream
 
     def writeusers(self) -> None:
         """fs1.c writeusers(): make /adm, create or truncate /adm/users, write the table."""
