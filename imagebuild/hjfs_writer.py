@@ -845,7 +845,7 @@ class HjfsPlan:
                         n += 1
                     index, bl = divmod(content, _FILE_KEY)
                     data = sources.read(index, bl * RBLOCK, n * RBLOCK)
-                    piece = Piece(bl * RBLOCK, data, list(range(bl, bl + n)), 0, False)
+                    piece = Piece(bl * RBLOCK, data, list(range(bl, bl + n)), writes=0, holes=False)
                     _emit_file_blocks(out, range(b, b + n), piece)
                     i += n
                     continue
@@ -993,9 +993,7 @@ def _zero_pieces(data: bytes, zeros: bytes) -> list[int]:
     if len(middles) < count:  # the last piece is too short to have a middle byte
         candidates.append(count - 1)
     return [
-        k
-        for k in candidates
-        if data.startswith(zeros[: min(size, len(data) - k * size)], k * size)
+        k for k in candidates if data.startswith(zeros[: min(size, len(data) - k * size)], k * size)
     ]
 
 
@@ -1245,6 +1243,7 @@ __all__ = [
     "NAMELEN",
     "NOUID",
     "HjfsPlan",
+    "Piece",
     "bio_pieces",
     "plan",
     "read_pieces",
