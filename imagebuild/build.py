@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         size=recipe.image_size(container),
         output=output,
         demo=demo,
-        timestamp=timestamp if timestamp is not None else int(_now()),
+        timestamp=timestamp if timestamp is not None else int(time.time()),
         mbr_bootcode=contents.get(recipe.mbr_bootcode) if recipe.mbr_bootcode else None,
         pbs=contents.get(recipe.fat_pbs) if recipe.fat_pbs else None,
         fat_files=fat_files,
@@ -159,12 +160,6 @@ def fs_tree(recipe: Recipe, root: Path) -> list[ProtoEntry]:
         [root / p for p in recipe.fs.protos], root, binds=binds,
         variables={"objtype": recipe.objtype},
     )
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 class CountingStorage:

@@ -61,6 +61,7 @@ def resolve_root(root: Path | None) -> Path:
 
 def run_build(args: argparse.Namespace) -> int:
     from imagebuild.build import BuildOptions, build
+    from imagebuild.demo import is_demo_root
     from imagebuild.inspect import inspect_image
     from imagebuild.recipe import load_recipe
     from imagebuild.report import build_progress, print_layout
@@ -70,8 +71,6 @@ def run_build(args: argparse.Namespace) -> int:
     options = BuildOptions(root=root, output=args.output, container=args.container,
                            sets=args.sets, files=args.files, template_dir=args.template_dir,
                            fs=args.fs)
-    from imagebuild.demo import is_demo_root
-
     title = f"building {recipe.name} from {root}"
     if is_demo_root(root):
         title += " (demo root: generated stand-ins, the image will not boot 9front)"
