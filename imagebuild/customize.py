@@ -3,9 +3,10 @@
 `imagebuild customize BASE -o OUT --set plan9.console=1 --file NAME=PATH`
 writes OUT as a qcow2 overlay whose backing file is BASE.  It reads the boot
 partition's files back, edits them, and formats the partition again with the
-same parameters and boot program; only sectors whose bytes really change are
-written, so the overlay holds a few clusters (the edited file's data and the
-directory) and everything else is read through from BASE.
+same parameters and boot program through the overlay's skip_unchanged mode:
+clusters whose bytes do not change are not allocated, so the overlay holds a
+few clusters (the edited file's data and the directory) and everything else is
+read through from BASE.
 """
 
 from __future__ import annotations
@@ -14,49 +15,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagebuild.blockdev import BlockDevice, Storage
+from imagebuild.blockdev import BlockDevice
 from imagebuild.build import atomic_output, source_date_epoch
 from imagebuild.errors import ImageBuildError, InputError
 from imagebuild.render import parse_set
 
-SECTOR = 512
 BOOT_PARTITIONS = ("9fat", "dos", "esp")
 # --set namespace -> the boot file it edits
 EDITED_FILES = {"plan9": "plan9.ini", "config": "config.txt", "cmdline": "cmdline.txt"}
-
-
-class ChangedOnlyStorage:
-    """Writes through to `inner` only the sectors whose bytes differ from what it reads."""
-
-    def __init__(self, inner: Storage) -> None:
-        self.inner = inner
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def pread(self, size: int, offset: int) -> bytes:
-        return self.inner.pread(size, offset)
-
-    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
-        new = memoryview(data)
-        first = offset - offset % SECTOR
-        end = offset + len(new)
-        old = self.inner.pread(end - first, first)
-        run_start = -1
-        pos = offset
-        while pos < end:
-            stop = min(pos - pos % SECTOR + SECTOR, end)
-            same = new[pos - offset : stop - offset] == old[pos - first : stop - first]
-            if not same and run_start < 0:
-                run_start = pos
-            elif same and run_start >= 0:
-                self.inner.pwrite(new[run_start - offset : pos - offset], run_start)
-                run_start = -1
-            pos = stop
-        if run_start >= 0:
-            self.inner.pwrite(new[run_start - offset :], run_start)
-        return len(new)
 
 
 def set_ini_key(text: str, key: str, value: str) -> str:
@@ -178,7 +144,8 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     with atomic_output(output) as tmp, Qcow2Image.create(
         tmp, size, backing_file=backing, backing_format=base_format
     ) as overlay:
-        view = BlockDevice(ChangedOnlyStorage(overlay.data), name=output.name)
+        overlay.skip_unchanged = True  # rewriting what BASE already holds allocates nothing
+        view = BlockDevice(overlay.data, name=output.name)
         format_fat(
             view.slice(start, end, boot),
             [FatFile(name, data) for name, data in content],

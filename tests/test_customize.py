@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.blockdev import BytesStorage
 from imagebuild.customize import (
-    ChangedOnlyStorage,
     edit_files,
     set_cmdline_key,
     set_config_key,
@@ -20,30 +18,6 @@ from imagebuild.customize import (
 from imagebuild.errors import InputError
 
 KiB = 1024
-
-
-class Recording(BytesStorage):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.writes: list[tuple[int, int]] = []
-
-    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
-        self.writes.append((offset, len(data)))
-        return super().pwrite(data, offset)
-
-
-def test_changed_only_storage_writes_only_differing_sectors() -> None:
-    inner = Recording(16 * KiB)
-    inner.buffer[:] = bytes(range(256)) * 64
-    view = ChangedOnlyStorage(inner)
-    data = bytearray(inner.buffer[1000:9000])
-    data[3000] ^= 1  # absolute byte 4000: sector 7
-    data[7000] ^= 1  # absolute byte 8000: sector 15
-    view.pwrite(data, 1000)
-    assert inner.writes == [(3584, 512), (7680, 512)]
-    assert inner.buffer[1000:9000] == data
-    view.pwrite(bytes(inner.buffer[:4096]), 0)
-    assert len(inner.writes) == 2  # identical bytes: nothing written
 
 
 def test_set_ini_key_replaces_or_appends() -> None:
