@@ -115,7 +115,7 @@ def edit_files(files: list[tuple[str, bytes]], sets: Sequence[str], adds: Sequen
 
 def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str]) -> None:
     from imagebuild.fat import FatFile, FatVolume, format_fat
-    from imagebuild.inspect import mbr_table, open_image, partitions
+    from imagebuild.inspect import open_image, partitions
     from imagebuild.qcow2 import Qcow2Image
 
     if output.resolve() == base.resolve():
@@ -123,7 +123,7 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     with open_image(base) as image:
         base_format = image.format
         disk = BlockDevice(image.storage, name=base.name)
-        parts = partitions(disk, mbr_table(disk))
+        parts = partitions(disk)
         boot = next((n for n in BOOT_PARTITIONS if n in parts), None)
         if boot is None:
             raise ImageBuildError(f"{base}: no boot partition ({', '.join(BOOT_PARTITIONS)})")

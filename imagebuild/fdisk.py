@@ -228,6 +228,15 @@ def read_partitions(disk: BlockDevice) -> list[DosPartition]:
     return sorted(reader.found, key=lambda p: p.start)
 
 
+def partfs_names(disk: BlockDevice) -> list[tuple[str, int, int]]:
+    """What `disk/fdisk -w` registers with partfs for the table on `disk`: (name, start, end)
+    in sectors, named from the type (plan9, dos, esp, ...) and made unique as fdisk does."""
+    editor = FdiskEditor(PartFS(disk))
+    editor.rdpart()
+    editor.assign_ctlnames()
+    return [(p.ctlname, p.ctl_start(), p.ctl_end()) for p in editor.dosparts() if p.ctlname]
+
+
 class _TableReader:
     """fdisk rdpart(): walk the MBR and the EBR chains (with a guard against loops)."""
 

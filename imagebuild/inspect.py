@@ -17,13 +17,6 @@ from typing import Any
 from imagebuild.blockdev import BlockDevice, PartFS, Storage
 from imagebuild.errors import ImageBuildError
 
-PLAN9_TYPE = 0x39
-FAT_TYPES = {0x01: "FAT12", 0x04: "FAT16", 0x06: "FAT16", 0x0B: "FAT32", 0x0C: "FAT32",
-             0x0E: "FAT16", 0xEF: "ESP"}
-TYPE_NAMES = {PLAN9_TYPE: "PLAN9", **FAT_TYPES}
-# the name disk/fdisk gives each partition type in partfs (`dos` for FAT, ...)
-PARTFS_NAMES = {PLAN9_TYPE: "plan9", 0xEF: "esp", **{t: "dos" for t in FAT_TYPES if t != 0xEF}}
-
 
 @dataclass
 class OpenedImage:
@@ -88,15 +81,15 @@ def _fat_info(device: BlockDevice, name: str) -> dict[str, Any]:
     }
 
 
-def partitions(disk: BlockDevice, mbr: list[dict[str, Any]]) -> PartFS:
+def partitions(disk: BlockDevice) -> PartFS:
     """partfs as fdisk and prep would have populated it for this disk."""
+    from imagebuild.fdisk import partfs_names
     from imagebuild.prep import read_table
 
     parts = PartFS(disk)
-    for p in mbr:
-        name = PARTFS_NAMES.get(p["type"])
-        if name is not None and name not in parts:
-            parts.add(name, p["start"], p["start"] + p["sectors"])
+    if disk.size >= 512 and disk.pread(512, 0)[510:512] == b"\x55\xaa":
+        for name, start, end in partfs_names(disk):
+            parts.add(name, start, end)
     if "plan9" in parts:
         plan9 = parts["plan9"]
         for sub in read_table(plan9):
@@ -122,7 +115,7 @@ def inspect_image(path: Path) -> dict[str, Any]:
             info["qcow2"] = image.info
         mbr = mbr_table(disk) if disk.size >= 512 else []
         info["mbr"] = mbr
-        parts = partitions(disk, mbr)
+        parts = partitions(disk)
         if "plan9" in parts:
             info["plan9"] = [
                 {"name": p.name, "start": p.start, "end": p.end} for p in read_table(parts["plan9"])
@@ -177,7 +170,7 @@ def _split_spec(path: Path, spec: str) -> tuple[str, str]:
 def _partition(path: Path, part: str) -> Iterator[BlockDevice]:
     with open_image(path) as image:
         disk = BlockDevice(image.storage, name=path.name)
-        parts = partitions(disk, mbr_table(disk))
+        parts = partitions(disk)
         if part not in parts:
             have = ", ".join(n for n, _, _ in parts) or "none"
             raise ImageBuildError(f"{path}: no partition {part!r} (partitions: {have})")

@@ -124,6 +124,15 @@ def test_fdisk_script_pi_img_1885mb() -> None:
     assert list(parts) == [("dos", 63, 201600), ("plan9", 201600, 3858624)]
 
 
+def test_partfs_names_reads_back_what_fdisk_w_registered() -> None:
+    parts = blank_disk(1885 * MiB)
+    fdisk.fdisk_script(parts, PI_SCRIPT)
+    assert fdisk.partfs_names(parts["data"]) == [("dos", 63, 201600), ("plan9", 201600, 3858624)]
+    parts = blank_disk(3770 * MiB)
+    fdisk.fdisk_auto(parts)
+    assert fdisk.partfs_names(parts["data"]) == [("plan9", 63, 7717248)]
+
+
 def test_fdisk_script_reform_img_1885mb() -> None:
     parts = blank_disk(1885 * MiB)
     entries = fdisk.fdisk_script(parts, PI_SCRIPT.replace(". .+100M", "4M 100M"))
