@@ -68,13 +68,33 @@ def source_date_epoch() -> int | None:
     return int(value)
 
 
-def _parse_file_option(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path or "/" in name:
-        raise InputError(
-            f"--file {text!r}: expected NAME=PATH, NAME a file name on the boot partition"
-        )
-    return name, Path(path)
+def read_file_options(texts: Sequence[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """--file NAME=PATH options: the (name, data) pairs, and the PATHs that cannot be read."""
+    files: list[tuple[str, bytes]] = []
+    unreadable: list[str] = []
+    for text in texts:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path or "/" in name:
+            raise InputError(
+                f"--file {text!r}: expected NAME=PATH, NAME a file name on the boot partition"
+            )
+        try:
+            files.append((name, Path(path).read_bytes()))
+        except OSError as err:
+            unreadable.append(f"{path} ({err.strerror})")
+    return files, unreadable
+
+
+def place_files(files: list[tuple[str, bytes]], extra: Sequence[tuple[str, bytes]]) -> None:
+    """Each extra file replaces the one of the same name (as FAT compares names) in place,
+    or is appended."""
+    for name, data in extra:
+        for i, (existing, _) in enumerate(files):
+            if existing.lower() == name.lower():
+                files[i] = (name, data)
+                break
+        else:
+            files.append((name, data))
 
 
 def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
@@ -96,13 +116,8 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
             missing.append(rel)
         except OSError as err:
             missing.append(f"{rel} ({err.strerror})")
-    extra: list[tuple[str, bytes]] = []
-    for text in options.files:
-        name, path = _parse_file_option(text)
-        try:
-            extra.append((name, path.read_bytes()))
-        except OSError as err:
-            missing.append(f"{path} ({err.strerror})")
+    extra, unreadable = read_file_options(options.files)
+    missing += unreadable
     if missing:
         raise InputError(
             f"{recipe.name}: missing inputs under {root}: {', '.join(missing)}"
@@ -118,13 +133,7 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
             fat_files.append((entry, rendered[entry]))
         else:
             fat_files.append((PurePosixPath(entry).name, contents[entry]))
-    for name, data in extra:  # --file replaces a file of the same name in place, else appends
-        for i, (existing, _) in enumerate(fat_files):
-            if existing.lower() == name.lower():
-                fat_files[i] = (name, data)
-                break
-        else:
-            fat_files.append((name, data))
+    place_files(fat_files, extra)  # --file replaces a file of that name, else appends
 
     timestamp = options.timestamp if options.timestamp is not None else source_date_epoch()
     output = options.output or Path("out") / recipe.output_name(container)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imagebuild.blockdev import BlockDevice
-from imagebuild.build import atomic_output, source_date_epoch
+from imagebuild.build import atomic_output, place_files, read_file_options, source_date_epoch
 from imagebuild.errors import ImageBuildError, InputError
 from imagebuild.render import parse_set
 
@@ -98,19 +98,10 @@ def edit_files(files: list[tuple[str, bytes]], sets: Sequence[str], adds: Sequen
         else:
             content = set_cmdline_key(content, path[1], value)
         files[i] = (name, content.encode())
-    for text in adds:
-        name, sep, source = text.partition("=")
-        if not sep or not name or not source or "/" in name:
-            raise InputError(f"--file {text!r}: expected NAME=PATH")
-        try:
-            data = Path(source).read_bytes()
-        except OSError as err:
-            raise InputError(f"--file {name}: {source}: {err.strerror}") from None
-        if name.lower() in index:
-            files[index[name.lower()]] = (name, data)
-        else:
-            index[name.lower()] = len(files)
-            files.append((name, data))
+    extra, unreadable = read_file_options(adds)
+    if unreadable:
+        raise InputError(f"--file: cannot read {', '.join(unreadable)}")
+    place_files(files, extra)
 
 
 def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str]) -> None:
