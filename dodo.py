@@ -24,10 +24,10 @@ from typing import Any
 
 from doit import get_var
 
-from imagebuild.demo import make_demo_root
 from imagebuild.errors import ImageBuildError
-from imagebuild.recipe import Recipe, list_recipes, load_recipe
-from imagebuild.render import template_files
+from imagebuild.pipeline.demo import make_demo_root
+from imagebuild.recipe.load import Recipe, list_recipes, load_recipe
+from imagebuild.recipe.render import template_files
 
 OUT = Path(os.environ.get("IMAGEBUILD_OUT", "out"))
 OUT.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def _fs_signature(recipe: Recipe, root: Path) -> str:
     """A digest of every file the fs partition gets: path, source, mode, owner, size, mtime."""
     import hashlib
 
-    from imagebuild.build import fs_tree
+    from imagebuild.pipeline.build import fs_tree
 
     if recipe.fs.type == "none":
         return "none"

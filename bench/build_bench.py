@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagebuild.blockdev import RawFile
-from imagebuild.build import BuildOptions, plan_build, write_image
-from imagebuild.demo import DEMO_MARKER, make_demo_root
-from imagebuild.qcow2 import Qcow2Image
-from imagebuild.recipe import load_recipe
+from imagebuild.container.qcow2.image import Qcow2Image
+from imagebuild.disk.device import RawFile
+from imagebuild.pipeline.build import BuildOptions, plan_build, write_image
+from imagebuild.pipeline.demo import DEMO_MARKER, make_demo_root
+from imagebuild.recipe.load import load_recipe
 
 KERNEL_SIZE = 3 * 1000 * 1000
 

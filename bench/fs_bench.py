@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagebuild.blockdev import BlockDevice, RawFile, Storage
-from imagebuild.hjfs import ream_and_populate
-from imagebuild.proto import read_proto
+from imagebuild.disk.device import BlockDevice, RawFile, Storage
+from imagebuild.fs.hjfs import ream_and_populate
+from imagebuild.fs.proto import read_proto
 
 MiB = 1 << 20
 TIMESTAMP = 1_700_000_000
@@ -82,7 +82,7 @@ def timed(fn: Callable[[], None], reset: Callable[[], None]) -> float:
 def open_image(path: Path, size: int, raw: bool) -> tuple[Storage, Callable[[], None], str]:
     if not raw:
         try:
-            from imagebuild.qcow2 import Qcow2Image
+            from imagebuild.container.qcow2.image import Qcow2Image
 
             image = Qcow2Image.create(path, size, sync=False)
             return image.data, image.close, "qcow2"

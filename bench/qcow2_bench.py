@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagebuild.qcow2 import Qcow2Image
-from imagebuild.sizes import format_size, parse_size
+from imagebuild.container.qcow2.image import Qcow2Image
+from imagebuild.util.sizes import format_size, parse_size
 
 
 def _timed(label: str, fn: object) -> float:

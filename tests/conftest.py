@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.demo import DEMO_MARKER, make_demo_root
+from imagebuild.pipeline.demo import DEMO_MARKER, make_demo_root
 
 SOURCE_DATE_EPOCH = 1700000000  # 2023-11-14 22:13:20 UTC
 
@@ -29,8 +29,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built(root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every target built once from `root`, with SOURCE_DATE_EPOCH pinned."""
-    from imagebuild.build import BuildOptions, build
-    from imagebuild.recipe import list_recipes, load_recipe
+    from imagebuild.pipeline.build import BuildOptions, build
+    from imagebuild.recipe.load import list_recipes, load_recipe
 
     out = tmp_path_factory.mktemp("out")
     images = {}

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imagebuild import fdisk, mbr, prep
-from imagebuild.blockdev import BlockDevice, PartFS, RawFile
-from imagebuild.fdisk import MbrEntry
-from imagebuild.prep import Plan9Partition
+from imagebuild.disk.device import BlockDevice, PartFS, RawFile
+from imagebuild.partition import fdisk, mbr, prep
+from imagebuild.partition.fdisk import MbrEntry
+from imagebuild.partition.prep import Plan9Partition
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -68,7 +68,7 @@ def open_disk(kind: str, size: int, tmp_path: Path) -> Iterator[PartFS]:
     elif kind == "sparse":
         yield PartFS(BlockDevice(SparseStorage(size)))
     elif kind == "qcow2":
-        from imagebuild.qcow2 import Qcow2Image
+        from imagebuild.container.qcow2.image import Qcow2Image
 
         image = Qcow2Image.create(tmp_path / "disk.qcow2", size)
         try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from imagebuild.blockdev import BlockDevice, BytesStorage, PartFS, guess_geometry
+from imagebuild.disk.device import BlockDevice, BytesStorage, PartFS, guess_geometry
 from imagebuild.errors import LayoutError, OutOfRangeError
 
 MiB = 1 << 20

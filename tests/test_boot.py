@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.demo import DEMO_PBS_MESSAGE
+from imagebuild.pipeline.demo import DEMO_PBS_MESSAGE
 from tests.qemu_vga import boot_until, needs_qemu
 
 
 @needs_qemu
 @pytest.mark.parametrize("container", ["qcow2", "raw"])
 def test_amd64_image_boots_through_mbr_to_pbs(root: Path, tmp_path: Path, container: str) -> None:
-    from imagebuild.build import BuildOptions, build
-    from imagebuild.recipe import load_recipe
+    from imagebuild.pipeline.build import BuildOptions, build
+    from imagebuild.recipe.load import load_recipe
 
     out = build(load_recipe("amd64.qcow2"),
                 BuildOptions(root=root, output=tmp_path / f"a.{container}", container=container,
@@ -32,8 +32,8 @@ def test_amd64_image_boots_through_mbr_to_pbs(root: Path, tmp_path: Path, contai
 
 @needs_qemu
 def test_without_an_active_partition_the_mbr_says_so(root: Path, tmp_path: Path) -> None:
-    from imagebuild.build import BuildOptions, build
-    from imagebuild.recipe import load_recipe
+    from imagebuild.pipeline.build import BuildOptions, build
+    from imagebuild.recipe.load import load_recipe
 
     out = build(load_recipe("amd64.qcow2"),
                 BuildOptions(root=root, output=tmp_path / "a.img", container="raw",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.recipe import load_recipe
+from imagebuild.recipe.load import load_recipe
 from tests.conftest import tool_env
 from tests.test_fat_format import LABEL_MESSAGE, fsck
 
@@ -77,8 +77,8 @@ def extract(raw: Path, start: int, sectors: int, dest: Path) -> Path:
 
 def boot_partition(name: str, raw: Path) -> tuple[int, int]:
     """(start, sectors) of the FAT the recipe formats, found through sfdisk and the Plan 9 table."""
-    from imagebuild.blockdev import BlockDevice, RawFile
-    from imagebuild.prep import read_table
+    from imagebuild.disk.device import BlockDevice, RawFile
+    from imagebuild.partition.prep import read_table
 
     parts = sfdisk_partitions(raw)
     recipe = load_recipe(name)
@@ -113,7 +113,7 @@ def test_raw_targets_have_the_dd_size(built: dict[str, Path], name: str) -> None
 def test_boot_partition_is_clean_and_holds_every_file(
     built: dict[str, Path], root: Path, name: str, tmp_path: Path
 ) -> None:
-    from imagebuild.build import BuildOptions, plan_build
+    from imagebuild.pipeline.build import BuildOptions, plan_build
 
     raw = as_raw(built[name], tmp_path)
     start, sectors = boot_partition(name, raw)
@@ -130,7 +130,7 @@ def test_boot_partition_is_clean_and_holds_every_file(
 
 
 def test_plan9_ini_has_the_mkfile_content(built: dict[str, Path]) -> None:
-    from imagebuild.inspect import cat
+    from imagebuild.readback import cat
 
     assert cat(built["amd64.qcow2"], "9fat:plan9.ini") == b"bootfile=9pc64\nconsole=0\n"
     assert cat(built["arm64.qcow2"], "dos:plan9.ini") == b"console=0\nvgasize=text\n"
@@ -138,7 +138,7 @@ def test_plan9_ini_has_the_mkfile_content(built: dict[str, Path]) -> None:
 
 
 def test_pi_config_txt_has_the_mkfile_sections(built: dict[str, Path]) -> None:
-    from imagebuild.inspect import cat
+    from imagebuild.readback import cat
 
     text = cat(built["pi.img"], "dos:config.txt").decode()
     assert [line for line in text.splitlines() if line.startswith("[")] == [
@@ -165,9 +165,9 @@ def test_amd64_mbr_boot_code_is_386_mbr(built: dict[str, Path], root: Path, tmp_
 
 
 def test_same_layout_on_a_raw_file_and_a_qcow2_view(root: Path, tmp_path: Path) -> None:
-    from imagebuild.blockdev import RawFile
-    from imagebuild.build import BuildOptions, plan_build, write_image
-    from imagebuild.qcow2 import Qcow2Image
+    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.disk.device import RawFile
+    from imagebuild.pipeline.build import BuildOptions, plan_build, write_image
 
     plan = plan_build(load_recipe("amd64.qcow2"), BuildOptions(root=root, timestamp=1))
     qcow = tmp_path / "a.qcow2"
@@ -182,7 +182,7 @@ def test_same_layout_on_a_raw_file_and_a_qcow2_view(root: Path, tmp_path: Path) 
 def test_same_inputs_same_sha256(root: Path, tmp_path: Path, sde: int) -> None:
     import time
 
-    from imagebuild.build import BuildOptions, build
+    from imagebuild.pipeline.build import BuildOptions, build
 
     for name in ("amd64.qcow2", "pi.img"):
         digests = set()
@@ -206,8 +206,8 @@ def test_qcow2_of_amd64_is_no_bigger_than_what_was_written_plus_1mib(
     import random
     import shutil
 
-    from imagebuild.build import BuildOptions, plan_build, write_image
-    from imagebuild.qcow2 import Qcow2Image
+    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.pipeline.build import BuildOptions, plan_build, write_image
 
     r = tmp_path / "root"
     shutil.copytree(root, r)
@@ -223,7 +223,7 @@ def test_qcow2_of_amd64_is_no_bigger_than_what_was_written_plus_1mib(
 
 @pytest.mark.parametrize("name", ["amd64.qcow2", "pi.img"])
 def test_fs_partition_holds_the_proto_tree(built: dict[str, Path], root: Path, name: str) -> None:
-    from imagebuild.inspect import cat, check_fs, listing
+    from imagebuild.readback import cat, check_fs, listing
 
     image = built[name]
     assert check_fs(image, "fs") == []
@@ -244,8 +244,8 @@ def test_fs_partition_holds_the_proto_tree(built: dict[str, Path], root: Path, n
 
 
 def test_no_fs_leaves_the_fs_partition_unformatted(root: Path, tmp_path: Path) -> None:
-    from imagebuild.build import BuildOptions, build
-    from imagebuild.inspect import inspect_image
+    from imagebuild.pipeline.build import BuildOptions, build
+    from imagebuild.readback import inspect_image
 
     out = build(load_recipe("zynq.img"), BuildOptions(root=root, output=tmp_path / "z.img",
                                                       fs=False)).output

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.customize import (
+from imagebuild.errors import InputError
+from imagebuild.pipeline.customize import (
     edit_files,
     set_cmdline_key,
     set_config_key,
     set_ini_key,
 )
-from imagebuild.errors import InputError
 
 KiB = 1024
 
@@ -50,8 +50,8 @@ def test_edit_files_rejects_what_the_partition_lacks() -> None:
 def test_customize_overlay_is_small_and_reads_through(
     built: dict[str, Path], tmp_path: Path, sde: int
 ) -> None:
-    from imagebuild.customize import customize
-    from imagebuild.inspect import cat
+    from imagebuild.pipeline.customize import customize
+    from imagebuild.readback import cat
 
     base = built["amd64.qcow2"]
     extra = tmp_path / "extra.txt"

@@ -1,4 +1,4 @@
-"""disk/format (imagebuild.fat.format_fat) checked by independent readers: fsck.fat and mtools.
+"""disk/format (fs.fat.format.format_fat) checked by independent readers: fsck.fat and mtools.
 
 Each FAT is formatted into a partition of a sparse raw disk (so hidden
 sectors and geometry are real), then the partition is copied to a file of
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.blockdev import BlockDevice, RawFile
-from imagebuild.fat import FatError, FatFile, FatParams, FatVolume, format_fat
+from imagebuild.disk.device import BlockDevice, RawFile
+from imagebuild.fs.fat.format import FatError, FatFile, FatParams, FatVolume, format_fat
 
 TIMESTAMP = 1700000000  # 2023-11-14T22:13:20Z
 PART_START = 63

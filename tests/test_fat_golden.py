@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.blockdev import BlockDevice, BytesStorage
-from imagebuild.fat import (
+from imagebuild.disk.device import BlockDevice, BytesStorage
+from imagebuild.fs.fat.bpb import FsInfo
+from imagebuild.fs.fat.dirent import lfn_checksum
+from imagebuild.fs.fat.format import (
     DISK_TYPES,
     FatError,
     FatFile,
@@ -36,8 +38,6 @@ from imagebuild.fat import (
     format_fat,
     plan_layout,
 )
-from imagebuild.fat_bpb import FsInfo
-from imagebuild.fat_dir import lfn_checksum
 
 MiB = 1 << 20
 TIMESTAMP = 1700000000
@@ -208,8 +208,8 @@ def test_fat_golden_pi_files_and_alias() -> None:
 
 def test_fat_partitions_of_the_mkfile_pipeline(tmp_path: Path) -> None:
     """The partition ranges above are what our disk/mbr, fdisk and prep make."""
-    from imagebuild import fdisk, mbr, prep
-    from imagebuild.blockdev import PartFS, RawFile
+    from imagebuild.disk.device import PartFS, RawFile
+    from imagebuild.partition import fdisk, mbr, prep
 
     for mb, script, want in (
         (3770, None, ("9fat", 63, 204800, 128, 63)),

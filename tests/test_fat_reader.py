@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagebuild.blockdev import BlockDevice, BytesStorage, RawFile
+from imagebuild.disk.device import BlockDevice, BytesStorage, RawFile
 from imagebuild.errors import ImageBuildError, ImageFormatError
-from imagebuild.fat import FatError, FatFile, FatPathError, FatVolume, format_fat
-from imagebuild.fat_dir import FORBIDDEN_CHARS, is_long_name, short_name_field
+from imagebuild.fs.fat.dirent import FORBIDDEN_CHARS, is_long_name, short_name_field
+from imagebuild.fs.fat.format import FatError, FatFile, FatPathError, FatVolume, format_fat
 
 TIMESTAMP = 1700000000
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.blockdev import BlockDevice, BytesStorage
-from imagebuild.fat import FatError, FatFile, FatParams, FatVolume, format_fat
-from imagebuild.fat_dir import (
+from imagebuild.disk.device import BlockDevice, BytesStorage
+from imagebuild.fs.fat.dirent import (
     ATTR_SYSTEM,
     dos_time_date,
     is_long_name,
     make_alias,
     short_name_field,
 )
-from imagebuild.pbs import DEFAULT_PBS, MESSAGE, MESSAGE_OFFSET
+from imagebuild.fs.fat.format import FatError, FatFile, FatParams, FatVolume, format_fat
+from imagebuild.fs.fat.pbs import DEFAULT_PBS, MESSAGE, MESSAGE_OFFSET
 
 MiB = 1 << 20
 

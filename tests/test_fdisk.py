@@ -33,10 +33,10 @@ from mbr_helpers import (
     sfdisk_dump,
 )
 
-from imagebuild import fdisk, mbr
-from imagebuild.blockdev import BlockDevice, BytesStorage, PartFS, RawFile
+from imagebuild.disk.device import BlockDevice, BytesStorage, PartFS, RawFile
 from imagebuild.errors import ImageBuildError, ImageFormatError, LayoutError
-from imagebuild.fdisk import MbrEntry, encode_chs, read_mbr, read_partitions
+from imagebuild.partition import fdisk, mbr
+from imagebuild.partition.fdisk import MbrEntry, encode_chs, read_mbr, read_partitions
 
 EMPTY = MbrEntry()
 
@@ -449,7 +449,7 @@ def test_fdisk_refuses_a_looping_extended_chain() -> None:
 
 def test_fdisk_ctldiff_keeps_unchanged_partitions_and_their_subpartitions() -> None:
     """ctldiff(): a partfs part equal to one of ours stays, with everything inside it."""
-    from imagebuild import prep
+    from imagebuild.partition import prep
 
     parts = blank_disk(1885 * MiB)
     fdisk.fdisk_auto(parts)

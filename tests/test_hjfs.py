@@ -29,9 +29,9 @@ from hjfs_helpers import (
     walk_tree,
 )
 
-from imagebuild.blockdev import BlockDevice, BytesStorage, RawFile
-from imagebuild.hjfs import HjfsVolume, fsck, ream_and_populate
-from imagebuild.proto import DMAPPEND, DMDIR, DMEXCL, DMTMP, read_proto
+from imagebuild.disk.device import BlockDevice, BytesStorage, RawFile
+from imagebuild.fs.hjfs import HjfsVolume, fsck, ream_and_populate
+from imagebuild.fs.proto import DMAPPEND, DMDIR, DMEXCL, DMTMP, read_proto
 
 T = 1_700_000_000  # the pinned clock (SOURCE_DATE_EPOCH)
 OLD = T - 86400  # source mtimes before it

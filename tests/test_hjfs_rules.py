@@ -11,12 +11,12 @@ from hjfs_helpers import BLOCK, block, entries, file_blocks, read_file, superblo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagebuild.blockdev import BlockDevice, BytesStorage
+from imagebuild.disk.device import BlockDevice, BytesStorage
 from imagebuild.errors import ImageBuildError, InputError, LayoutError
-from imagebuild.hjfs import HjfsVolume, fsck, plan, ream_and_populate
-from imagebuild.hjfs_layout import Dentry, UserTable, default_users, indirect_path
-from imagebuild.hjfs_writer import bio_pieces, scan_holes, tokenize
-from imagebuild.proto import ProtoEntry, read_proto
+from imagebuild.fs.hjfs import HjfsVolume, fsck, plan, ream_and_populate
+from imagebuild.fs.hjfs.layout import Dentry, UserTable, default_users, indirect_path
+from imagebuild.fs.hjfs.writer import bio_pieces, scan_holes, tokenize
+from imagebuild.fs.proto import ProtoEntry, read_proto
 
 T = 1_700_000_000
 MiB = 1 << 20
@@ -443,7 +443,7 @@ def test_dentry_block_layout_is_conv_c(tmp_path: Path) -> None:
 
 
 def sparse_tree(src: Path) -> None:
-    from imagebuild.hjfs_writer import PIECE
+    from imagebuild.fs.hjfs.writer import PIECE
 
     src.mkdir(parents=True, exist_ok=True)
     data = bytearray(os.urandom(PIECE + 50_000))
@@ -491,8 +491,8 @@ def test_a_tree_that_fits_only_thanks_to_its_holes(tmp_path: Path) -> None:
 
 
 def test_dry_replay_bounds_the_exact_one(tmp_path: Path) -> None:
-    from imagebuild.hjfs_layout import indirect_blocks_for
-    from imagebuild.hjfs_writer import DRY, MKFILE_CONSOLE, _replay
+    from imagebuild.fs.hjfs.layout import indirect_blocks_for
+    from imagebuild.fs.hjfs.writer import DRY, MKFILE_CONSOLE, _replay
 
     # getblk's tree: 15 direct; then 341 below one single-indirect block; then
     # double-indirect: one top block and one per 341 data blocks

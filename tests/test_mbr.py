@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from mbr_helpers import MiB, SparseStorage
 
-from imagebuild import fdisk, mbr
-from imagebuild.blockdev import BlockDevice, BytesStorage, RawFile
-from imagebuild.bootcode import DEFAULT_MBR, MESSAGE, MESSAGE_OFFSET, PROGRAM
+from imagebuild.disk.device import BlockDevice, BytesStorage, RawFile
 from imagebuild.errors import LayoutError
+from imagebuild.partition import fdisk, mbr
+from imagebuild.partition.bootcode import DEFAULT_MBR, MESSAGE, MESSAGE_OFFSET, PROGRAM
 from tests.qemu_vga import BootedQemu, needs_qemu
 
 TABLE = bytes(range(1, 65))  # stands for an existing partition table at 446..509

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from mbr_helpers import GiB, MiB, SparseStorage, make_layout, open_disk
 
-from imagebuild import fdisk, mbr, prep
-from imagebuild.blockdev import BlockDevice, PartFS
+from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import ImageFormatError, LayoutError
-from imagebuild.prep import Plan9Partition, autopartition, read_table, unpack_table
+from imagebuild.partition import fdisk, mbr, prep
+from imagebuild.partition.prep import Plan9Partition, autopartition, read_table, unpack_table
 
 P = Plan9Partition
 
@@ -359,7 +359,7 @@ def test_prep_autopartition_arm64_qcow2_3770mb(tmp_path: Path) -> None:
     ],
 )
 def test_parse_expr(text: str, value: int | str | None) -> None:
-    from imagebuild.prep_edit import EditError, parse_expr
+    from imagebuild.partition.edit import EditError, parse_expr
 
     if isinstance(value, int):
         assert parse_expr(text, 100, 1000, 2000, 512) == value
@@ -370,7 +370,7 @@ def test_parse_expr(text: str, value: int | str | None) -> None:
 
 def test_parse_expr_fdisk_units_round_down() -> None:
     """In fdisk the unit is a cylinder: 100M over 4032*512 bytes is 50, not 50.79."""
-    from imagebuild.prep_edit import parse_expr
+    from imagebuild.partition.edit import parse_expr
 
     assert parse_expr(".+100M", 0, 957, 957, 4032 * 512) == 50
     assert parse_expr("4M", 0, 957, 957, 4032 * 512) == 2
@@ -414,7 +414,7 @@ def test_parse_expr_matches_a_reference_on_random_trees() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from imagebuild.prep_edit import parse_expr
+    from imagebuild.partition.edit import parse_expr
 
     leaves = st.integers(min_value=1, max_value=10**6)
 
@@ -437,7 +437,7 @@ def test_parse_expr_matches_a_reference_on_random_trees() -> None:
 
 
 def test_tokenize_quotes_like_rc() -> None:
-    from imagebuild.prep_edit import tokenize
+    from imagebuild.partition.edit import tokenize
 
     assert tokenize("t p1 'XENIX USR'") == ["t", "p1", "XENIX USR"]
     assert tokenize("  a\tp1  . $ ") == ["a", "p1", ".", "$"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagebuild.proto import (
+from imagebuild.fs.proto import (
     DMAPPEND,
     DMDIR,
     DMEXCL,

@@ -18,7 +18,7 @@ from qcow2_helpers import (
 )
 
 from imagebuild.cli import main
-from imagebuild.qcow2 import Qcow2Image
+from imagebuild.container.qcow2.image import Qcow2Image
 
 pytestmark = needs_qemu_img
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from qcow2_helpers import assert_qemu_clean, needs_qemu_img, qemu_check
 
-from imagebuild.qcow2 import Qcow2Image
+from imagebuild.container.qcow2.image import Qcow2Image
 
 pytestmark = needs_qemu_img
 
 WRITER = r"""
 import os, random, signal, sys
-from imagebuild.qcow2 import Qcow2Image
+from imagebuild.container.qcow2.image import Qcow2Image
 path, seed, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 image = Qcow2Image.open(path, writable=True, sync=False)

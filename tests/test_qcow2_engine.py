@@ -21,10 +21,10 @@ from qcow2_helpers import (
     qemu_raw,
 )
 
-from imagebuild.blockdev import BlockDevice, RawFile, Storage
-from imagebuild.qcow2 import Qcow2Image, open_image
-from imagebuild.qcow2_check import check
-from imagebuild.qcow2_format import INCOMPAT_DIRTY, Qcow2Header
+from imagebuild.container.qcow2.check import check
+from imagebuild.container.qcow2.format import INCOMPAT_DIRTY, Qcow2Header
+from imagebuild.container.qcow2.image import Qcow2Image, open_image
+from imagebuild.disk.device import BlockDevice, RawFile, Storage
 
 pytestmark = needs_qemu_img
 

@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from qcow2_helpers import MiB, make_raw, needs_qemu_img, patterned, qemu_img
 
 from imagebuild.cli import main
+from imagebuild.container.qcow2.check import check
+from imagebuild.container.qcow2.image import Qcow2Image
+from imagebuild.container.qcow2.tools import map_image
 from imagebuild.errors import (
     ImageBuildError,
     ImageFormatError,
     OutOfRangeError,
     UnsupportedImageError,
 )
-from imagebuild.qcow2 import Qcow2Image
-from imagebuild.qcow2_check import check
-from imagebuild.qcow2_tools import map_image
 
 
 def _valid(tmp_path: Path, cluster_size: int = 4096) -> Path:

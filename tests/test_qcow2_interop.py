@@ -26,9 +26,9 @@ from qcow2_helpers import (
     qemu_raw,
 )
 
-from imagebuild.qcow2 import Qcow2Image, open_image
-from imagebuild.qcow2_check import check
-from imagebuild.qcow2_tools import convert, info, map_image
+from imagebuild.container.qcow2.check import check
+from imagebuild.container.qcow2.image import Qcow2Image, open_image
+from imagebuild.container.qcow2.tools import convert, info, map_image
 
 pytestmark = needs_qemu_img
 

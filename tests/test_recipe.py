@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild.errors import RecipeError
-from imagebuild.recipe import list_recipes, load_recipe
+from imagebuild.recipe.load import list_recipes, load_recipe
 
 MiB = 1 << 20
 

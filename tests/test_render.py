@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from imagebuild.errors import TemplateError
-from imagebuild.recipe import load_recipe
-from imagebuild.render import render_boot_files
+from imagebuild.recipe.load import load_recipe
+from imagebuild.recipe.render import render_boot_files
 
 
 def render(name: str, **kw: object) -> dict[str, str]:

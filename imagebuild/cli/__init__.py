@@ -1,0 +1,47 @@
+"""The `imagebuild` command.  Each subcommand lives in a cmd_*.py module that
+registers its arguments; heavy libraries are imported only by the command that
+runs, so `imagebuild --help` and `imagebuild qcow2 info` start fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from imagebuild.errors import ImageBuildError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imagebuild.cli import build as cmd_build
+    from imagebuild.cli import qcow2 as cmd_qcow2
+    from imagebuild.cli import read as cmd_inspect
+
+    parser = argparse.ArgumentParser(
+        prog="imagebuild", description="Build 9front distribution disk images."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (cmd_build, cmd_inspect, cmd_qcow2):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ImageBuildError as err:
+        print(f"imagebuild: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # unreadable input, unwritable output, disk full
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"imagebuild: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imagebuild: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,101 @@
+"""`imagebuild build`, `list` and `customize`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+DEMO_ROOT = Path("out") / "demo-root"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("build", help="build a target's image into out/")
+    p.add_argument("target", help="a target from `imagebuild list`, or a recipe .toml file")
+    p.add_argument("--root", type=Path,
+                   help="9front tree (like /n/src9); default $IMAGEBUILD_ROOT, else the demo root")
+    p.add_argument("-o", "--output", type=Path, help="output file (default out/<name>)")
+    p.add_argument("--format", dest="container", choices=("qcow2", "raw"),
+                   help="container (default: the recipe's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NS.KEY=VALUE",
+                   help="set a template variable, e.g. plan9.console=0 (repeatable)")
+    p.add_argument("--file", dest="files", action="append", default=[], metavar="NAME=PATH",
+                   help="add or replace a file on the boot partition (repeatable)")
+    p.add_argument("--template-dir", type=Path, help="directory whose templates override ours")
+    p.add_argument("--no-fs", dest="fs", action="store_false",
+                   help="leave the fs partition empty (a boot-only image)")
+    _add_output_flags(p)
+    p.set_defaults(handler=run_build)
+
+    p = sub.add_parser("list", help="list the targets the recipes define")
+    p.set_defaults(handler=run_list)
+
+    p = sub.add_parser("customize", help="write a qcow2 overlay that changes the boot partition")
+    p.add_argument("base", type=Path, help="base qcow2 image (becomes the backing file)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="overlay to write")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FILE.KEY=VALUE",
+                   help="set a key in a boot file: plan9.KEY, config.SECTION.KEY, cmdline.KEY")
+    p.add_argument("--file", dest="files", action="append", default=[], metavar="NAME=PATH",
+                   help="add or replace a file on the boot partition (repeatable)")
+    _add_output_flags(p)
+    p.set_defaults(handler=run_customize)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+
+
+def resolve_root(root: Path | None) -> Path:
+    """--root, else $IMAGEBUILD_ROOT, else the generated demo root."""
+    if root is not None:
+        return root
+    env = os.environ.get("IMAGEBUILD_ROOT")
+    if env:
+        return Path(env)
+    from imagebuild.pipeline.demo import make_demo_root
+
+    return make_demo_root(DEMO_ROOT)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from imagebuild.cli.report import build_progress, print_layout
+    from imagebuild.pipeline.build import BuildOptions, build
+    from imagebuild.pipeline.demo import is_demo_root
+    from imagebuild.readback import inspect_image
+    from imagebuild.recipe.load import load_recipe
+
+    recipe = load_recipe(args.target)
+    root = resolve_root(args.root)
+    options = BuildOptions(root=root, output=args.output, container=args.container,
+                           sets=args.sets, files=args.files, template_dir=args.template_dir,
+                           fs=args.fs)
+    title = f"building {recipe.name} from {root}"
+    if is_demo_root(root):
+        title += " (demo root: generated stand-ins, the image will not boot 9front)"
+    with build_progress(title, quiet=args.quiet, plain=args.plain) as progress:
+        plan = build(recipe, options, progress)
+    if not args.quiet:
+        print_layout(inspect_image(plan.output), plain=args.plain)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from imagebuild.recipe.load import list_recipes, load_recipe
+
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        print(f"{name:<16} {recipe.output:<24} {recipe.description}")
+    return 0
+
+
+def run_customize(args: argparse.Namespace) -> int:
+    from imagebuild.cli.report import print_layout
+    from imagebuild.pipeline.customize import customize
+    from imagebuild.readback import inspect_image
+
+    customize(args.base, args.output, sets=args.sets, files=args.files)
+    if not args.quiet:
+        print_layout(inspect_image(args.output), plain=args.plain)
+    return 0

@@ -1,0 +1,94 @@
+"""`imagebuild inspect` and `imagebuild cat`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show the layout of any image (qcow2 or raw)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    p.set_defaults(handler=run_inspect)
+
+    p = sub.add_parser("cat", help="print a file from an image: 9fat:plan9.ini, fs:/lib/ndb/local")
+    p.add_argument("image", type=Path)
+    p.add_argument("file", metavar="PART:PATH")
+    p.set_defaults(handler=run_cat)
+
+    p = sub.add_parser("ls", help="list a directory of an image: fs:/usr, 9fat:/")
+    p.add_argument("image", type=Path)
+    p.add_argument("directory", metavar="PART:PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=run_ls)
+
+    p = sub.add_parser("fsck", help="check an hjfs partition: every reference count, every dir")
+    p.add_argument("image", type=Path)
+    p.add_argument("partition", nargs="?", default="fs")
+    p.set_defaults(handler=run_fsck)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from imagebuild.readback import inspect_image
+
+    info = inspect_image(args.image)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        from imagebuild.cli.report import print_layout
+
+        print_layout(info, plain=args.plain)
+    return 0
+
+
+def run_cat(args: argparse.Namespace) -> int:
+    from imagebuild.readback import cat
+
+    sys.stdout.buffer.write(cat(args.image, args.file))
+    return 0
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    from imagebuild.readback import listing
+
+    entries = listing(args.image, args.directory)
+    if args.json:
+        json.dump(entries, sys.stdout, indent=2)
+        print()
+        return 0
+    import time
+
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e["mtime"]))
+        mode = _plan9_mode(e["mode"]) if e["uid"] else ("d" if e["dir"] else "-")
+        print(f"{mode} {e['uid'] or '-':<8} {e['gid'] or '-':<8} {e['size']:>10} {when} "
+              f"{e['name']}{'/' if e['dir'] else ''}")
+    return 0
+
+
+def _plan9_mode(mode: int) -> str:
+    """ls -l's mode column: d/a/l/t, then rwx three times."""
+    kind = "d" if mode & 0x80000000 else "a" if mode & 0x40000000 else (
+        "l" if mode & 0x20000000 else "t" if mode & 0x04000000 else "-")
+    perms = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return kind + perms
+
+
+def run_fsck(args: argparse.Namespace) -> int:
+    from imagebuild.readback import check_fs
+
+    problems = check_fs(args.image, args.partition)
+    for line in problems:
+        print(f"{args.image}:{args.partition}: {line}")
+    if problems:
+        print(f"imagebuild: {args.image}:{args.partition}: {len(problems)} problems",
+              file=sys.stderr)
+        return 1
+    print(f"{args.image}:{args.partition}: clean")
+    return 0

@@ -1,0 +1,1 @@
+"""Image containers: raw files and QCOW2."""

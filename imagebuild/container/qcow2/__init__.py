@@ -1,0 +1,1 @@
+"""The QCOW2 engine (QEMU docs/interop/qcow2.txt)."""

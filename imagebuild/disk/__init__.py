@@ -1,0 +1,1 @@
+"""Block devices: sector views of a storage and partfs's table of partitions."""

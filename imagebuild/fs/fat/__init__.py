@@ -1,0 +1,1 @@
+"""FAT as 9front's disk/format writes it, and a reader."""

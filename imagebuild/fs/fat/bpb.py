@@ -1,0 +1,289 @@
+"""The FAT boot sector's BIOS parameter block (BPB) and the FAT32 FSInfo sector.
+
+One declaration, used by the writer (`imagebuild.fs.fat.format`) and the reader
+(`imagebuild.fs.fat.reader`).  Field names follow 9front's
+sys/src/cmd/disk/format.c (struct Dosboot, Dosboot32, Fatinfo) with the
+words of Microsoft's FAT specification ("FAT: General Overview of On-Disk
+Format", 2000) where format.c is terse:
+
+    offset  Dosboot (FAT12/16)        Dosboot32 (FAT32)
+    0x00    magic[3]  jump            (common to both)
+    0x03    version[8] OEM name
+    0x0B    sectsize[2]               bytes_per_sector
+    0x0D    clustsize                 sectors_per_cluster
+    0x0E    nresrv[2]                 reserved_sectors
+    0x10    nfats                     fat_count
+    0x11    rootsize[2]               root_entries (0 on FAT32)
+    0x13    volsize[2]                total_sectors16 (0 when >= 65536)
+    0x15    mediadesc                 media
+    0x16    fatsize[2]                fat_sectors16 (0 on FAT32)
+    0x18    trksize[2]                sectors_per_track
+    0x1A    nheads[2]                 heads
+    0x1C    nhidden[4]                hidden_sectors
+    0x20    bigvolsize[4]             total_sectors32
+    0x24    driveno                   fatsize[4]    fat_sectors32
+    0x25    reserved0                 flags[2]      ext_flags (0x28)
+    0x26    bootsig                   ver[2]        fs_version (0x2A)
+    0x27    volid[4]                  rootclust[4]  root_cluster (0x2C)
+    0x2B    label[11]                 fsinfo[2]     fsinfo_sector (0x30)
+    0x36    type[8]                   bootbak[2]    backup_boot_sector (0x32)
+    0x3E    (boot code)               reserved0[12] (0x34), driveno (0x40),
+                                      reserved1 (0x41), bootsig (0x42),
+                                      volid[4] (0x43), label[11] (0x47),
+                                      type[8] (0x52), boot code from 0x5A
+
+A boot sector uses the FAT32 layout exactly when fat_sectors16 is 0, the test
+9front's 9bootfat (sys/src/boot/pc/fat.c, conffat) and Linux both make.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from imagebuild.errors import ImageFormatError
+
+BPB_SIZE = 0x3E  # sizeof(Dosboot): where FAT12/16 boot code starts
+BPB32_SIZE = 0x5A  # sizeof(Dosboot32): where FAT32 boot code starts
+BOOT_SIGNATURE = b"\x55\xaa"  # the last two bytes of the boot sector
+
+EXTENDED_BOOT_SIGNATURE = 0x29  # bootsig: volid, label and type follow
+
+# Cluster counts that decide the FAT width (Microsoft's rule, and format.c's:
+# it moves on from FAT12 when clusters+2 >= 0xff7 and from FAT16 at 0xfff7).
+FAT12_MAX_CLUSTERS = 4084
+FAT16_MAX_CLUSTERS = 65524
+FAT32_MAX_CLUSTERS = 0xFFFFFF7 - 3
+
+EOF_MARK = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}  # entries >= this end a chain
+BAD_CLUSTER = {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}
+
+# Common part of the BPB, 0x00..0x24 (both layouts).
+_COMMON = struct.Struct("<3s8sHBHBHHBHHHII")
+# FAT12/16 tail, 0x24..0x3E.
+_TAIL16 = struct.Struct("<BBBI11s8s")
+# FAT32 tail, 0x24..0x5A.
+_TAIL32 = struct.Struct("<IHHIHH12sBBBI11s8s")
+
+assert _COMMON.size == 0x24 and _COMMON.size + _TAIL16.size == BPB_SIZE
+assert _COMMON.size + _TAIL32.size == BPB32_SIZE
+
+VALID_SECTOR_SIZES = (512, 1024, 2048, 4096)
+
+
+@dataclass
+class FatParams:
+    """Every field of the BPB, plus the layout they imply.
+
+    `pack()` returns the bytes 0..BPB_SIZE (or 0..BPB32_SIZE when
+    `is_fat32`) of a boot sector; `unpack()` reads them back.  Derived
+    values (`fat_bits`, `first_data_sector`, `cluster_count`, ...) are
+    properties computed the way readers compute them, so a reader and the
+    writer cannot disagree.
+    """
+
+    jump: bytes = b"\xeb\x3c\x90"
+    oem_name: bytes = b"Plan9.00"
+    bytes_per_sector: int = 512
+    sectors_per_cluster: int = 1
+    reserved_sectors: int = 1
+    fat_count: int = 2
+    root_entries: int = 0
+    total_sectors16: int = 0
+    media: int = 0xF8
+    fat_sectors16: int = 0
+    sectors_per_track: int = 0
+    heads: int = 0
+    hidden_sectors: int = 0
+    total_sectors32: int = 0
+    # FAT32 only (fat_sectors16 == 0)
+    fat_sectors32: int = 0
+    ext_flags: int = 0
+    fs_version: int = 0
+    root_cluster: int = 0
+    fsinfo_sector: int = 0
+    backup_boot_sector: int = 0
+    reserved0: bytes = field(default=bytes(12))
+    # extended BPB (at 0x24 on FAT12/16, at 0x40 on FAT32)
+    drive_number: int = 0x80
+    reserved1: int = 0
+    boot_signature: int = EXTENDED_BOOT_SIGNATURE
+    volume_id: int = 0
+    label: bytes = b"NO NAME    "
+    fs_type: bytes = b"FAT16   "
+
+    # -- the on-disk record ------------------------------------------------------------------
+    def pack(self) -> bytes:
+        common = _COMMON.pack(
+            self.jump, self.oem_name, self.bytes_per_sector, self.sectors_per_cluster,
+            self.reserved_sectors, self.fat_count, self.root_entries, self.total_sectors16,
+            self.media, self.fat_sectors16, self.sectors_per_track, self.heads,
+            self.hidden_sectors, self.total_sectors32,
+        )
+        if self.is_fat32:
+            return common + _TAIL32.pack(
+                self.fat_sectors32, self.ext_flags, self.fs_version, self.root_cluster,
+                self.fsinfo_sector, self.backup_boot_sector, self.reserved0, self.drive_number,
+                self.reserved1, self.boot_signature, self.volume_id, self.label, self.fs_type,
+            )
+        return common + _TAIL16.pack(
+            self.drive_number, self.reserved1, self.boot_signature, self.volume_id,
+            self.label, self.fs_type,
+        )
+
+    @classmethod
+    def unpack(cls, sector: bytes, source: str = "boot sector") -> FatParams:
+        """Parse the BPB fields of `sector` (no validation: see `check()`)."""
+        if len(sector) < BPB32_SIZE:
+            raise ImageFormatError(f"{source}: {len(sector)} bytes is too short for a BPB")
+        (jump, oem, bps, spc, rsv, nfats, rootents, tot16, media, fat16, spt, heads, hidden,
+         tot32) = _COMMON.unpack_from(sector, 0)
+        params = cls(
+            jump=jump, oem_name=oem, bytes_per_sector=bps, sectors_per_cluster=spc,
+            reserved_sectors=rsv, fat_count=nfats, root_entries=rootents, total_sectors16=tot16,
+            media=media, fat_sectors16=fat16, sectors_per_track=spt, heads=heads,
+            hidden_sectors=hidden, total_sectors32=tot32,
+        )
+        if params.is_fat32:
+            (params.fat_sectors32, params.ext_flags, params.fs_version, params.root_cluster,
+             params.fsinfo_sector, params.backup_boot_sector, params.reserved0,
+             params.drive_number, params.reserved1, params.boot_signature, params.volume_id,
+             params.label, params.fs_type) = _TAIL32.unpack_from(sector, _COMMON.size)
+        else:
+            (params.drive_number, params.reserved1, params.boot_signature, params.volume_id,
+             params.label, params.fs_type) = _TAIL16.unpack_from(sector, _COMMON.size)
+        return params
+
+    def check(self, device_sectors: int | None = None, source: str = "boot sector") -> None:
+        """Raise ImageFormatError unless the fields describe a FAT a reader can walk."""
+
+        def bad(what: str, value: object) -> ImageFormatError:
+            return ImageFormatError(f"{source}: {what} {value}")
+
+        if self.bytes_per_sector not in VALID_SECTOR_SIZES:
+            raise bad("bytes per sector is", self.bytes_per_sector)
+        spc = self.sectors_per_cluster
+        if spc == 0 or spc & (spc - 1) or spc > 128:
+            raise bad("sectors per cluster is not a power of two up to 128:", spc)
+        if self.reserved_sectors < 1:
+            raise bad("reserved sectors is", self.reserved_sectors)
+        if self.fat_count < 1:
+            raise bad("number of FATs is", self.fat_count)
+        if self.fat_sectors == 0:
+            raise bad("sectors per FAT is", 0)
+        if self.total_sectors == 0:
+            raise bad("total sectors is", 0)
+        if device_sectors is not None and self.total_sectors > device_sectors:
+            raise bad(
+                f"total sectors exceeds the partition's {device_sectors} sectors:",
+                self.total_sectors,
+            )
+        if self.is_fat32:
+            if self.root_entries != 0:
+                raise bad("FAT32 root directory entries is", self.root_entries)
+        elif self.root_entries == 0:
+            raise bad("root directory entries is", 0)
+        if self.first_data_sector >= self.total_sectors:
+            raise bad("first data sector lies past the volume's end:", self.first_data_sector)
+        if self.cluster_count < 1:
+            raise bad("number of clusters is", self.cluster_count)
+        if not self.is_fat32 and self.cluster_count > FAT16_MAX_CLUSTERS:
+            raise bad("FAT16 layout with clusters", self.cluster_count)
+        if self.is_fat32 and not 2 <= self.root_cluster < self.cluster_count + 2:
+            raise bad("root cluster is", self.root_cluster)
+
+    # -- derived layout ------------------------------------------------------------------------
+    @property
+    def is_fat32(self) -> bool:
+        return self.fat_sectors16 == 0
+
+    @property
+    def total_sectors(self) -> int:
+        return self.total_sectors16 or self.total_sectors32
+
+    @property
+    def fat_sectors(self) -> int:
+        return self.fat_sectors32 if self.is_fat32 else self.fat_sectors16
+
+    @property
+    def root_dir_sectors(self) -> int:
+        """Sectors of the fixed root directory (0 on FAT32: the root is a cluster chain)."""
+        return (self.root_entries * 32 + self.bytes_per_sector - 1) // self.bytes_per_sector
+
+    @property
+    def first_fat_sector(self) -> int:
+        return self.reserved_sectors
+
+    @property
+    def first_root_sector(self) -> int:
+        return self.reserved_sectors + self.fat_count * self.fat_sectors
+
+    @property
+    def first_data_sector(self) -> int:
+        """Cluster 2's first sector."""
+        return self.first_root_sector + self.root_dir_sectors
+
+    @property
+    def cluster_count(self) -> int:
+        """Data clusters, numbered 2..cluster_count+1 (Microsoft's CountofClusters)."""
+        return max(0, self.total_sectors - self.first_data_sector) // max(
+            1, self.sectors_per_cluster
+        )
+
+    @property
+    def fat_bits(self) -> int:
+        if self.is_fat32:
+            return 32
+        return 12 if self.cluster_count <= FAT12_MAX_CLUSTERS else 16
+
+    @property
+    def cluster_size(self) -> int:
+        """Bytes per cluster."""
+        return self.sectors_per_cluster * self.bytes_per_sector
+
+    @property
+    def fat_entries(self) -> int:
+        """Entries the FAT's sectors can hold (format's FAT32 can hold fewer than
+        cluster_count + 2; see docs/fat.md)."""
+        return self.fat_sectors * self.bytes_per_sector * 8 // self.fat_bits
+
+    def cluster_sector(self, cluster: int) -> int:
+        """First sector of a data cluster (>= 2)."""
+        return self.first_data_sector + (cluster - 2) * self.sectors_per_cluster
+
+
+# -- FSInfo (format.c struct Fatinfo) -------------------------------------------------------
+FSINFO_LEAD_SIGNATURE = 0x41615252  # FATINFOSIG1, "RRaA"
+FSINFO_STRUCT_SIGNATURE = 0x61417272  # FATINFOSIG, "rrAa"
+_FSINFO_LEAD = struct.Struct("<I")
+_FSINFO_BODY = struct.Struct("<III12s")  # sig, freeclust, nextfree, resrv
+FSINFO_BODY_OFFSET = 484
+
+
+@dataclass
+class FsInfo:
+    """The FAT32 FSInfo sector as format.c fills it: both signatures, the free
+    count and the last allocated cluster; the trailing 0xAA550000 signature of
+    Microsoft's spec is not written by format (bytes 508..511 stay 0)."""
+
+    free_clusters: int = 0xFFFFFFFF
+    next_free: int = 0xFFFFFFFF
+    lead_signature: int = FSINFO_LEAD_SIGNATURE
+    struct_signature: int = FSINFO_STRUCT_SIGNATURE
+
+    def pack(self, sector_size: int) -> bytes:
+        sector = bytearray(sector_size)
+        _FSINFO_LEAD.pack_into(sector, 0, self.lead_signature)
+        _FSINFO_BODY.pack_into(
+            sector, FSINFO_BODY_OFFSET, self.struct_signature, self.free_clusters,
+            self.next_free, bytes(12),
+        )
+        return bytes(sector)
+
+    @classmethod
+    def unpack(cls, sector: bytes) -> FsInfo:
+        if len(sector) < 512:
+            raise ImageFormatError(f"FSInfo sector: {len(sector)} bytes is too short")
+        (lead,) = _FSINFO_LEAD.unpack_from(sector, 0)
+        sig, free, nxt, _ = _FSINFO_BODY.unpack_from(sector, FSINFO_BODY_OFFSET)
+        return cls(free, nxt, lead, sig)

@@ -1,0 +1,221 @@
+"""Read any disk image back, ours or not: container, MBR, Plan 9 table, FAT.
+
+The MBR comes from libparted (pyparted), an independent reader; the Plan 9
+table and the FAT come from our readers, which mirror 9front's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagebuild.disk.device import BlockDevice, PartFS, Storage
+from imagebuild.errors import ImageBuildError
+
+
+@dataclass
+class OpenedImage:
+    path: Path
+    format: str
+    storage: Storage
+    info: dict[str, Any]
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[OpenedImage]:
+    """Open a qcow2 or raw image read-only, sniffing the format by its magic."""
+    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.container.qcow2.image import open_image as open_container
+
+    with open_container(path) as image:
+        if isinstance(image, Qcow2Image):
+            yield OpenedImage(path, "qcow2", image.data, image.info())
+        else:
+            yield OpenedImage(path, "raw", image, {})
+
+
+def mbr_table(disk: BlockDevice) -> list[dict[str, Any]]:
+    """The used MBR entries (primary and logical), confirmed by libparted (pyparted).
+
+    libparted here cannot report an msdos type byte, so the bytes come from
+    our reader and libparted must agree on every start, length and boot flag.
+    """
+    from imagebuild.partition.fdisk import read_mbr, read_partitions, verify_with_libparted
+
+    sector0 = disk.pread(512, 0)
+    if sector0[510:512] != b"\x55\xaa":
+        return []
+    entries = read_mbr(disk)
+    verify_with_libparted(disk, entries)
+    rows = [(slot + 1, e, e.lba, e.size) for slot, e in enumerate(entries) if e.used]
+    logical = [p for p in read_partitions(disk) if not p.primary]
+    rows += [(5 + i, p.entry, p.start, p.size) for i, p in enumerate(logical)]
+    return [
+        {"number": number, "type": entry.type, "type_name": entry.type_name,
+         "active": entry.bootable, "start": start, "sectors": sectors}
+        for number, entry, start, sectors in rows
+    ]
+
+
+def _fat_info(device: BlockDevice, name: str) -> dict[str, Any]:
+    from imagebuild.fs.fat.format import FatVolume
+
+    volume = FatVolume(device)
+    params = volume.params
+    return {
+        "partition": name,
+        "fat_bits": params.fat_bits,
+        "cluster_size": params.cluster_size,
+        "params": {k: v for k, v in vars(params).items() if isinstance(v, int | str)},
+        "files": [
+            {"name": e.name, "short_name": e.short_name, "size": e.size,
+             "mtime": e.mtime.isoformat() if hasattr(e.mtime, "isoformat") else str(e.mtime),
+             "dir": e.is_dir}
+            for e in volume.listdir("/")
+        ],
+    }
+
+
+def partitions(disk: BlockDevice) -> PartFS:
+    """partfs as fdisk and prep would have populated it for this disk."""
+    from imagebuild.partition.fdisk import partfs_names
+    from imagebuild.partition.prep import read_table
+
+    parts = PartFS(disk)
+    if disk.size >= 512 and disk.pread(512, 0)[510:512] == b"\x55\xaa":
+        for name, start, end in partfs_names(disk):
+            parts.add(name, start, end)
+    if "plan9" in parts:
+        plan9 = parts["plan9"]
+        for sub in read_table(plan9):
+            if sub.name not in parts:
+                parts.add(sub.name, plan9.offset + sub.start, plan9.offset + sub.end)
+    return parts
+
+
+def inspect_image(path: Path) -> dict[str, Any]:
+    """Everything we can read from the image, as plain data (for tables and --json)."""
+    from imagebuild.partition.prep import read_table
+
+    with open_image(path) as image:
+        disk = BlockDevice(image.storage, name=path.name)
+        info: dict[str, Any] = {
+            "path": str(path),
+            "format": image.format,
+            "virtual_size": image.storage.size,
+            "file_size": path.stat().st_size,
+            "disk_usage": _allocated_size(path),
+        }
+        if image.format == "qcow2":
+            info["qcow2"] = image.info
+        mbr = mbr_table(disk) if disk.size >= 512 else []
+        info["mbr"] = mbr
+        parts = partitions(disk)
+        if "plan9" in parts:
+            info["plan9"] = [
+                {"name": p.name, "start": p.start, "end": p.end} for p in read_table(parts["plan9"])
+            ]
+        if "fs" in parts:
+            try:
+                info["fs"] = _fs_info(parts["fs"])
+            except ImageBuildError as err:
+                info.setdefault("problems", []).append(f"fs: {err}")
+        info["fat"] = []
+        for name in ("9fat", "dos", "esp"):
+            if name in parts:
+                try:
+                    info["fat"].append(_fat_info(parts[name], name))
+                except ImageBuildError as err:
+                    info.setdefault("problems", []).append(f"{name}: {err}")
+        return info
+
+
+def _allocated_size(path: Path) -> int:
+    st = os.stat(path)
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def _fs_info(device: BlockDevice) -> dict[str, Any] | None:
+    """The hjfs summary, or None when the partition holds no hjfs (never formatted)."""
+    from imagebuild.fs.hjfs import HjfsVolume, is_hjfs
+
+    if not is_hjfs(device):
+        return None
+    summary = HjfsVolume(device).summary()
+    return {"type": "hjfs", **dataclasses.asdict(summary)}
+
+
+FAT_PARTITIONS = ("9fat", "dos", "esp")
+FS_PARTITIONS = ("fs",)
+
+
+def _split_spec(path: Path, spec: str) -> tuple[str, str]:
+    part, sep, file = spec.partition(":")
+    if not sep or not part:
+        raise ImageBuildError(f"{spec!r}: expected PARTITION:PATH, e.g. 9fat:plan9.ini or fs:/lib")
+    if part not in FAT_PARTITIONS + FS_PARTITIONS:
+        raise ImageBuildError(
+            f"{path}: partition {part!r} holds no file system we read "
+            f"(we read {', '.join(FAT_PARTITIONS + FS_PARTITIONS)})"
+        )
+    return part, file or "/"
+
+
+@contextmanager
+def _partition(path: Path, part: str) -> Iterator[BlockDevice]:
+    with open_image(path) as image:
+        disk = BlockDevice(image.storage, name=path.name)
+        parts = partitions(disk)
+        if part not in parts:
+            have = ", ".join(n for n, _, _ in parts) or "none"
+            raise ImageBuildError(f"{path}: no partition {part!r} (partitions: {have})")
+        yield parts[part]
+
+
+def cat(path: Path, spec: str) -> bytes:
+    """`9fat:plan9.ini` or `fs:/lib/ndb/local` -> the file's bytes."""
+    part, file = _split_spec(path, spec)
+    with _partition(path, part) as device:
+        if part in FS_PARTITIONS:
+            from imagebuild.fs.hjfs import HjfsVolume
+
+            return HjfsVolume(device).read(file)
+        from imagebuild.fs.fat.format import FatVolume
+
+        return FatVolume(device).read(file)
+
+
+def listing(path: Path, spec: str) -> list[dict[str, Any]]:
+    """`fs:/usr` -> one dict per entry (name, mode, owner, group, size, mtime)."""
+    part, directory = _split_spec(path, spec)
+    with _partition(path, part) as device:
+        if part in FS_PARTITIONS:
+            from imagebuild.fs.hjfs import HjfsVolume
+
+            return [
+                {"name": st.name, "mode": st.mode, "dir": st.is_dir, "uid": st.uid,
+                 "gid": st.gid, "size": st.length, "mtime": st.mtime}
+                for st in HjfsVolume(device).scandir(directory)
+            ]
+        from imagebuild.fs.fat.format import FatVolume
+
+        return [
+            {"name": e.name, "mode": e.attributes, "dir": e.is_dir, "uid": "", "gid": "",
+             "size": e.size, "mtime": int(e.mtime.timestamp())}
+            for e in FatVolume(device).listdir(directory)
+        ]
+
+
+def check_fs(path: Path, part: str) -> list[str]:
+    """Recount every hjfs reference and walk every directory; the problems found."""
+    if part not in FS_PARTITIONS:
+        raise ImageBuildError(f"{path}: fsck checks hjfs partitions ({', '.join(FS_PARTITIONS)})")
+    from imagebuild.fs.hjfs import fsck
+
+    with _partition(path, part) as device:
+        return fsck(device)

@@ -1,0 +1,1 @@
+"""Recipes (recipes/*.toml) and the boot files rendered from templates."""

@@ -1,0 +1,340 @@
+"""Recipes: one TOML file per disk target of 9front's sys/lib/dist/mkfile.
+
+A recipe says what the mkfile's `%.TARGET` rule and the matching branch of
+its `%.disk` rule do: the image size (`mb`), the container, the boot code,
+the fdisk and prep steps, the FAT partition and its files, the boot files
+rendered from templates, and raw writes done after partitioning (reform's
+flash.bin).  A recipe may `extend` another and override a few keys.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagebuild.errors import RecipeError
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPE_SUFFIX = ".toml"
+FORMATS = ("qcow2", "raw")
+MAX_EXTENDS_DEPTH = 8
+
+MiB = 1 << 20
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+               dict: "a table"}
+
+# key -> (type, required); tables are checked by their own schema below.
+_TOP_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "description": (str, True),
+    "extends": (str, False),
+    "output": (str, False),
+    "format": (str, True),
+    "mb": (int, True),
+    "objtype": (str, True),
+    "kernels": (list, True),
+    "default": (bool, False),
+    "layout": (dict, True),
+    "fat": (dict, True),
+    "render": (dict, False),
+    "vars": (dict, False),
+    "raw_write": (list, False),
+    "fs": (dict, False),
+}
+_LAYOUT_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "mbr": (str, False),
+    "fdisk": ((str, list), True),
+    "prep": (list, True),
+}
+_FAT_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "partition": (str, True),
+    "pbs": (str, False),
+    "reserved": (int, False),
+    "files": (list, True),
+}
+_FS_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "type": (str, False),
+    "protos": (list, False),
+    "binds": (dict, False),
+    "git_bind": (str, False),
+}
+FS_TYPES = ("hjfs", "none")
+
+# The dist mkfile's %.disk rule: `disk/mkfs ... <{cat $proto $bootproto}` after
+# `mk binds`, which binds these directories of sys/lib/dist over the tree
+# (`bind -a adm/timezone` is a union: the tree's own files first), and the
+# whole tree at /dist/plan9front when it is a git checkout.
+MKFILE_PROTOS = ("sys/lib/sysconfig/proto/distproto", "sys/lib/sysconfig/proto/9bootproto")
+MKFILE_BINDS: dict[str, tuple[str, ...]] = {
+    "/cfg": ("sys/lib/dist/cfg",),
+    "/mail/lib": ("sys/lib/dist/mail/lib",),
+    "/lib/ndb": ("sys/lib/dist/ndb",),
+    "/adm/timezone": ("adm/timezone", "sys/lib/dist/adm/timezone"),
+    "/usr": ("sys/lib/dist/usr",),
+}
+MKFILE_GIT_BIND = "/dist/plan9front"
+
+
+@dataclass(frozen=True)
+class FsSpec:
+    """The fs partition: its file system, the protos and the source binds."""
+
+    type: str = "hjfs"
+    protos: tuple[str, ...] = MKFILE_PROTOS
+    binds: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(MKFILE_BINDS))
+    git_bind: str | None = MKFILE_GIT_BIND  # where the tree goes if it has a .git
+
+
+_RAW_WRITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "file": (str, True),
+    "offset": (int, True),
+}
+
+
+@dataclass(frozen=True)
+class RawWrite:
+    """`dd -oseek` of a root file into the finished image (reform's flash.bin)."""
+
+    file: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    sources: tuple[Path, ...]  # this file and every file it extends
+    description: str
+    output: str
+    format: str
+    mb: int
+    objtype: str
+    kernels: tuple[str, ...]
+    default: bool
+    mbr_bootcode: str | None
+    fdisk: str | tuple[str, ...]  # "auto" (-baw) or script lines (-b)
+    prep: tuple[str, ...]
+    fat_partition: str
+    fat_pbs: str | None
+    fat_reserved: int
+    fat_files: tuple[str, ...]
+    render: dict[str, str]  # boot file name -> template name
+    vars: dict[str, Any] = field(default_factory=dict)
+    raw_writes: tuple[RawWrite, ...] = ()
+    fs: FsSpec = field(default_factory=FsSpec)
+
+    def image_size(self, container: str) -> int:
+        """The image size the mkfile makes for this container.
+
+        qcow2: `disk/qcowfs -n mb*1048576` gives exactly mb MiB.  raw: `dd
+        -bs 1048576 -oseek $mb -count 1` writes one MiB *after* mb MiB, so the
+        file is mb+1 MiB.
+        """
+        return self.mb * MiB if container == "qcow2" else (self.mb + 1) * MiB
+
+    def output_name(self, container: str) -> str:
+        """`9front.amd64.qcow2`; written as the other container the suffix follows it."""
+        if container == self.format:
+            return self.output
+        stem = self.output.rsplit(".", 1)[0]
+        return f"{stem}.{'qcow2' if container == 'qcow2' else 'img'}"
+
+    def root_inputs(self) -> list[str]:
+        """Every root-relative input path, in a stable order."""
+        paths: list[str] = []
+        for p in (
+            [self.mbr_bootcode, self.fat_pbs]
+            + [f for f in self.fat_files if f not in self.render]
+            + list(self.kernels)
+            + [w.file for w in self.raw_writes]
+            + (list(self.fs.protos) if self.fs.type != "none" else [])
+        ):
+            if p is not None and p not in paths:
+                paths.append(p)
+        return paths
+
+
+def recipe_path(name: str, recipe_dir: Path = RECIPE_DIR) -> Path:
+    return recipe_dir / f"{name}{RECIPE_SUFFIX}"
+
+
+def list_recipes(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    return sorted(p.name[: -len(RECIPE_SUFFIX)] for p in recipe_dir.glob(f"*{RECIPE_SUFFIX}"))
+
+
+def load_recipe(name_or_path: str | Path, recipe_dir: Path = RECIPE_DIR) -> Recipe:
+    """Load a recipe by target name (`amd64.qcow2`) or by path to a .toml file."""
+    path = Path(name_or_path)
+    if path.suffix != RECIPE_SUFFIX:
+        path = recipe_path(str(name_or_path), recipe_dir)
+        if not path.exists():
+            known = ", ".join(list_recipes(recipe_dir))
+            raise RecipeError(f"unknown target {name_or_path!r} (known: {known})")
+    data, sources = _load_merged(path, recipe_dir, depth=0)
+    return _validate(path, data, tuple(sources))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+
+
+def _load_merged(path: Path, recipe_dir: Path, depth: int) -> tuple[dict[str, Any], list[Path]]:
+    data = _read_toml(path)
+    parent_name = data.get("extends")
+    if parent_name is None:
+        return data, [path]
+    if not isinstance(parent_name, str):
+        raise RecipeError(f"{path}: key 'extends' must be a string, not {parent_name!r}")
+    if depth >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(f"{path}: 'extends' chain deeper than {MAX_EXTENDS_DEPTH} (a cycle?)")
+    parent_path = recipe_path(parent_name, recipe_dir)
+    if not parent_path.exists():
+        parent_path = path.parent / f"{parent_name}{RECIPE_SUFFIX}"
+    if not parent_path.exists():
+        raise RecipeError(f"{path}: key 'extends': no recipe named {parent_name!r}")
+    base, sources = _load_merged(parent_path, recipe_dir, depth + 1)
+    child = {k: v for k, v in data.items() if k != "extends"}
+    merged = _deep_merge(base, child)
+    if "default" not in data:  # a derived target is built by default only if it says so
+        merged.pop("default", None)
+    return merged, [path, *sources]
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_table(
+    path: Path,
+    table: Mapping[str, Any],
+    schema: Mapping[str, tuple[type | tuple[type, ...], bool]],
+    prefix: str,
+) -> None:
+    for key in table:
+        if key not in schema:
+            raise RecipeError(
+                f"{path}: unknown key '{prefix}{key}' (expected one of: {', '.join(schema)})"
+            )
+    for key, (kind, required) in schema.items():
+        if key not in table:
+            if required:
+                raise RecipeError(f"{path}: missing key '{prefix}{key}'")
+            continue
+        value = table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            kinds = (kind,) if isinstance(kind, type) else kind
+            names = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            raise RecipeError(f"{path}: key '{prefix}{key}' must be {names}, not {value!r}")
+
+
+def _strings(path: Path, key: str, value: list[Any]) -> tuple[str, ...]:
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise RecipeError(f"{path}: key '{key}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _root_relative(path: Path, key: str, value: str) -> str:
+    if value.startswith("/") or ".." in Path(value).parts:
+        raise RecipeError(f"{path}: key '{key}': {value!r} must be relative to the root, inside it")
+    return value
+
+
+def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
+    name = path.name[: -len(RECIPE_SUFFIX)]
+    _check_table(path, data, _TOP_KEYS, "")
+    layout, fat = data["layout"], data["fat"]
+    _check_table(path, layout, _LAYOUT_KEYS, "layout.")
+    _check_table(path, fat, _FAT_KEYS, "fat.")
+    if data["format"] not in FORMATS:
+        raise RecipeError(f"{path}: key 'format' must be one of {FORMATS}, not {data['format']!r}")
+    if data["mb"] <= 0:
+        raise RecipeError(f"{path}: key 'mb' must be positive, not {data['mb']}")
+    fdisk = layout["fdisk"]
+    if isinstance(fdisk, str) and fdisk != "auto":
+        raise RecipeError(f"{path}: key 'layout.fdisk' must be \"auto\" or a list of commands")
+    fdisk_value: str | tuple[str, ...] = (
+        fdisk if isinstance(fdisk, str) else _strings(path, "layout.fdisk", fdisk)
+    )
+    render = data.get("render", {})
+    for fname, template in render.items():
+        if not isinstance(template, str):
+            raise RecipeError(f"{path}: key 'render.{fname}' must be a template name")
+    variables = data.get("vars", {})
+    raw_writes = []
+    for i, item in enumerate(data.get("raw_write", [])):
+        if not isinstance(item, dict):
+            raise RecipeError(f"{path}: key 'raw_write[{i}]' must be a table")
+        _check_table(path, item, _RAW_WRITE_KEYS, f"raw_write[{i}].")
+        file = _root_relative(path, f"raw_write[{i}].file", item["file"])
+        raw_writes.append(RawWrite(file, item["offset"]))
+    files = _strings(path, "fat.files", fat["files"])
+    for f in files:
+        if f not in render:
+            _root_relative(path, "fat.files", f)
+    reserved = fat.get("reserved", 1)
+    if reserved < 1:
+        raise RecipeError(f"{path}: key 'fat.reserved' must be at least 1, not {reserved}")
+    kernels = tuple(
+        _root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"])
+    )
+    return Recipe(
+        fs=_fs_spec(path, data.get("fs", {})),
+        name=name,
+        path=path,
+        sources=sources,
+        description=data["description"],
+        output=data.get("output", f"9front.{name}"),
+        format=data["format"],
+        mb=data["mb"],
+        objtype=data["objtype"],
+        kernels=kernels,
+        default=data.get("default", False),
+        mbr_bootcode=_root_relative(path, "layout.mbr", layout["mbr"]) if "mbr" in layout else None,
+        fdisk=fdisk_value,
+        prep=_strings(path, "layout.prep", layout["prep"]),
+        fat_partition=fat["partition"],
+        fat_pbs=_root_relative(path, "fat.pbs", fat["pbs"]) if "pbs" in fat else None,
+        fat_reserved=reserved,
+        fat_files=files,
+        render=dict(render),
+        vars=dict(variables),
+        raw_writes=tuple(raw_writes),
+    )
+
+
+def _fs_spec(path: Path, table: dict[str, Any]) -> FsSpec:
+    """[fs]: type ("hjfs" or "none"), protos, binds (fs path -> root dir or list), git_bind."""
+    _check_table(path, table, _FS_KEYS, "fs.")
+    kind = table.get("type", "hjfs")
+    if kind not in FS_TYPES:
+        raise RecipeError(f"{path}: key 'fs.type' must be one of {FS_TYPES}, not {kind!r}")
+    protos = tuple(
+        _root_relative(path, "fs.protos", p)
+        for p in _strings(path, "fs.protos", table.get("protos", list(MKFILE_PROTOS)))
+    )
+    binds: dict[str, tuple[str, ...]] = dict(MKFILE_BINDS)
+    for target, source in table.get("binds", {}).items():
+        key = f"fs.binds.{target}"
+        if not target.startswith("/"):
+            raise RecipeError(f"{path}: key '{key}': the bound path must start with /")
+        sources = [source] if isinstance(source, str) else source
+        if not isinstance(sources, list) or not sources:
+            raise RecipeError(f"{path}: key '{key}' must be a directory or a list of them")
+        binds[target] = tuple(_root_relative(path, key, s) for s in _strings(path, key, sources))
+    git_bind = table.get("git_bind", MKFILE_GIT_BIND)
+    return FsSpec(kind, protos, binds, git_bind or None)
