@@ -1,0 +1,213 @@
+"""disk/mkfs -z 4096 -U: the requests mkfs makes of a file server, in its order, once for all.
+
+The dist mkfile populates the new file system with
+
+    disk/mkfs -z 4096 -U -s /n/src9 -d /n/newfs <{cat $proto $bootproto}
+
+For every entry the protos yield (imagebuild.fs.proto.read_proto), mkfs.c's
+protoenum() does, against the mounted file server:
+
+- uptodate(): if the target exists and its mtime is at least the source's,
+  nothing happens;
+- a directory, mkdir(): create(name, perm) - or, when it exists already as a
+  directory, nothing - then wstat(mode, gid, mtime) and wstat(uid);
+- a file, copy(): create `__mkfstmp` in the parent with perm 0666, read the
+  source in pieces of -z 4096 minus 8 = 4088 bytes, write each piece that is
+  not all zero at its offset (an all-zero piece is skipped with a seek, a
+  hole), and if the last piece was skipped write one zero byte at length-1
+  so the file has its length; then wstat(mode, gid, mtime, name) renames the
+  temporary onto the real name and wstat(uid) sets the owner (-U).
+
+Where mkfs would warn and go on we are stricter (docs/hjfs.md): replacing an
+existing older file, a file named `__mkfstmp`, a parent that is not a
+directory are errors naming the proto line.  With SOURCE_DATE_EPOCH the
+sources' mtimes are clamped to it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from imagebuild.errors import InputError, LayoutError
+from imagebuild.fs.api import BulkCopy, FileServer, FsRefused, SourceFile, Wstat
+from imagebuild.fs.proto import ProtoEntry
+
+BUFLEN = 4096 - 8  # mkfs -z 4096: buflen = 4096-8 bytes per read and write
+MKFSTMP = "__mkfstmp"  # copy() writes here, then renames by wstat
+READ_SIZE = 1024 * BUFLEN  # how much copy_writes reads at once (about 4 MiB)
+
+F = TypeVar("F")
+
+
+def zero_pieces(data: bytes | memoryview, size: int) -> list[int]:
+    """Indexes of the all-zero pieces among the `size`-byte pieces `data` splits into.
+
+    The last piece may be short.  The byte in the middle of each piece rules
+    most pieces out at once; only pieces where it is zero are compared in full.
+    """
+    data = bytes(data) if isinstance(data, memoryview) else data
+    count = -(-len(data) // size)
+    middles = data[size // 2 :: size]
+    candidates: list[int] = []
+    k = middles.find(0)
+    while k >= 0:
+        candidates.append(k)
+        k = middles.find(0, k + 1)
+    if len(middles) < count:  # the last piece is too short to have a middle byte
+        candidates.append(count - 1)
+    zeros = bytes(size)
+    return [
+        k
+        for k in candidates
+        if data.startswith(zeros[: min(size, len(data) - k * size)], k * size)
+    ]
+
+
+def open_source(source: SourceFile) -> int:
+    """Open a source for reading (a file descriptor) and check it still has its length.
+
+    Raises InputError naming `source.where` if it cannot be opened or has changed size.
+    """
+    try:
+        fd = os.open(source.path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(f"{source.where}: can't open {source.path}: {e.strerror}") from None
+    if os.fstat(fd).st_size != source.length:
+        os.close(fd)
+        raise InputError(f"{source.where}: {source.path} changed size since the proto was read")
+    return fd
+
+
+def read_exact(fd: int, source: SourceFile, size: int, offset: int) -> bytes:
+    """pread `size` bytes at `offset`; InputError if the file got shorter."""
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise InputError(f"{source.where}: {source.path} changed size since the proto was read")
+    return data
+
+
+def copy_writes(source: SourceFile) -> Iterator[tuple[int, bytes | memoryview]]:
+    """mkfs copy()'s writes of `source`: (byte offset, data) in file order.
+
+    Every BUFLEN-byte piece that is not all zero (the last one may be
+    short), and, when the last piece was all zero, one zero byte at
+    length-1.  Raises InputError if the source cannot be read or changes size.
+    """
+    length = source.length
+    if length == 0:
+        return
+    fd = open_source(source)
+    try:
+        offset = 0
+        last_hole = False
+        while offset < length:
+            data = read_exact(fd, source, min(READ_SIZE, length - offset), offset)
+            view = memoryview(data)
+            holes = set(zero_pieces(data, BUFLEN))
+            for k, start in enumerate(range(0, len(data), BUFLEN)):
+                last_hole = k in holes
+                if not last_hole:
+                    yield offset + start, view[start : start + BUFLEN]
+            offset += len(data)
+        if last_hole:
+            yield length - 1, b"\0"
+    finally:
+        os.close(fd)
+
+
+def mkfs(
+    server: FileServer[F],
+    entries: Iterable[ProtoEntry],
+    *,
+    user: str,
+    default_owner: tuple[str, str],
+    timestamp: int | None,
+) -> None:
+    """Replay disk/mkfs -z 4096 -U for `entries` (in proto order) against `server`.
+
+    mkfs attaches as `user` (creator and muid of every file it makes).
+    Entries without an owner get `default_owner` (uid, gid); `timestamp`
+    (SOURCE_DATE_EPOCH) clamps the sources' mtimes.  Raises LayoutError
+    naming the proto file, line and path when the server refuses a request,
+    InputError when a source cannot be read.
+    """
+    try:
+        server.attach(user)
+    except FsRefused as e:
+        raise LayoutError(f"mkfs user {user!r}: {e}") from None
+    bulk: BulkCopy[F] | None = server if isinstance(server, BulkCopy) else None
+    for entry in entries:
+        where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
+        try:
+            _protoenum(server, entry, where, default_owner, timestamp, bulk)
+        except FsRefused as e:
+            raise LayoutError(f"{where}: {e}") from None
+
+
+def _protoenum(
+    server: FileServer[F],
+    entry: ProtoEntry,
+    where: str,
+    default_owner: tuple[str, str],
+    timestamp: int | None,
+    bulk: BulkCopy[F] | None,
+) -> None:
+    """mkfs.c protoenum(): uptodate, then mkdir or copy."""
+    path = entry.path
+    if not path.startswith("/"):
+        raise LayoutError(f"{where}: not a path in the new file system")
+    mtime = entry.mtime if timestamp is None else min(entry.mtime, timestamp)
+    uid = entry.uid if entry.uid is not None else default_owner[0]
+    gid = entry.gid if entry.gid is not None else default_owner[1]
+    attrs = Wstat(mode=entry.mode, gid=gid, mtime=mtime)
+
+    existing = server.walk(path)
+    if existing is not None:
+        st = server.stat(existing)
+        if st.mtime & 0xFFFFFFFF >= mtime & 0xFFFFFFFF:  # uptodate()
+            return
+        if entry.is_dir and st.is_dir:  # mkdir(): the create fails, the wstats apply
+            server.wstat(existing, attrs)
+            server.wstat(existing, Wstat(uid=uid))
+            return
+        raise LayoutError(
+            f"{where}: already in the file system from an older source; "
+            "replacing files is not supported"
+        )
+    parent_path, name = path.rsplit("/", 1)
+    parent_path = parent_path or "/"
+    if name == MKFSTMP:
+        raise LayoutError(f"{where}: the name {MKFSTMP} is mkfs's temporary file")
+    parent = server.walk(parent_path)
+    if parent is None or not server.stat(parent).is_dir:
+        raise LayoutError(f"{where}: can't create: {parent_path} is not a directory")
+
+    if entry.is_dir:
+        fid = server.create(parent, name, entry.mode)
+        server.wstat(fid, attrs)
+    else:
+        if server.walk(parent_path.rstrip("/") + "/" + MKFSTMP) is not None:
+            raise LayoutError(f"{where}: {parent_path} holds a file named {MKFSTMP}")
+        fid = server.create(parent, MKFSTMP, 0o666)
+        source = SourceFile(entry.source, entry.length, where)
+        if bulk is not None:
+            bulk.copy(fid, source)
+        else:
+            for offset, data in copy_writes(source):
+                server.write(fid, offset, data)
+        server.wstat(fid, Wstat(mode=entry.mode, gid=gid, mtime=mtime, name=name))
+    server.wstat(fid, Wstat(uid=uid))
+
+
+__all__ = [
+    "BUFLEN",
+    "MKFSTMP",
+    "READ_SIZE",
+    "copy_writes",
+    "mkfs",
+    "open_source",
+    "read_exact",
+    "zero_pieces",
+]
