@@ -46,9 +46,9 @@ def mbr_table(disk: BlockDevice) -> list[dict[str, Any]]:
     our reader and libparted must agree on every start, length and boot flag.
     """
     from imagebuild.partition.fdisk import read_mbr, read_partitions, verify_with_libparted
+    from imagebuild.partition.sector0 import SECTOR, has_magic
 
-    sector0 = disk.pread(512, 0)
-    if sector0[510:512] != b"\x55\xaa":
+    if not has_magic(disk.pread(SECTOR, 0)):
         return []
     entries = read_mbr(disk)
     verify_with_libparted(disk, entries)
@@ -85,9 +85,10 @@ def partitions(disk: BlockDevice) -> PartFS:
     """partfs as fdisk and prep would have populated it for this disk."""
     from imagebuild.partition.fdisk import partfs_names
     from imagebuild.partition.prep import read_table
+    from imagebuild.partition.sector0 import SECTOR, has_magic
 
     parts = PartFS(disk)
-    if disk.size >= 512 and disk.pread(512, 0)[510:512] == b"\x55\xaa":
+    if disk.size >= SECTOR and has_magic(disk.pread(SECTOR, 0)):
         for name, start, end in partfs_names(disk):
             parts.add(name, start, end)
     if "plan9" in parts:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from imagebuild.disk.device import BlockDevice, PartFS, RawFile
 from imagebuild.partition import fdisk, mbr, prep
-from imagebuild.partition.fdisk import MbrEntry
 from imagebuild.partition.prep import Plan9Partition
+from imagebuild.partition.sector0 import Tentry
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -81,7 +81,7 @@ def open_disk(kind: str, size: int, tmp_path: Path) -> Iterator[PartFS]:
 
 def make_layout(
     parts: PartFS, target: str
-) -> tuple[list[MbrEntry], list[Plan9Partition]]:
+) -> tuple[list[Tentry], list[Plan9Partition]]:
     """The %.disk rule's partitioning steps for `target` (mkfile order, default boot code)."""
     data = parts["data"]
     mbr.install_bootcode(data)  # disk/mbr $d/data

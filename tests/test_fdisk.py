@@ -36,9 +36,10 @@ from mbr_helpers import (
 from imagebuild.disk.device import BlockDevice, BytesStorage, PartFS, RawFile
 from imagebuild.errors import ImageBuildError, ImageFormatError, LayoutError
 from imagebuild.partition import fdisk, mbr
-from imagebuild.partition.fdisk import MbrEntry, encode_chs, read_mbr, read_partitions
+from imagebuild.partition.fdisk import read_mbr, read_partitions
+from imagebuild.partition.sector0 import Tentry, encode_chs
 
-EMPTY = MbrEntry()
+EMPTY = Tentry()
 
 
 def blank_disk(size: int) -> PartFS:
@@ -53,7 +54,7 @@ def blank_disk(size: int) -> PartFS:
 def test_fdisk_auto_amd64_qcow2_3770mb() -> None:
     parts = blank_disk(3770 * MiB)  # 7720960 sectors
     entries = fdisk.fdisk_auto(parts)
-    assert entries[0] == MbrEntry(
+    assert entries[0] == Tentry(
         active=0x80,  # autopart: active, no other partition is
         start_chs=bytes((1, 1, 0)),  # lba 63: c 0, h 63/63%128 = 1, s 63%63+1 = 1
         type=0x39,  # Type9
@@ -72,7 +73,7 @@ def test_fdisk_auto_generic_1885mb() -> None:
     parts = blank_disk(1885 * MiB)  # 3860480 sectors
     entries = fdisk.fdisk_auto(parts)
     # guess: 1024*64*32 < 3860480 <= 1024*64*63 -> h 64, s 63, sec2cyl 4032; end = 957
-    assert entries[0] == MbrEntry(
+    assert entries[0] == Tentry(
         active=0x80,
         start_chs=bytes((1, 1, 0)),  # lba 63 -> c 0, h 1, s 1
         type=0x39,
@@ -87,7 +88,7 @@ def test_fdisk_auto_generic_300mb() -> None:
     parts = blank_disk(300 * MiB)  # 614400 sectors
     entries = fdisk.fdisk_auto(parts)
     # guess: 614400 <= 1024*64*32 -> h 64, s 32, sec2cyl 2048; end = 300
-    assert entries[0] == MbrEntry(
+    assert entries[0] == Tentry(
         active=0x80,
         start_chs=bytes((1, 1, 0)),  # lba 32 -> c 0, h 1, s 1
         type=0x39,
@@ -103,7 +104,7 @@ def test_fdisk_script_pi_img_1885mb() -> None:
     parts = blank_disk(1885 * MiB)
     entries = fdisk.fdisk_script(parts, PI_SCRIPT)
     # h 64, s 63: one cylinder = 4032 sectors = 2064384 bytes
-    assert entries[0] == MbrEntry(
+    assert entries[0] == Tentry(
         active=0x80,  # `A p1`
         start_chs=bytes((1, 1, 0)),  # lba 63
         type=0x0B,  # `t p1 FAT32`
@@ -111,7 +112,7 @@ def test_fdisk_script_pi_img_1885mb() -> None:
         lba=63,  # `.` = 0 -> cylinder 0 -> sector s = 63
         size=201537,  # `.+100M` = 104857600/2064384 = 50 cylinders -> 201600 - 63
     )
-    assert entries[1] == MbrEntry(
+    assert entries[1] == Tentry(
         active=0,
         start_chs=bytes((0, 1, 50)),  # lba 201600 -> c 50, h 0, s 1
         type=0x39,  # `t p2 PLAN9` (cmdadd makes Type9 already)
@@ -136,7 +137,7 @@ def test_partfs_names_reads_back_what_fdisk_w_registered() -> None:
 def test_fdisk_script_reform_img_1885mb() -> None:
     parts = blank_disk(1885 * MiB)
     entries = fdisk.fdisk_script(parts, PI_SCRIPT.replace(". .+100M", "4M 100M"))
-    assert entries[0] == MbrEntry(
+    assert entries[0] == Tentry(
         active=0x80,
         start_chs=bytes((0, 1, 2)),  # lba 8064 -> c 2, h 128%64 = 0, s 1
         type=0x0B,
@@ -153,7 +154,7 @@ def test_fdisk_script_arm64_qcow2_3770mb() -> None:
     parts = blank_disk(3770 * MiB)
     entries = fdisk.fdisk_script(parts, PI_SCRIPT.replace(". .+100M", "4M 100M"))
     # 4M = 4194304/4128768 = 1 cylinder; 100M = 104857600/4128768 = 25 cylinders
-    assert entries[0] == MbrEntry(
+    assert entries[0] == Tentry(
         active=0x80,
         start_chs=bytes((0, 1, 1)),  # lba 8064 -> c 1, h 128%128 = 0, s 1
         type=0x0B,
@@ -161,7 +162,7 @@ def test_fdisk_script_arm64_qcow2_3770mb() -> None:
         lba=8064,
         size=193536,  # 25*8064 - 8064
     )
-    assert entries[1] == MbrEntry(
+    assert entries[1] == Tentry(
         active=0,
         start_chs=bytes((0, 1, 25)),  # lba 201600 -> c 25, h 3200%128 = 0, s 1
         type=0x39,
@@ -237,11 +238,11 @@ def test_sfdisk_and_parted_read_our_table(target: str, tmp_path: Path) -> None:
 def test_verify_with_libparted_catches_a_lie() -> None:
     parts = blank_disk(300 * MiB)
     entries = fdisk.fdisk_auto(parts)
-    wrong = [MbrEntry(e.active, e.start_chs, e.type, e.end_chs, e.lba, e.size + 1)
+    wrong = [Tentry(e.active, e.start_chs, e.type, e.end_chs, e.lba, e.size + 1)
              for e in entries[:1]] + entries[1:]
     with pytest.raises(LayoutError, match="libparted"):
         fdisk.verify_with_libparted(parts["data"], wrong)
-    unbooted = [MbrEntry(0, e.start_chs, e.type, e.end_chs, e.lba, e.size) for e in entries]
+    unbooted = [Tentry(0, e.start_chs, e.type, e.end_chs, e.lba, e.size) for e in entries]
     with pytest.raises(LayoutError, match="boot"):
         fdisk.verify_with_libparted(parts["data"], unbooted)
 
@@ -272,7 +273,7 @@ def test_read_mbr_round_trips_pack() -> None:
     written = fdisk.fdisk_script(parts, PI_SCRIPT)
     again = read_mbr(parts["data"])
     assert again == written
-    assert MbrEntry.unpack(written[0].pack()) == written[0]
+    assert Tentry.unpack(written[0].pack()) == written[0]
     assert written[0].start_chs_values == (0, 1, 1)  # fdisk -v prints c/h/s 0/1/1
     assert written[1].end_chs_values == (956, 63, 63)
     assert written[0].type_name == "FAT32"
@@ -440,7 +441,7 @@ def test_fdisk_refuses_a_looping_extended_chain() -> None:
     data = parts["data"]
     # make the EBR at sector 32 link back to itself (xlba relative to the extended start)
     ebr = bytearray(data.read_sectors(32))
-    link = MbrEntry(0, bytes(3), 0x05, bytes(3), 0, 100)
+    link = Tentry(0, bytes(3), 0x05, bytes(3), 0, 100)
     ebr[446 + 16 : 446 + 32] = link.pack()
     data.write_sectors(32, bytes(ebr))
     with pytest.raises(ImageFormatError, match="loops"):

@@ -9,8 +9,9 @@ from mbr_helpers import MiB, SparseStorage
 
 from imagebuild.disk.device import BlockDevice, BytesStorage, RawFile
 from imagebuild.errors import LayoutError
-from imagebuild.partition import fdisk, mbr
+from imagebuild.partition import mbr
 from imagebuild.partition.bootcode import DEFAULT_MBR, MESSAGE, MESSAGE_OFFSET, PROGRAM
+from imagebuild.partition.sector0 import Tentry
 from tests.qemu_vga import BootedQemu, needs_qemu
 
 TABLE = bytes(range(1, 65))  # stands for an existing partition table at 446..509
@@ -92,7 +93,7 @@ def test_track_limit_follows_the_partition_table_geometry() -> None:
     disk = BlockDevice(SparseStorage(300 * MiB))  # guess would be 64/32
     mbr.install_bootcode(disk)
     sector0 = bytearray(disk.read_sectors(0))
-    entry = fdisk.MbrEntry(0x80, bytes((1, 1, 0)), 0x39, bytes((15, 63, 0)), 63, 1000)
+    entry = Tentry(0x80, bytes((1, 1, 0)), 0x39, bytes((15, 63, 0)), 63, 1000)
     sector0[446:462] = entry.pack()  # end head 15, end sector 63 -> 16 heads, 63 sectors
     disk.write_sectors(0, bytes(sector0))
     mbr.install_bootcode(disk, bytes(63 * 512), source="m")  # 63 sectors now fit

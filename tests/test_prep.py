@@ -437,12 +437,12 @@ def test_parse_expr_matches_a_reference_on_random_trees() -> None:
 
 
 def test_tokenize_quotes_like_rc() -> None:
-    from imagebuild.partition.edit import tokenize
+    from imagebuild.plan9.libc import tokenize
 
     assert tokenize("t p1 'XENIX USR'") == ["t", "p1", "XENIX USR"]
     assert tokenize("  a\tp1  . $ ") == ["a", "p1", ".", "$"]
     assert tokenize("a 'it''s'") == ["a", "it's"]
-    assert len(tokenize(" ".join("x" * 12))) == 10  # tokenize stops at its maximum
+    assert len(tokenize(" ".join("x" * 12), 10)) == 10  # edit.c runcmd: char *f[10]
 
 
 def test_fdisk_type_name_with_a_space_needs_quotes() -> None:

@@ -25,14 +25,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from imagebuild.errors import LayoutError, OutOfRangeError, ReadOnlyImageError
+from imagebuild.partition.sector0 import NTENTRY, TABLE_OFFSET, TENTRY_SIZE, has_magic
 
 SECTOR_SIZE = 512
 
-# MBR partition table, as libdisk's partitiongeometry() reads it.
-MBR_TABLE_OFFSET = 446
-MBR_ENTRY_SIZE = 16
-MBR_ENTRIES = 4
-MBR_MAGIC = b"\x55\xaa"
 
 # Geometry sources (disk.h: Gpart, Gdisk, Gguess).
 GEOMETRY_FROM_PARTITIONS = "partition table"
@@ -198,7 +194,7 @@ class BlockDevice(io.RawIOBase):
         otherwise guesses from the size.
         """
         sector0 = self.whole.pread(SECTOR_SIZE, 0) if self.whole.size >= SECTOR_SIZE else b""
-        if sector0[510:512] != MBR_MAGIC and self.size >= SECTOR_SIZE:
+        if not has_magic(sector0) and self.size >= SECTOR_SIZE:
             sector0 = self.pread(SECTOR_SIZE, 0)
         found = _partition_geometry(sector0, self.secs)
         if found is not None:
@@ -279,11 +275,11 @@ class BlockDevice(io.RawIOBase):
 
 def _partition_geometry(sector0: bytes, secs: int) -> Geometry | None:
     """libdisk partitiongeometry(): heads/sectors from the end CHS of every used entry."""
-    if len(sector0) < SECTOR_SIZE or sector0[510:512] != MBR_MAGIC:
+    if len(sector0) < SECTOR_SIZE or not has_magic(sector0):
         return None
     heads = sectors = -1
-    for i in range(MBR_ENTRIES):
-        entry = sector0[MBR_TABLE_OFFSET + i * MBR_ENTRY_SIZE :][:MBR_ENTRY_SIZE]
+    for i in range(NTENTRY):  # the raw bytes: libdisk reads CHS fields, not Tentry values
+        entry = sector0[TABLE_OFFSET + i * TENTRY_SIZE :][:TENTRY_SIZE]
         if entry[4] == 0:  # type
             continue
         end_head, end_sector = entry[5], entry[6] & 63

@@ -41,7 +41,8 @@ DS = 0 with absolute offsets).
 
 from __future__ import annotations
 
-BOOT_AREA = 446  # bytes before the partition table (mbr.c: ndefmbr = Toffset)
+from imagebuild.partition.sector0 import BOOT_AREA
+
 LOAD_ADDRESS = 0x7C00
 
 PROGRAM = bytes.fromhex(

@@ -16,8 +16,8 @@ Differences from 9front, all on the safe side:
   Brdline drops it).
 * Ending a script with changes that no `w` wrote is an error (9front warns).
 
-References: sys/src/cmd/disk/prep/edit.c, edit.h, calc.y;
-sys/src/libc/port/tokenize.c, getfields.c, strtoull.c.
+References: sys/src/cmd/disk/prep/edit.c, edit.h, calc.y (libc's tokenize and
+strtoull come from imagebuild.plan9.libc).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import ImageBuildError, LayoutError, OutOfRangeError
+from imagebuild.plan9.libc import UVLONG_MASK, cdiv, strtoull, tokenize, vlong
 
 MAXPART = 32  # edit.h: Maxpart
 MAXARGS = 10  # edit.c runcmd: char *f[10]
@@ -44,114 +45,6 @@ class _Quit(Exception):
 
 class _EndOfInput(Exception):
     """A prompt met the end of the script (getline's exits(0) at EOF)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Plan 9 libc pieces the editor relies on
-# ---------------------------------------------------------------------------------------------
-_MASK64 = (1 << 64) - 1
-
-
-def _s64(value: int) -> int:
-    """A vlong: arithmetic wraps at 64 bits as 9front's compilers do."""
-    value &= _MASK64
-    return value - (1 << 64) if value >> 63 else value
-
-
-def strtoull(text: str, pos: int = 0) -> tuple[int, int]:
-    """libc strtoull(s, &end, 0) from `pos`: (value mod 2**64, index after the digits).
-
-    Base 0 means 0x.. is hex and a leading 0 octal; with no digits the end is `pos`.
-    """
-    p = pos
-    while p < len(text) and text[p] in " \t\n\f\r\v":
-        p += 1
-    neg = False
-    if p < len(text) and text[p] in "+-":
-        neg = text[p] == "-"
-        p += 1
-    base = 10
-    if p < len(text) and text[p] == "0":
-        base = 8
-        if p + 1 < len(text) and text[p + 1] in "xX":
-            p += 2
-            base = 16
-    value = ndig = 0
-    overflow = False
-    while p < len(text):
-        c = text[p]
-        digit = int(c, 36) if c.isascii() and c.isalnum() else 36
-        if digit >= base:
-            break
-        value = value * base + digit
-        if value > _MASK64:
-            overflow = True
-        p += 1
-        ndig += 1
-    if ndig == 0:
-        return 0, pos
-    if overflow:
-        return _MASK64, p
-    return (-value) & _MASK64 if neg else value, p
-
-
-def strtoll(text: str) -> int:
-    """libc strtoll(s, 0, 0) as prep uses it: the numeric prefix, 0 if none."""
-    value, _ = strtoull(text)
-    return _s64(value)
-
-
-def tokenize(line: str, maxargs: int = MAXARGS) -> list[str]:
-    """libc tokenize(): fields split on blanks, with rc-style 'quoting' ('' is a quote)."""
-    seps = " \t\r\n"
-    args: list[str] = []
-    i, n = 0, len(line)
-    while len(args) < maxargs:
-        while i < n and line[i] in seps:
-            i += 1
-        if i >= n:
-            break
-        token: list[str] = []
-        quoting = False
-        while i < n and (quoting or line[i] not in seps):
-            c = line[i]
-            if c != "'":
-                token.append(c)
-                i += 1
-            elif not quoting:
-                quoting = True
-                i += 1
-            elif i + 1 < n and line[i + 1] == "'":
-                token.append("'")
-                i += 2
-            else:
-                quoting = False
-                i += 1
-        args.append("".join(token))
-        i += 1
-    return args
-
-
-def getfields(text: str, seps: str, maxfields: int) -> list[str]:
-    """libc getfields(str, args, max, 1, seps): runs of separators count as one."""
-    fields: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in seps:
-            i += 1
-        if i >= n:
-            break
-        if len(fields) == maxfields - 1:
-            fields.append(text[i:])  # the last field keeps the rest of the text
-            break
-        j = i
-        while j < n and text[j] not in seps:
-            j += 1
-        fields.append(text[i:j])
-        i = j
-    # getfields leaves trailing separators in the last field only when max was reached;
-    # the callers compare the count, which is what matters.
-    return fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,8 +83,8 @@ class _Calc:
             suffix = text[end].lower() if end < len(text) and text[end].isascii() else ""
             if suffix in _SUFFIX_SHIFT:
                 self.pos += 1
-                value = ((value << _SUFFIX_SHIFT[suffix]) & _MASK64) // self.unit
-            return _s64(value)
+                value = ((value << _SUFFIX_SHIFT[suffix]) & UVLONG_MASK) // self.unit
+            return vlong(value)
         self.pos += 1
         return c
 
@@ -210,7 +103,7 @@ class _Calc:
             op = self.look
             self._next()
             rhs = self._term()
-            value = _s64(value + rhs if op == "+" else value - rhs)
+            value = vlong(value + rhs if op == "+" else value - rhs)
         return value
 
     def _term(self) -> int:
@@ -220,11 +113,11 @@ class _Calc:
             self._next()
             rhs = self._unary()
             if op == "*":
-                value = _s64(value * rhs)
+                value = vlong(value * rhs)
             else:
                 if rhs == 0:
                     raise EditError("division by zero")
-                value = _cdiv(value, rhs)
+                value = vlong(cdiv(value, rhs))
         return value
 
     def _unary(self) -> int:
@@ -234,10 +127,10 @@ class _Calc:
             self._next()
         value = self._primary()
         if negations % 2:
-            value = _s64(-value)
+            value = vlong(-value)
         while self.look == "%":  # FRAC: a percentage of the size
             self._next()
-            value = _cdiv(_s64(self.size * value), 100)
+            value = vlong(cdiv(vlong(self.size * value), 100))
         return value
 
     def _primary(self) -> int:
@@ -259,12 +152,6 @@ class _Calc:
             self._next()
             return value
         raise EditError("syntax error")
-
-
-def _cdiv(a: int, b: int) -> int:
-    """C integer division: truncates toward zero."""
-    q = abs(a) // abs(b)
-    return _s64(q if (a < 0) == (b < 0) else -q)
 
 
 def parse_expr(text: str, dot: int, dollar: int, size: int, unit: int) -> int:
@@ -578,7 +465,7 @@ class Editor:
 
     def runcmd(self, line: str) -> None:
         """edit.c runcmd(): one command line."""
-        args = tokenize(line.lstrip())
+        args = tokenize(line.lstrip(), MAXARGS)
         if len(args) >= MAXARGS:
             raise EditError(f"too many arguments (at most {MAXARGS - 1})")
         if not args:

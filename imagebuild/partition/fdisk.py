@@ -26,177 +26,37 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from imagebuild.disk.device import SECTOR_SIZE, BlockDevice, PartFS
 from imagebuild.errors import ImageFormatError, LayoutError, UnsupportedImageError
 from imagebuild.partition.edit import EditError, Editor, Output, Part, format_size
-
-# fdisk.c enum: where the table lives in a (extended) boot record.
-TABLE_OFFSET = 446  # Toffset
-NTENTRY = 4
-TABLE_SIZE = NTENTRY * 16 + 2  # Tablesize: four entries and the magic
-MAGIC = b"\x55\xaa"
-
-ACTIVE = 0x80
-
-TYPE_EMPTY = 0x00
-TYPE_EXTENDED = 0x05
-TYPE_FAT32 = 0x0B
-TYPE_EXTHUGE = 0x0F
-TYPE_LINUXEXT = 0x85
-TYPE_GPT = 0xEE
-TYPE_ESP = 0xEF
-TYPE_PLAN9 = 0x39
-EXTENDED_TYPES = (TYPE_EXTENDED, TYPE_EXTHUGE, TYPE_LINUXEXT)
-
-MAX_LBA = 0xFFFFFFFF  # the entries' 32-bit lba and size fields
-
-# fdisk.c types[]: type -> (description for `t`, partfs name; "" = not registered).
-TYPES: dict[int, tuple[str, str]] = {
-    0x00: ("EMPTY", ""),
-    0x01: ("FAT12", "dos"),
-    0x02: ("XENIX", "xenix"),
-    0x03: ("XENIX USR", "xenixusr"),
-    0x04: ("FAT16", "dos"),
-    0x05: ("EXTENDED", ""),
-    0x06: ("FATHUGE", "dos"),
-    0x07: ("HPFS", "ntfs"),
-    0x08: ("AIXBOOT", "aixboot"),
-    0x09: ("AIXDATA", "aixdata"),
-    0x0A: ("OS/2BOOT", "os2boot"),
-    0x0B: ("FAT32", "dos"),
-    0x0C: ("FAT32LBA", "dos"),
-    0x0E: ("FAT16X", "dos"),
-    0x0F: ("EXTHUGE", ""),
-    0x16: ("UNFORMATTED", ""),
-    0x17: ("HPFS2", "hpfs2"),
-    0x1C: ("IBMRECOVERY", "ibm"),
-    0x39: ("PLAN9", "plan9"),
-    0x52: ("CPM0", "cpm0"),
-    0x54: ("DMDDO", "dmdd0"),
-    0x56: ("GB", "gb"),
-    0x61: ("SPEEDSTOR", "speedstor"),
-    0x63: ("SYSV386", "sysv386"),
-    0x64: ("NETWARE", "netware"),
-    0x75: ("PCIX", "pcix"),
-    0x80: ("MINIXV1.3", "minix13"),
-    0x81: ("MINIXV1.5", "minix15"),
-    0x82: ("LINUXSWAP", "linuxswap"),
-    0x83: ("LINUX", "linux"),
-    0x85: ("LINUXEXTENDED", ""),
-    0x8E: ("LINUXLVM", "linuxlvm"),
-    0x93: ("AMOEBA", "amoeba"),
-    0x94: ("AMOEBABB", "amoebaboot"),
-    0xA5: ("BSD386", "bsd386"),
-    0xA6: ("OPENBSD", "openbsd"),
-    0xA9: ("NETBSD", "netbsd"),
-    0xB7: ("BSDI", "bsdi"),
-    0xB8: ("BSDISWAP", "bsdiswap"),
-    0xDA: ("OTHER", "other"),
-    0xDB: ("CPM", "cpm"),
-    0xDE: ("DELLRECOVERY", "dell"),
-    0xE1: ("SPEEDSTOR12", "speedstor"),
-    0xE4: ("SPEEDSTOR16", "speedstor"),
-    0xEE: ("GPT", ""),
-    0xEF: ("ESP", "esp"),
-    0xFE: ("LANSTEP", "lanstep"),
-    0xFF: ("BB", "bb"),
-}
+from imagebuild.partition.sector0 import (
+    ACTIVE,
+    EXTENDED_TYPES,
+    MAGIC,
+    MAX_LBA,
+    NTENTRY,
+    TABLE_OFFSET,
+    TABLE_SIZE,
+    TYPE_EMPTY,
+    TYPE_EXTENDED,
+    TYPE_EXTHUGE,
+    TYPE_GPT,
+    TYPE_PLAN9,
+    TYPES,
+    Tentry,
+    encode_chs,
+    pack_table,
+    type_desc,
+    unpack_table,
+)
 
 
-def type_desc(type_: int) -> str:
-    """fdisk typestr0(): the table's description, or `type N`."""
-    return TYPES[type_][0] if type_ in TYPES else f"type {type_}"
-
-
-# ---------------------------------------------------------------------------------------------
-# On-disk entry
-# ---------------------------------------------------------------------------------------------
-def encode_chs(lba: int, heads: int, sectors: int) -> bytes:
-    """fdisk writechs(): head, sector | cylinder bits 8-9, cylinder bits 0-7.
-
-    Past cylinder 1023 the entry says 1023 / last head / last sector — the
-    sector byte then holds `sectors - 1 + 1`, i.e. the last sector number.
-    """
-    s = lba % sectors
-    h = (lba // sectors) % heads
-    c = lba // (sectors * heads)
-    if c >= 1024:
-        c, h, s = 1023, heads - 1, sectors - 1
-    return bytes((h & 0xFF, ((s + 1) & 0x3F) | ((c >> 2) & 0xC0), c & 0xFF))
-
-
-def decode_chs(chs: bytes) -> tuple[int, int, int]:
-    """fdisk Dfmt(): (cylinder, head, sector) of a 3-byte CHS field."""
-    return chs[2] | ((chs[1] & 0xC0) << 2), chs[0], chs[1] & 0x3F
-
-
-@dataclass(frozen=True)
-class MbrEntry:
-    """fdisk.c Tentry: one 16-byte partition entry of an MBR or EBR."""
-
-    active: int = 0
-    start_chs: bytes = b"\0\0\0"  # starth, starts, startc
-    type: int = TYPE_EMPTY
-    end_chs: bytes = b"\0\0\0"  # endh, ends, endc
-    lba: int = 0  # xlba: from the disk's start, or the extended partition's / this EBR's
-    size: int = 0  # xsize, sectors
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<B3sB3sII")
-
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(
-            self.active, self.start_chs, self.type, self.end_chs, self.lba, self.size
-        )
-
-    @classmethod
-    def unpack(cls, data: bytes) -> MbrEntry:
-        active, start_chs, type_, end_chs, lba, size = cls.FORMAT.unpack(data[:16])
-        return cls(active, start_chs, type_, end_chs, lba, size)
-
-    @property
-    def used(self) -> bool:
-        return self.type != TYPE_EMPTY
-
-    @property
-    def bootable(self) -> bool:
-        return bool(self.active & ACTIVE)
-
-    @property
-    def end(self) -> int:
-        return self.lba + self.size
-
-    @property
-    def start_chs_values(self) -> tuple[int, int, int]:
-        """(cylinder, head, sector) of the first sector."""
-        return decode_chs(self.start_chs)
-
-    @property
-    def end_chs_values(self) -> tuple[int, int, int]:
-        """(cylinder, head, sector) of the last sector."""
-        return decode_chs(self.end_chs)
-
-    @property
-    def type_name(self) -> str:
-        return type_desc(self.type)
-
-
-def pack_table(entries: Sequence[MbrEntry]) -> bytes:
-    """The 66 bytes fdisk writes at offset 446: four entries and the magic."""
-    slots = list(entries) + [MbrEntry()] * (NTENTRY - len(entries))
-    return b"".join(e.pack() for e in slots[:NTENTRY]) + MAGIC
-
-
-def unpack_table(data: bytes) -> list[MbrEntry]:
-    return [MbrEntry.unpack(data[i * 16 : i * 16 + 16]) for i in range(NTENTRY)]
-
-
-def read_mbr(disk: BlockDevice) -> list[MbrEntry]:
+def read_mbr(disk: BlockDevice) -> list[Tentry]:
     """The four primary slots of the MBR in sector 0 (empty slots included)."""
     table = disk.pread(TABLE_SIZE, TABLE_OFFSET)
     if table[-2:] != MAGIC:
@@ -213,7 +73,7 @@ class DosPartition:
     name: str  # pN or sN, in fdisk's numbering
     start: int
     end: int
-    entry: MbrEntry
+    entry: Tentry
     primary: bool
 
     @property
@@ -288,7 +148,7 @@ class _TableReader:
                 self.on_partition(name, start, entry, ebrstart, ebrtype)
 
     def on_partition(
-        self, name: str, start: int, entry: MbrEntry, ebrstart: int, ebrtype: int
+        self, name: str, start: int, entry: Tentry, ebrstart: int, ebrtype: int
     ) -> None:
         pass
 
@@ -331,7 +191,7 @@ class FdiskEditor(Editor):
         self.end = dev.secs // self.sec2cyl
         self.secs = dev.secs
         self._mkpart_count = 0
-        self.table: list[MbrEntry] = []
+        self.table: list[Tentry] = []
         self._findmbr()
 
     # -- fdisk.c helpers --------------------------------------------------------------------
@@ -383,7 +243,7 @@ class FdiskEditor(Editor):
 
         class Reader(_TableReader):
             def on_partition(
-                self, name: str, start: int, entry: MbrEntry, ebrstart: int, ebrtype: int
+                self, name: str, start: int, entry: Tentry, ebrstart: int, ebrtype: int
             ) -> None:
                 part = editor.mkpart(
                     None, start, entry.size, active=entry.active, type_=entry.type,
@@ -558,14 +418,14 @@ class FdiskEditor(Editor):
         super().cmd_printctl()
 
     # -- writing ----------------------------------------------------------------------------
-    def entry(self, active: int, type_: int, xbase: int, lba: int, end: int) -> MbrEntry:
+    def entry(self, active: int, type_: int, xbase: int, lba: int, end: int) -> Tentry:
         """fdisk wrtentry(): CHS from absolute sectors, lba relative to xbase."""
         if lba - xbase > MAX_LBA or end - lba > MAX_LBA or end > MAX_LBA + 1 + xbase:
             raise LayoutError(
                 f"{self.dev.name}: partition at sectors {lba}..{end} does not fit the 32-bit "
                 "sector fields of an MBR entry"
             )
-        return MbrEntry(
+        return Tentry(
             active=active,
             start_chs=encode_chs(lba, self.heads, self.sectors),
             type=type_,
@@ -574,7 +434,7 @@ class FdiskEditor(Editor):
             size=end - lba,
         )
 
-    def _write_table(self, sector: int, entries: list[MbrEntry]) -> None:
+    def _write_table(self, sector: int, entries: list[Tentry]) -> None:
         self.plan.pwrite(pack_table(entries), sector * SECTOR_SIZE + TABLE_OFFSET)
 
     def wrextend(self, i: int, xbase: int, startlba: int) -> tuple[int, int]:
@@ -606,7 +466,7 @@ class FdiskEditor(Editor):
 
     def wrpart(self) -> None:
         parts = self.dosparts()
-        table: list[MbrEntry] = []
+        table: list[Tentry] = []
         i = 0
         while i < len(parts) and len(table) < NTENTRY:
             p = parts[i]
@@ -621,7 +481,7 @@ class FdiskEditor(Editor):
             raise LayoutError(f"{self.dev.name}: more than four primary slots needed")
         # the magic already there stays (findmbr checked it)
         self.plan.pwrite(pack_table(table)[:-2], TABLE_OFFSET)
-        self.table = table + [MbrEntry()] * (NTENTRY - len(table))
+        self.table = table + [Tentry()] * (NTENTRY - len(table))
         self.assign_ctlnames()
         self.queue_ctldiff()
 
@@ -654,7 +514,7 @@ def _type_list() -> str:
 # ---------------------------------------------------------------------------------------------
 def fdisk_auto(
     parts: PartFS, *, blank: bool = True, output: Output | None = None
-) -> list[MbrEntry]:
+) -> list[Tentry]:
     """`disk/fdisk -baw sdXX/data`: one active Plan 9 partition over the disk, registered."""
     editor = FdiskEditor(parts, output)
     if blank:
@@ -674,7 +534,7 @@ def fdisk_script(
     source: str = "<fdisk script>",
     blank: bool = True,
     output: Output | None = None,
-) -> list[MbrEntry]:
+) -> list[Tentry]:
     """`disk/fdisk [-b] sdXX/data` reading commands from `script`; the primary slots after it.
 
     Any command 9front answers with `?message` raises LayoutError
@@ -691,7 +551,7 @@ def fdisk_script(
     return read_mbr(parts["data"])
 
 
-def verify_with_libparted(disk: BlockDevice, entries: Sequence[MbrEntry]) -> None:
+def verify_with_libparted(disk: BlockDevice, entries: Sequence[Tentry]) -> None:
     """Read the table back with libparted and raise LayoutError where it disagrees.
 
     libparted wants a file, so sector 0 and every EBR go into a sparse scratch

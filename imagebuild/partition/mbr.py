@@ -22,18 +22,20 @@ from __future__ import annotations
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import LayoutError
-from imagebuild.partition.bootcode import BOOT_AREA, DEFAULT_MBR
-
-SECTOR = 512  # mbr.c: secsize, whatever the disk's sector size
-TABLE_OFFSET = 446  # Toffset
-SIGNATURE_OFFSET = 510
-SIGNATURE = b"\x55\xaa"
+from imagebuild.partition.bootcode import DEFAULT_MBR
+from imagebuild.partition.sector0 import BOOT_AREA, MAGIC, MAGIC_OFFSET, SECTOR, TABLE_OFFSET
 
 
 def plan_bootcode(
     disk: BlockDevice, code: bytes | None = None, *, source: str = "<default>"
 ) -> bytes:
-    """The bytes disk/mbr would write from sector 0 on (a whole number of sectors)."""
+    """The bytes disk/mbr would write from sector 0 on (a whole number of 512-byte sectors).
+
+    code=None: the default program (imagebuild.partition.bootcode) over the
+    boot area; else `code` itself, at most one track of the disk's geometry.
+    Raises LayoutError (naming `source`) for a disk without a sector 0, code
+    longer than a track, or code longer than the disk.
+    """
     if disk.size < SECTOR:
         raise LayoutError(f"{disk.name}: disk of {disk.size} bytes has no boot sector")
     sector0 = disk.pread(SECTOR, 0)
@@ -50,7 +52,7 @@ def plan_bootcode(
         length = -(-max(len(code), SECTOR) // SECTOR) * SECTOR
         image = bytearray(code.ljust(length, b"\0"))
         image[TABLE_OFFSET:SECTOR] = sector0[TABLE_OFFSET:SECTOR]
-    image[SIGNATURE_OFFSET:SECTOR] = SIGNATURE
+    image[MAGIC_OFFSET:SECTOR] = MAGIC
     if len(image) > disk.size:
         raise LayoutError(
             f"{source}: {len(image)} bytes of boot code do not fit on {disk.name} "
@@ -62,5 +64,8 @@ def plan_bootcode(
 def install_bootcode(
     disk: BlockDevice, code: bytes | None = None, *, source: str = "<default>"
 ) -> None:
-    """`disk/mbr [-m file] sdXX/data`: code=None installs imagebuild's default program."""
+    """`disk/mbr [-m file] sdXX/data`: code=None installs imagebuild's default program.
+
+    Writes plan_bootcode()'s bytes at offset 0 in one write; raises as it does.
+    """
     disk.pwrite(plan_bootcode(disk, code, source=source), 0)

@@ -33,10 +33,8 @@ from imagebuild.partition.edit import (
     Output,
     Part,
     format_size,
-    getfields,
-    strtoll,
-    strtoull,
 )
+from imagebuild.plan9.libc import getfields, strtoll, strtoull
 
 KB, MB, GB = 1 << 10, 1 << 20, 1 << 30
 TABLE_SECTOR = 1

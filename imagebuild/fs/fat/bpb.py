@@ -42,10 +42,11 @@ import struct
 from dataclasses import dataclass, field
 
 from imagebuild.errors import ImageFormatError
+from imagebuild.partition.sector0 import MAGIC
 
 BPB_SIZE = 0x3E  # sizeof(Dosboot): where FAT12/16 boot code starts
 BPB32_SIZE = 0x5A  # sizeof(Dosboot32): where FAT32 boot code starts
-BOOT_SIGNATURE = b"\x55\xaa"  # the last two bytes of the boot sector
+BOOT_SIGNATURE = MAGIC  # Signature_word: the BIOS's 0x55 0xAA, as in sector 0
 
 EXTENDED_BOOT_SIGNATURE = 0x29  # bootsig: volid, label and type follow
 

@@ -71,6 +71,7 @@ from imagebuild.fs.fat.dirent import (
 )
 from imagebuild.fs.fat.pbs import DEFAULT_PBS
 from imagebuild.fs.fat.reader import FatEntry, FatPathError, FatVolume
+from imagebuild.plan9.libc import cdiv
 
 __all__ = [
     "DISK_TYPES",
@@ -148,12 +149,6 @@ def default_cluster_sectors(secs: int) -> int:
     return 1 << (i - 1).bit_length()
 
 
-def _c_div(a: int, b: int) -> int:
-    """C's integer division (truncates toward zero), for format's signed arithmetic."""
-    q = abs(a) // abs(b)
-    return q if (a < 0) == (b < 0) else -q
-
-
 @dataclass(frozen=True)
 class Layout:
     """What format.c's "crock inside a crock" settles on for one partition."""
@@ -194,7 +189,7 @@ def _fit_layout(
         clusters = 0
         i = 0
         while True:
-            fat_sectors = _c_div(fat_bits * clusters + 8 * sector_size - 1, 8 * sector_size)
+            fat_sectors = cdiv(fat_bits * clusters + 8 * sector_size - 1, 8 * sector_size)
             root_sectors = volsecs // ROOT_DIR_FRACTION
             root_entries = root_sectors * entries_per_sector
             if root_entries > MAX_ROOT_ENTRIES:
@@ -208,9 +203,9 @@ def _fit_layout(
             data = (
                 state.reserved
                 + FAT_COUNT * fat_sectors
-                + _c_div(root_entries * DIR_ENTRY_SIZE + sector_size - 1, sector_size)
+                + cdiv(root_entries * DIR_ENTRY_SIZE + sector_size - 1, sector_size)
             )
-            new_clusters = 2 + _c_div(volsecs - data, cluster)
+            new_clusters = 2 + cdiv(volsecs - data, cluster)
             if new_clusters == clusters:
                 break
             clusters = new_clusters
