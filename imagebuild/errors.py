@@ -35,3 +35,14 @@ class TemplateError(ImageBuildError):
 
 class InputError(ImageBuildError):
     """Input files from the root are missing or unusable."""
+
+
+class OutputError(ImageBuildError):
+    """The output file cannot be written where it was asked (a directory, a device, disk full)."""
+
+
+def show_path(path: object) -> str:
+    """A file name for a one-line message: as is, or quoted when it holds a newline,
+    a control character or bytes that are not UTF-8."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)

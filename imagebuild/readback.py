@@ -1,7 +1,8 @@
-"""Read any disk image back, ours or not: container, MBR, Plan 9 table, FAT.
+"""Read any disk image back, ours or not: container, MBR, Plan 9 table, FAT, hjfs.
 
-The MBR comes from libparted (pyparted), an independent reader; the Plan 9
-table and the FAT come from our readers, which mirror 9front's.
+The readers mirror 9front's.  With `verify` the MBR is also read by
+libparted (pyparted), an independent reader, and any disagreement is an
+error; that costs libparted's start-up, so it is asked for, not the default.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from imagebuild.errors import ImageBuildError
 
 @dataclass
 class OpenedImage:
+    """An open image: its format (qcow2 or raw), its guest Storage and the qcow2 header info."""
     path: Path
     format: str
     storage: Storage
@@ -39,11 +41,12 @@ def open_image(path: Path) -> Iterator[OpenedImage]:
             yield OpenedImage(path, "raw", image, {})
 
 
-def mbr_table(disk: BlockDevice) -> list[dict[str, Any]]:
-    """The used MBR entries (primary and logical), confirmed by libparted (pyparted).
+def mbr_table(disk: BlockDevice, *, verify: bool = False) -> list[dict[str, Any]]:
+    """The used MBR entries (primary and logical): number, type, type_name, active,
+    start and sectors (512-byte sectors).
 
-    libparted here cannot report an msdos type byte, so the bytes come from
-    our reader and libparted must agree on every start, length and boot flag.
+    With `verify`, libparted must agree on every start, length and boot flag
+    (it cannot report an msdos type byte); raises LayoutError where it does not.
     """
     from imagebuild.partition.fdisk import read_mbr, read_partitions, verify_with_libparted
     from imagebuild.partition.sector0 import SECTOR, has_magic
@@ -51,7 +54,8 @@ def mbr_table(disk: BlockDevice) -> list[dict[str, Any]]:
     if not has_magic(disk.pread(SECTOR, 0)):
         return []
     entries = read_mbr(disk)
-    verify_with_libparted(disk, entries)
+    if verify:
+        verify_with_libparted(disk, entries)
     rows = [(slot + 1, e, e.lba, e.size) for slot, e in enumerate(entries) if e.used]
     logical = [p for p in read_partitions(disk) if not p.primary]
     rows += [(5 + i, p.entry, p.start, p.size) for i, p in enumerate(logical)]
@@ -99,8 +103,15 @@ def partitions(disk: BlockDevice) -> PartFS:
     return parts
 
 
-def inspect_image(path: Path) -> dict[str, Any]:
-    """Everything we can read from the image, as plain data (for tables and --json)."""
+def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
+    """Everything we can read from the image, as plain data (for tables and --json).
+
+    Keys: path, format, virtual_size, file_size, disk_usage (bytes), qcow2
+    (header fields), mbr (mbr_table rows), plan9 (name, start, end sectors),
+    fs (hjfs summary), fat (per FAT partition: fat_bits, cluster_size, files),
+    problems (lines, when a partition cannot be read).  `verify`: see
+    mbr_table.  Raises ImageFormatError and OSError naming the image.
+    """
     from imagebuild.partition.prep import read_table
 
     with open_image(path) as image:
@@ -114,7 +125,7 @@ def inspect_image(path: Path) -> dict[str, Any]:
         }
         if image.format == "qcow2":
             info["qcow2"] = image.info
-        mbr = mbr_table(disk) if disk.size >= 512 else []
+        mbr = mbr_table(disk, verify=verify) if disk.size >= 512 else []
         info["mbr"] = mbr
         parts = partitions(disk)
         if "plan9" in parts:

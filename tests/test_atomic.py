@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.pipeline.build import atomic_output
+from imagebuild.pipeline.output import atomic_output
 
 
 def test_failure_removes_the_temp_file_and_keeps_the_old_target(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_signal_during_write_leaves_nothing(tmp_path: Path, signal_name: str) ->
     script = f"""
 import os, signal, sys
 from pathlib import Path
-from imagebuild.pipeline.build import atomic_output
+from imagebuild.pipeline.output import atomic_output
 try:
     with atomic_output(Path({str(target)!r})) as tmp:
         tmp.write_bytes(b"partial")

@@ -301,6 +301,8 @@ def test_fat_progress_reports_every_write() -> None:
     part = partition()
     seen: list[int] = []
     files = [FatFile("a", b"x" * 5000), FatFile("b", b"y")]
-    params = format_fat(part, files, progress=seen.append, cluster_sectors=2)
-    # boot sector, files (5 clusters + 1 cluster, one run), 2 FATs + root
-    assert seen == [512, 6 * 1024, (2 * params.fat_sectors + params.root_dir_sectors) * 512]
+    params = format_fat(part, files, progress=lambda step, done, total: seen.append(done),
+                        cluster_sectors=2)
+    # boot sector, files (5 clusters + 1 cluster, one run), 2 FATs + root: bytes so far
+    tables = (2 * params.fat_sectors + params.root_dir_sectors) * 512
+    assert seen == [512, 512 + 6 * 1024, 512 + 6 * 1024 + tables]

@@ -533,7 +533,8 @@ def test_writer_summary_matches_reader(tmp_path: Path) -> None:
     dev = BlockDevice(BytesStorage(32 * MiB), name="fs")
     progress: list[int] = []
     written = ream_and_populate(
-        dev, read_proto([tmp_path / "proto"], src), timestamp=T, progress=progress.append
+        dev, read_proto([tmp_path / "proto"], src), timestamp=T,
+        progress=lambda step, done, total: progress.append(done),
     )
     assert written == HjfsVolume(dev).summary()
     assert (written.files, written.directories) == (4, 4)  # users + 3; /, adm, dist, usr

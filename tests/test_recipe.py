@@ -88,7 +88,10 @@ def test_recipe_extends_and_overrides_a_few_keys(tmp_path: Path) -> None:
     [
         ('extends = "amd64.qcow2"\nmbb = 3\n', "unknown key 'mbb'"),
         ('extends = "amd64.qcow2"\nmb = "big"\n', "key 'mb' must be an integer"),
-        ('extends = "amd64.qcow2"\nmb = 0\n', "key 'mb' must be positive"),
+        ('extends = "amd64.qcow2"\nmb = 0\n', "key 'mb' must be between 1 and"),
+        # issue 9.13: sizes the MBR's 32-bit sector numbers and the BPB's 16 bits cannot hold
+        ('extends = "amd64.qcow2"\nmb = 9223372036854775807\n', "key 'mb' must be between"),
+        ('extends = "amd64.qcow2"\n[fat]\nreserved = 65536\n', "'fat.reserved' must be between"),
         ('extends = "amd64.qcow2"\nformat = "vmdk"\n', "key 'format' must be one of"),
         ('extends = "amd64.qcow2"\n[layout]\nfdisk = "manual"\n', "layout.fdisk"),
         ('extends = "amd64.qcow2"\n[fat]\nfiles = ["/etc/passwd"]\n', "relative to the root"),
@@ -117,3 +120,34 @@ def test_extends_cycle_is_reported(tmp_path: Path) -> None:
 def test_unknown_target_lists_known_ones() -> None:
     with pytest.raises(RecipeError, match=r"known: amd64\.qcow2"):
         load_recipe("vax.img")
+
+
+def test_non_utf8_recipe_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_bytes(b'extends = "amd64.qcow2"\ndescription = "caf\xe9"\n')
+    with pytest.raises(RecipeError, match=r"mine\.toml:2: not UTF-8"):
+        load_recipe(path)
+
+
+def test_deeply_nested_recipe_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(RecipeError, match="mine.toml"):
+        load_recipe(path)
+
+
+def test_recipe_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "mine.toml"
+    os.mkfifo(path)
+    with pytest.raises(RecipeError, match="not a regular file"):
+        load_recipe(path)
+
+
+def test_keys_table_declares_every_key_once() -> None:
+    from imagebuild.recipe import keys
+
+    for table in (keys.TOP, keys.LAYOUT, keys.FAT, keys.FS, keys.RAW_WRITE):
+        for spec in table.values():
+            assert spec.doc and (spec.required or spec.default is not keys.REQUIRED)

@@ -14,6 +14,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every verb (each verb group module registers its own)."""
     from imagebuild.cli import build as cmd_build
     from imagebuild.cli import qcow2 as cmd_qcow2
     from imagebuild.cli import read as cmd_inspect
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv`; the exit status: 0, 1 (an error, one line on
+    stderr), 2 (usage), 130 (interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler

@@ -11,6 +11,7 @@ DEMO_ROOT = Path("out") / "demo-root"
 
 
 def register(sub: Any) -> None:
+    """Add this group's verbs to the subparsers `sub` of build_parser()."""
     p = sub.add_parser("build", help="build a target's image into out/")
     p.add_argument("target", help="a target from `imagebuild list`, or a recipe .toml file")
     p.add_argument("--root", type=Path,
@@ -60,6 +61,7 @@ def resolve_root(root: Path | None) -> Path:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """`imagebuild build`: plan, write, then print the layout; the exit status."""
     from imagebuild.cli.report import build_progress, print_layout
     from imagebuild.pipeline.build import BuildOptions, build
     from imagebuild.pipeline.demo import is_demo_root
@@ -82,6 +84,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """`imagebuild list`: one line per target (name, output file, description)."""
     from imagebuild.recipe.load import list_recipes, load_recipe
 
     for name in list_recipes():
@@ -91,6 +94,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_customize(args: argparse.Namespace) -> int:
+    """`imagebuild customize`: write the overlay, then print its layout."""
     from imagebuild.cli.report import print_layout
     from imagebuild.pipeline.customize import customize
     from imagebuild.readback import inspect_image

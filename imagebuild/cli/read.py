@@ -10,10 +10,13 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
+    """Add this group's verbs to the subparsers `sub` of build_parser()."""
     p = sub.add_parser("inspect", help="show the layout of any image (qcow2 or raw)")
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    p.add_argument("--verify", action="store_true",
+                   help="read the MBR with libparted too; any disagreement is an error")
     p.set_defaults(handler=run_inspect)
 
     p = sub.add_parser("cat", help="print a file from an image: 9fat:plan9.ini, fs:/lib/ndb/local")
@@ -34,9 +37,10 @@ def register(sub: Any) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    """`imagebuild inspect`: tables, or --json."""
     from imagebuild.readback import inspect_image
 
-    info = inspect_image(args.image)
+    info = inspect_image(args.image, verify=args.verify)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -48,6 +52,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_cat(args: argparse.Namespace) -> int:
+    """`imagebuild cat`: the file's bytes on stdout."""
     from imagebuild.readback import cat
 
     sys.stdout.buffer.write(cat(args.image, args.file))
@@ -55,6 +60,7 @@ def run_cat(args: argparse.Namespace) -> int:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    """`imagebuild ls`: one line per entry, ls -l style, or --json."""
     from imagebuild.readback import listing
 
     entries = listing(args.image, args.directory)
@@ -81,6 +87,7 @@ def _plan9_mode(mode: int) -> str:
 
 
 def run_fsck(args: argparse.Namespace) -> int:
+    """`imagebuild fsck`: each problem on stdout; exit 1 when there are any."""
     from imagebuild.readback import check_fs
 
     problems = check_fs(args.image, args.partition)

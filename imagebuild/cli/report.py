@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from imagebuild.pipeline.build import Progress
+from imagebuild.util.progress import Progress
 from imagebuild.util.sizes import format_size
 
 
 def use_rich(plain: bool) -> bool:
+    """True when output goes to a terminal and --plain was not given."""
     return not plain and sys.stdout.isatty()
 
 
@@ -98,6 +99,7 @@ _NUMERIC = {"start", "end", "sectors", "size", "bytes", "clusters", "lba"}
 
 
 def layout_sections(info: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """(title, column names, rows) per table of an inspect_image() result."""
     sections: list[tuple[str, list[str], list[list[Any]]]] = []
     image_rows = [
         ["file", info["path"]],

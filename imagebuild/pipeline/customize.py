@@ -17,12 +17,8 @@ from pathlib import Path
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageBuildError, InputError
-from imagebuild.pipeline.build import (
-    atomic_output,
-    place_files,
-    read_file_options,
-    source_date_epoch,
-)
+from imagebuild.pipeline.output import atomic_output
+from imagebuild.pipeline.plan import place_files, read_file_options, source_date_epoch
 from imagebuild.recipe.render import parse_set
 
 BOOT_PARTITIONS = ("9fat", "dos", "esp")
@@ -110,6 +106,11 @@ def edit_files(files: list[tuple[str, bytes]], sets: Sequence[str], adds: Sequen
 
 
 def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str]) -> None:
+    """Write `output`, a qcow2 overlay of `base` with --set/--file edits to the boot partition.
+
+    Raises InputError (output would replace base, bad --set/--file), ImageBuildError
+    (no boot partition) and ImageFormatError for an unreadable base.
+    """
     from imagebuild.container.qcow2.image import Qcow2Image
     from imagebuild.fs.fat.format import FatFile, FatVolume, format_fat
     from imagebuild.readback import open_image, partitions

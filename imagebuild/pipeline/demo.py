@@ -228,4 +228,5 @@ def make_demo_root(root: Path) -> Path:
 
 
 def is_demo_root(root: Path) -> bool:
+    """True when `root` is a generated demo root (it carries the marker file)."""
     return (root / DEMO_MARKER).is_file()

@@ -15,52 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagebuild.errors import RecipeError
+from imagebuild.errors import ImageBuildError, RecipeError, show_path
+from imagebuild.recipe import keys
+from imagebuild.recipe.keys import Key
+from imagebuild.util.files import read_input
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
 RECIPE_SUFFIX = ".toml"
-FORMATS = ("qcow2", "raw")
 MAX_EXTENDS_DEPTH = 8
 
 MiB = 1 << 20
+MAX_RECIPE_BYTES = 1 << 20
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
                dict: "a table"}
-
-# key -> (type, required); tables are checked by their own schema below.
-_TOP_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "description": (str, True),
-    "extends": (str, False),
-    "output": (str, False),
-    "format": (str, True),
-    "mb": (int, True),
-    "objtype": (str, True),
-    "kernels": (list, True),
-    "default": (bool, False),
-    "layout": (dict, True),
-    "fat": (dict, True),
-    "render": (dict, False),
-    "vars": (dict, False),
-    "raw_write": (list, False),
-    "fs": (dict, False),
-}
-_LAYOUT_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "mbr": (str, False),
-    "fdisk": ((str, list), True),
-    "prep": (list, True),
-}
-_FAT_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "partition": (str, True),
-    "pbs": (str, False),
-    "reserved": (int, False),
-    "files": (list, True),
-}
-_FS_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "type": (str, False),
-    "protos": (list, False),
-    "binds": (dict, False),
-    "git_bind": (str, False),
-}
-FS_TYPES = ("hjfs", "none")
+FS_TYPES = keys.FS["type"].choices
 
 # The dist mkfile's %.disk rule: `disk/mkfs ... <{cat $proto $bootproto}` after
 # `mk binds`, which binds these directories of sys/lib/dist over the tree
@@ -87,12 +55,6 @@ class FsSpec:
     git_bind: str | None = MKFILE_GIT_BIND  # where the tree goes if it has a .git
 
 
-_RAW_WRITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "file": (str, True),
-    "offset": (int, True),
-}
-
-
 @dataclass(frozen=True)
 class RawWrite:
     """`dd -oseek` of a root file into the finished image (reform's flash.bin)."""
@@ -103,6 +65,7 @@ class RawWrite:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A validated recipe; paths are relative to the root, sizes in MiB (mb), keys as keys.py."""
     name: str
     path: Path
     sources: tuple[Path, ...]  # this file and every file it extends
@@ -157,10 +120,12 @@ class Recipe:
 
 
 def recipe_path(name: str, recipe_dir: Path = RECIPE_DIR) -> Path:
+    """The .toml file of target `name` in `recipe_dir`."""
     return recipe_dir / f"{name}{RECIPE_SUFFIX}"
 
 
 def list_recipes(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    """The target names of the recipes in `recipe_dir`, sorted."""
     return sorted(p.name[: -len(RECIPE_SUFFIX)] for p in recipe_dir.glob(f"*{RECIPE_SUFFIX}"))
 
 
@@ -177,13 +142,26 @@ def load_recipe(name_or_path: str | Path, recipe_dir: Path = RECIPE_DIR) -> Reci
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    name = show_path(path)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        data = read_input(path, MAX_RECIPE_BYTES, "recipe")
     except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe file") from None
+        raise RecipeError(f"{name}: no such recipe file") from None
+    except ImageBuildError as err:
+        raise RecipeError(str(err)) from None
+    except OSError as err:
+        raise RecipeError(f"{name}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise RecipeError(f"{name}:{line}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{path}: {err}") from None
+        raise RecipeError(f"{name}: {err}") from None
+    except RecursionError:
+        raise RecipeError(f"{name}: tables or arrays nested too deeply") from None
 
 
 def _load_merged(path: Path, recipe_dir: Path, depth: int) -> tuple[dict[str, Any], list[Path]]:
@@ -218,27 +196,40 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def _check_table(
-    path: Path,
-    table: Mapping[str, Any],
-    schema: Mapping[str, tuple[type | tuple[type, ...], bool]],
-    prefix: str,
-) -> None:
+def _check_table(path: Path, table: Mapping[str, Any], schema: Mapping[str, Key],
+                 prefix: str) -> None:
+    """Unknown, missing, mistyped and out-of-range keys of one table (keys.py) are errors."""
     for key in table:
         if key not in schema:
             raise RecipeError(
                 f"{path}: unknown key '{prefix}{key}' (expected one of: {', '.join(schema)})"
             )
-    for key, (kind, required) in schema.items():
+    for key, spec in schema.items():
         if key not in table:
-            if required:
+            if spec.required:
                 raise RecipeError(f"{path}: missing key '{prefix}{key}'")
             continue
         value = table[key]
+        kind = spec.type
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             kinds = (kind,) if isinstance(kind, type) else kind
             names = " or ".join(_TYPE_NAMES[k] for k in kinds)
             raise RecipeError(f"{path}: key '{prefix}{key}' must be {names}, not {value!r}")
+        if spec.choices and value not in spec.choices:
+            raise RecipeError(
+                f"{path}: key '{prefix}{key}' must be one of {spec.choices}, not {value!r}"
+            )
+        if isinstance(value, int) and (
+            (spec.lo is not None and value < spec.lo) or (spec.hi is not None and value > spec.hi)
+        ):
+            bounds = (f"between {spec.lo} and {spec.hi}" if spec.hi is not None
+                      else f"at least {spec.lo}")
+            raise RecipeError(f"{path}: key '{prefix}{key}' must be {bounds}, not {value}")
+
+
+def _get(table: Mapping[str, Any], schema: Mapping[str, Key], key: str) -> Any:
+    """The value of `key`, or its declared default."""
+    return table.get(key, schema[key].default)
 
 
 def _strings(path: Path, key: str, value: list[Any]) -> tuple[str, ...]:
@@ -256,44 +247,38 @@ def _root_relative(path: Path, key: str, value: str) -> str:
 
 def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
     name = path.name[: -len(RECIPE_SUFFIX)]
-    _check_table(path, data, _TOP_KEYS, "")
+    _check_table(path, data, keys.TOP, "")
     layout, fat = data["layout"], data["fat"]
-    _check_table(path, layout, _LAYOUT_KEYS, "layout.")
-    _check_table(path, fat, _FAT_KEYS, "fat.")
-    if data["format"] not in FORMATS:
-        raise RecipeError(f"{path}: key 'format' must be one of {FORMATS}, not {data['format']!r}")
-    if data["mb"] <= 0:
-        raise RecipeError(f"{path}: key 'mb' must be positive, not {data['mb']}")
+    _check_table(path, layout, keys.LAYOUT, "layout.")
+    _check_table(path, fat, keys.FAT, "fat.")
     fdisk = layout["fdisk"]
     if isinstance(fdisk, str) and fdisk != "auto":
         raise RecipeError(f"{path}: key 'layout.fdisk' must be \"auto\" or a list of commands")
     fdisk_value: str | tuple[str, ...] = (
         fdisk if isinstance(fdisk, str) else _strings(path, "layout.fdisk", fdisk)
     )
-    render = data.get("render", {})
+    render = _get(data, keys.TOP, "render")
     for fname, template in render.items():
         if not isinstance(template, str):
             raise RecipeError(f"{path}: key 'render.{fname}' must be a template name")
-    variables = data.get("vars", {})
+    variables = _get(data, keys.TOP, "vars")
     raw_writes = []
-    for i, item in enumerate(data.get("raw_write", [])):
+    for i, item in enumerate(_get(data, keys.TOP, "raw_write")):
         if not isinstance(item, dict):
             raise RecipeError(f"{path}: key 'raw_write[{i}]' must be a table")
-        _check_table(path, item, _RAW_WRITE_KEYS, f"raw_write[{i}].")
+        _check_table(path, item, keys.RAW_WRITE, f"raw_write[{i}].")
         file = _root_relative(path, f"raw_write[{i}].file", item["file"])
         raw_writes.append(RawWrite(file, item["offset"]))
     files = _strings(path, "fat.files", fat["files"])
     for f in files:
         if f not in render:
             _root_relative(path, "fat.files", f)
-    reserved = fat.get("reserved", 1)
-    if reserved < 1:
-        raise RecipeError(f"{path}: key 'fat.reserved' must be at least 1, not {reserved}")
+    reserved = _get(fat, keys.FAT, "reserved")
     kernels = tuple(
         _root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"])
     )
     return Recipe(
-        fs=_fs_spec(path, data.get("fs", {})),
+        fs=_fs_spec(path, _get(data, keys.TOP, "fs")),
         name=name,
         path=path,
         sources=sources,
@@ -303,7 +288,7 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
         mb=data["mb"],
         objtype=data["objtype"],
         kernels=kernels,
-        default=data.get("default", False),
+        default=_get(data, keys.TOP, "default"),
         mbr_bootcode=_root_relative(path, "layout.mbr", layout["mbr"]) if "mbr" in layout else None,
         fdisk=fdisk_value,
         prep=_strings(path, "layout.prep", layout["prep"]),
@@ -319,16 +304,14 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
 
 def _fs_spec(path: Path, table: dict[str, Any]) -> FsSpec:
     """[fs]: type ("hjfs" or "none"), protos, binds (fs path -> root dir or list), git_bind."""
-    _check_table(path, table, _FS_KEYS, "fs.")
-    kind = table.get("type", "hjfs")
-    if kind not in FS_TYPES:
-        raise RecipeError(f"{path}: key 'fs.type' must be one of {FS_TYPES}, not {kind!r}")
+    _check_table(path, table, keys.FS, "fs.")
+    kind = _get(table, keys.FS, "type")
     protos = tuple(
         _root_relative(path, "fs.protos", p)
         for p in _strings(path, "fs.protos", table.get("protos", list(MKFILE_PROTOS)))
     )
     binds: dict[str, tuple[str, ...]] = dict(MKFILE_BINDS)
-    for target, source in table.get("binds", {}).items():
+    for target, source in _get(table, keys.FS, "binds").items():
         key = f"fs.binds.{target}"
         if not target.startswith("/"):
             raise RecipeError(f"{path}: key '{key}': the bound path must start with /")

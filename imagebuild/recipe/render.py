@@ -79,6 +79,7 @@ def _template_line(tb: TracebackType | None, filename: str) -> int | None:
 
 
 def template_search_path(template_dir: Path | None) -> list[Path]:
+    """--template-dir first (when given), then our templates."""
     return [template_dir, TEMPLATE_DIR] if template_dir is not None else [TEMPLATE_DIR]
 
 

@@ -72,6 +72,7 @@ from imagebuild.fs.fat.dirent import (
 from imagebuild.fs.fat.pbs import DEFAULT_PBS
 from imagebuild.fs.fat.reader import FatEntry, FatPathError, FatVolume
 from imagebuild.plan9.libc import cdiv
+from imagebuild.util.progress import Progress
 
 __all__ = [
     "DISK_TYPES",
@@ -584,14 +585,15 @@ def format_fat(
     dos: bool = True,
     xflag: bool = False,
     timestamp: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> FatParams:
     """disk/format [-b pbs] [-d] [-x] [-r reserved] [-t type] [-c cluster] [-l label] dev files.
 
     `dos` is -d (make the file system), `pbs` is -b (else -d installs our
     DEFAULT_PBS), `fat_bits` is not a format option: it asserts the width
     format's rules choose.  `timestamp` (Unix time, UTC) dates every entry.
-    `progress`, if given, is called with the byte count of each write.
+    `progress`, if given, is called after each write as progress("format", bytes so far, None)
+    (imagebuild.util.progress).
     Returns the BPB now in the boot sector.  Nothing is written unless the
     whole file system fits.
     """
@@ -622,10 +624,14 @@ def format_fat(
 
     boot, params = _boot_sector(old_boot, plan.params if plan else None, program)
 
+    done = 0
+
     def write(data: bytes | bytearray, sector: int) -> None:
+        nonlocal done
         dev.pwrite(data, sector * sector_size)
+        done += len(data)
         if progress is not None:
-            progress(len(data))
+            progress("format", done, None)
 
     write(boot, 0)
     if plan is None:

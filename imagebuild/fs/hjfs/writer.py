@@ -30,7 +30,7 @@ import os
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
@@ -73,6 +73,7 @@ from imagebuild.fs.hjfs.layout import (
     user_problem,
 )
 from imagebuild.fs.proto import DMAPPEND, DMDIR, DMEXCL, ProtoEntry
+from imagebuild.util.progress import Progress
 
 # The console lines the dist mkfile feeds hjfs between ream and mkfs (its echo on/off omitted).
 MKFILE_CONSOLE: tuple[str, ...] = (
@@ -109,7 +110,6 @@ _ZERO_CHUNK = bytes(MKFS_BUFLEN)
 _ZERO_RBLOCK = bytes(RBLOCK)
 _RAW_TYPE = bytes((TRAW,))
 
-Progress = Callable[[int], None]
 
 
 # -- block allocation (getfree/putfree) ---------------------------------------------------------
@@ -1086,7 +1086,7 @@ class _RunWriter:
         self.dev.pwrite(data, self.start * BLOCK)
         self.written += len(data)
         if self.progress is not None:
-            self.progress(self.written)
+            self.progress("fs", self.written, None)
         self.parts = []
         self.length = 0
 
@@ -1193,7 +1193,7 @@ def ream_and_populate(
     and clamps source mtimes (SOURCE_DATE_EPOCH); None uses the current
     time and the sources' own mtimes.  Entries without an owner get
     `default_owner` (uid, gid); `mkfs_user` is who mkfs attaches as.
-    `progress` is called with the bytes written so far.
+    `progress` is called as progress("fs", bytes written so far, None) (imagebuild.util.progress).
 
     A first replay places every file without reading it, as if it had no
     holes: it raises every error (names, owners, parents, unreadable

@@ -1,0 +1,186 @@
+"""Plan a build: read every input, render the boot files, list the fs tree.
+
+Nothing here writes.  `plan_build` returns a `BuildPlan` holding every byte
+the boot side of the image needs (boot code, pbs, FAT files, raw writes) and
+the list of files the fs partition gets; missing inputs are reported all at
+once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from imagebuild.errors import ImageBuildError, InputError
+from imagebuild.fs.proto import ProtoEntry
+from imagebuild.pipeline.demo import is_demo_root
+from imagebuild.recipe.load import Recipe
+from imagebuild.recipe.render import render_boot_files
+
+
+@dataclass
+class BuildOptions:
+    """What the command line adds to a recipe.
+
+    `container` is "qcow2" or "raw" (None: the recipe's); `files` are
+    NAME=PATH texts (add or replace a boot-partition file); `timestamp` is
+    Unix seconds for the FAT times and hjfs's clock (None: SOURCE_DATE_EPOCH
+    when set, else now); `fs` False leaves the fs partition empty.
+    """
+
+    root: Path
+    output: Path | None = None
+    container: str | None = None
+    sets: Sequence[str] = ()
+    files: Sequence[str] = ()
+    template_dir: Path | None = None
+    timestamp: int | None = None
+    fs: bool = True
+
+
+@dataclass
+class BuildPlan:
+    """Everything a build writes, read and rendered: sizes in bytes, times in Unix seconds."""
+
+    recipe: Recipe
+    root: Path
+    container: str
+    size: int
+    output: Path
+    demo: bool
+    timestamp: int
+    mbr_bootcode: bytes | None
+    pbs: bytes | None
+    fat_files: list[tuple[str, bytes]]
+    raw_writes: list[tuple[str, int, bytes]]  # (root path, byte offset, data)
+    pinned_time: int | None = None  # SOURCE_DATE_EPOCH (or --timestamp): hjfs's clock
+    fs_entries: list[ProtoEntry] | None = None  # None: no fs written
+
+
+def source_date_epoch() -> int | None:
+    """$SOURCE_DATE_EPOCH as an int, None when unset or empty.
+
+    Raises ImageBuildError unless the value is ASCII digits only.
+    """
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise ImageBuildError(f"SOURCE_DATE_EPOCH={value!r}: must be a whole number of seconds")
+    return int(value)
+
+
+def read_file_options(texts: Sequence[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """--file NAME=PATH options: the (name, data) pairs, and the PATHs that cannot be read.
+
+    Raises InputError for a text that is not NAME=PATH.
+    """
+    files: list[tuple[str, bytes]] = []
+    unreadable: list[str] = []
+    for text in texts:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path or "/" in name:
+            raise InputError(
+                f"--file {text!r}: expected NAME=PATH, NAME a file name on the boot partition"
+            )
+        try:
+            files.append((name, Path(path).read_bytes()))
+        except OSError as err:
+            unreadable.append(f"{path} ({err.strerror})")
+    return files, unreadable
+
+
+def place_files(files: list[tuple[str, bytes]], extra: Sequence[tuple[str, bytes]]) -> None:
+    """Each extra file replaces the one of the same name (as FAT compares names) in place,
+    or is appended."""
+    for name, data in extra:
+        for i, (existing, _) in enumerate(files):
+            if existing.lower() == name.lower():
+                files[i] = (name, data)
+                break
+        else:
+            files.append((name, data))
+
+
+def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
+    """Read and check every input; nothing is written here.
+
+    Raises InputError (missing or unreadable inputs, all named at once, bad
+    options), TemplateError, ProtoError and ImageBuildError.
+    """
+    root = options.root
+    if not root.is_dir():
+        raise InputError(f"root {root}: not a directory")
+    container = options.container or recipe.format
+    if container not in ("qcow2", "raw"):
+        raise InputError(f"--format {container!r}: expected qcow2 or raw")
+
+    contents: dict[str, bytes] = {}
+    missing: list[str] = []
+    for rel in recipe.root_inputs():
+        path = root / rel
+        try:
+            contents[rel] = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            missing.append(rel)
+        except OSError as err:
+            missing.append(f"{rel} ({err.strerror})")
+    extra, unreadable = read_file_options(options.files)
+    missing += unreadable
+    if missing:
+        raise InputError(
+            f"{recipe.name}: missing inputs under {root}: {', '.join(missing)}"
+        )
+
+    demo = is_demo_root(root)
+    rendered = render_boot_files(
+        recipe, sets=options.sets, template_dir=options.template_dir, demo=demo
+    )
+    fat_files: list[tuple[str, bytes]] = []
+    for entry in recipe.fat_files:
+        if entry in rendered:
+            fat_files.append((entry, rendered[entry]))
+        else:
+            fat_files.append((PurePosixPath(entry).name, contents[entry]))
+    place_files(fat_files, extra)  # --file replaces a file of that name, else appends
+
+    timestamp = options.timestamp if options.timestamp is not None else source_date_epoch()
+    output = options.output or Path("out") / recipe.output_name(container)
+    fs_entries = fs_tree(recipe, root) if options.fs and recipe.fs.type != "none" else None
+    return BuildPlan(
+        recipe=recipe,
+        root=root,
+        container=container,
+        size=recipe.image_size(container),
+        output=output,
+        demo=demo,
+        timestamp=timestamp if timestamp is not None else int(time.time()),
+        mbr_bootcode=contents.get(recipe.mbr_bootcode) if recipe.mbr_bootcode else None,
+        pbs=contents.get(recipe.fat_pbs) if recipe.fat_pbs else None,
+        fat_files=fat_files,
+        raw_writes=[(w.file, w.offset, contents[w.file]) for w in recipe.raw_writes],
+        pinned_time=timestamp,
+        fs_entries=fs_entries,
+    )
+
+
+def fs_tree(recipe: Recipe, root: Path) -> list[ProtoEntry]:
+    """The files `mk binds` + `disk/mkfs <{cat $proto $bootproto}` would copy, in order.
+
+    Raises ProtoError (an ImageBuildError) naming the proto file and line.
+    """
+    from imagebuild.fs.proto import read_proto
+
+    binds: dict[str, Path | Sequence[Path]] = {
+        target: [root / s for s in sources] if len(sources) > 1 else root / sources[0]
+        for target, sources in recipe.fs.binds.items()
+    }
+    if recipe.fs.git_bind and (root / ".git").is_dir():
+        binds[recipe.fs.git_bind] = root
+    return read_proto(
+        [root / p for p in recipe.fs.protos], root, binds=binds,
+        variables={"objtype": recipe.objtype},
+    )

@@ -1,0 +1,75 @@
+"""Every recipe key, declared once: its type, default, bounds and meaning.
+
+`load.py` validates a recipe against these tables (unknown keys, missing
+keys, wrong types, values out of range are errors naming file and key) and
+takes defaults from them; the README's key list follows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED: Any = object()  # a key without a default
+
+# disk/fdisk and the MBR count sectors in 32 bits: 2^32 sectors of 512 bytes is 2 TiB;
+# raw images are mb+1 MiB, so mb stays one below that.
+MAX_MB = (1 << 32) * 512 // (1 << 20) - 1
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key: `type` (a type or tuple of types), `default` (REQUIRED: none),
+    `doc`; `lo`/`hi` bound an integer, `choices` a string."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    lo: int | None = None
+    hi: int | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> bool:
+        """True for a key without a default."""
+        return self.default is REQUIRED
+
+
+TOP: dict[str, Key] = {
+    "description": Key(str, REQUIRED, "one line for `imagebuild list`"),
+    "extends": Key(str, None, "the recipe this one overrides (a target name or a file beside it)"),
+    "output": Key(str, None, "output file name (default 9front.NAME)"),
+    "format": Key(str, REQUIRED, "container", choices=("qcow2", "raw")),
+    "mb": Key(int, REQUIRED, "image size in MiB (raw images get one MiB more)", 1, MAX_MB),
+    "objtype": Key(str, REQUIRED, "$objtype of the fs tree (amd64, arm64, arm, 386)"),
+    "kernels": Key(list, REQUIRED, "root paths of the kernels; the first is {{ kernel }}"),
+    "default": Key(bool, False, "built by a plain `./dev build`"),
+    "layout": Key(dict, REQUIRED, "the partitioning steps ([layout])"),
+    "fat": Key(dict, REQUIRED, "the boot partition ([fat])"),
+    "render": Key(dict, {}, "boot file name -> template name"),
+    "vars": Key(dict, {}, "template variables per namespace ([vars.NS])"),
+    "raw_write": Key(list, [], "files written at byte offsets after partitioning"),
+    "fs": Key(dict, {}, "the fs partition ([fs])"),
+}
+LAYOUT: dict[str, Key] = {
+    "mbr": Key(str, None, "root path of the MBR boot code (disk/mbr -m)"),
+    "fdisk": Key((str, list), REQUIRED, '"auto" (fdisk -baw) or the commands piped to fdisk -b'),
+    "prep": Key(list, REQUIRED, "the partition names prep -a makes"),
+}
+FAT: dict[str, Key] = {
+    "partition": Key(str, REQUIRED, "the partition disk/format formats"),
+    "pbs": Key(str, None, "root path of the boot program (disk/format -b)"),
+    # the BPB's reserved sector count is 16 bits
+    "reserved": Key(int, 1, "reserved sectors (disk/format -r)", 1, 0xFFFF),
+    "files": Key(list, REQUIRED, "root paths or rendered names, in order"),
+}
+FS: dict[str, Key] = {
+    "type": Key(str, "hjfs", "file system of the fs partition", choices=("hjfs", "none")),
+    "protos": Key(list, None, "root paths of the proto files (default: the mkfile's)"),
+    "binds": Key(dict, {}, "fs path -> root directory or list of them (a union)"),
+    "git_bind": Key(str, None, 'where a git checkout tree goes ("" for nowhere)'),
+}
+RAW_WRITE: dict[str, Key] = {
+    "file": Key(str, REQUIRED, "root path of the file"),
+    "offset": Key(int, REQUIRED, "byte offset in the image", 0, None),
+}
