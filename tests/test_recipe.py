@@ -132,7 +132,7 @@ def test_non_utf8_recipe_names_file_and_line(tmp_path: Path) -> None:
 def test_deeply_nested_recipe_is_one_error(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
-    with pytest.raises(RecipeError, match="mine.toml"):
+    with pytest.raises(RecipeError, match=r"mine\.toml"):
         load_recipe(path)
 
 
