@@ -1,0 +1,337 @@
+"""Read a cwfs64x file system from its partitions: the config, the cache, the worm, `other`.
+
+A worm address of the main (cw) file system is read the way cw.c cwio(Oread)
+does: its bucket (waddr % msize) in the cache map names a cache slot when an
+entry holds it in any state but Cnone; otherwise the block is on the worm at
+that address.  `other` is a plain device: block n at n * RBUFSIZE.
+
+References (9front, sys/src/cmd/cwfs): config.c sysinit()/mergeconf(), cw.c
+cwio()/getcentry()/cwsaddr()/cwraddr(), dentry.c rel2abs(), 9p2.c mkdir9p2()
+(the stat a client sees), uidgid.c uidtostr().
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from imagebuild.disk.device import BlockDevice
+from imagebuild.errors import ImageFormatError
+from imagebuild.fs.cwfs.layout import (
+    BKPERBLK,
+    BUFSIZE,
+    CACHE_ADDR,
+    CONFIG_ADDR,
+    DIRPERBUF,
+    INDPERBUF,
+    NDBLOCK,
+    NIBLOCK,
+    QPROOT,
+    QPSUPER,
+    RBUFSIZE,
+    ROOT_ADDR,
+    SUPER_ADDR,
+    TAG_NAMES,
+    Bucket,
+    Cache,
+    Cnone,
+    Config,
+    Dentry,
+    Superb,
+    Tcache,
+    Tdir,
+    Tfile,
+    Tind1,
+    Tsuper,
+    dentry_at,
+    get_off,
+    get_tag,
+)
+from imagebuild.fs.cwfs.tree import mkmode9p2
+from imagebuild.fs.cwfs.users import UserTable
+
+
+class CwfsError(ImageFormatError):
+    """The partitions do not hold a readable cwfs file system."""
+
+
+def is_cwfs(fscache: BlockDevice) -> bool:
+    """Whether the partition starts with a cwfs config block (what rc/bin/fstype looks at)."""
+    if fscache.size < RBUFSIZE:
+        return False
+    block = fscache.pread(RBUFSIZE, 0)
+    return get_tag(block)[0] == 10 and b"blocksize" in block[:BUFSIZE]
+
+
+@dataclass(frozen=True)
+class CwfsStat:
+    """What stat(2) shows of a file (9p2.c mkdir9p2())."""
+
+    name: str
+    mode: int  # 9P mode: permissions and DMDIR/DMAPPEND/DMEXCL/DMTMP
+    uid: str
+    gid: str
+    muid: str
+    size: int
+    mtime: int
+    atime: int
+    qid_path: int
+    qid_vers: int
+
+    @property
+    def is_dir(self) -> bool:
+        return bool(self.mode & 0x80000000)
+
+
+@dataclass(frozen=True)
+class CwfsSummary:
+    """The main file system's superblock and cache header in short, and what its tree holds."""
+
+    fsize: int
+    wsize: int
+    cache_slots: int
+    tfree: int
+    qidgen: int
+    files: int
+    directories: int
+    bytes: int
+    block_size: int = RBUFSIZE
+
+    def __str__(self) -> str:
+        return (
+            f"cwfs64x: {self.fsize} of {self.wsize} worm blocks allocated, "
+            f"{self.cache_slots} cache slots, {self.directories} directories, "
+            f"{self.files} files, {self.bytes} bytes"
+        )
+
+
+class BlockSource:
+    """Blocks of one file system by address (a plain device; CwBlocks adds the cache)."""
+
+    def __init__(self, device: BlockDevice, name: str) -> None:
+        self.device = device
+        self.name = name
+
+    def read(self, addr: int) -> bytes:
+        if addr < 0 or (addr + 1) * RBUFSIZE > self.device.size:
+            raise CwfsError(f"cwfs {self.name}: block {addr} lies outside the partition")
+        return self.device.pread(RBUFSIZE, addr * RBUFSIZE)
+
+    @property
+    def sbaddr(self) -> int:
+        return SUPER_ADDR
+
+    @property
+    def root_addr(self) -> int:
+        return ROOT_ADDR
+
+
+class CwBlocks(BlockSource):
+    """cwio(Oread): the cache slot for a worm address, else the worm block itself."""
+
+    def __init__(self, cache_dev: BlockDevice, worm_dev: BlockDevice, newcache: bool) -> None:
+        super().__init__(cache_dev, "main")
+        self.worm = worm_dev
+        self.newcache = newcache
+        raw = cache_dev.pread(RBUFSIZE, CACHE_ADDR * RBUFSIZE)
+        tag, path = get_tag(raw)
+        if tag != Tcache or path != QPSUPER:
+            raise CwfsError(f"cwfs: cache header tag {tag}/{path}, expected {Tcache}/{QPSUPER}")
+        self.cache = Cache.unpack(raw)
+        if self.cache.msize <= 0 or self.cache.maddr <= CACHE_ADDR:
+            raise CwfsError(f"cwfs: cache header has msize {self.cache.msize}")
+        self._map: dict[int, bytes] = {}
+
+    def bucket(self, bn: int) -> Bucket:
+        addr = self.cache.maddr + bn // BKPERBLK
+        raw = self._map.get(addr)
+        if raw is None:
+            if len(self._map) > 256:
+                self._map.clear()
+            raw = self._map[addr] = self.device.pread(RBUFSIZE, addr * RBUFSIZE)
+        return Bucket.unpack(raw, bn % BKPERBLK)
+
+    def slot(self, waddr: int) -> tuple[int, int] | None:
+        """(cache block, state) of the entry holding waddr, or None when only the worm has it."""
+        b = self.bucket(waddr % self.cache.msize)
+        for i, c in enumerate(b.entry):
+            if c.state != Cnone and c.waddr == waddr:
+                return self.cache.slot_addr(waddr, i, self.newcache), c.state
+        return None
+
+    def read(self, addr: int) -> bytes:
+        hit = self.slot(addr)
+        if hit is not None:
+            return self.device.pread(RBUFSIZE, hit[0] * RBUFSIZE)
+        if addr < 0 or (addr + 1) * RBUFSIZE > self.worm.size:
+            raise CwfsError(f"cwfs main: worm block {addr} lies outside fsworm")
+        return self.worm.pread(RBUFSIZE, addr * RBUFSIZE)
+
+    @property
+    def sbaddr(self) -> int:
+        return self.cache.sbaddr
+
+    @property
+    def root_addr(self) -> int:
+        return self.cache.cwraddr
+
+
+class CwfsVolume:
+    """A cwfs file system (main by default) read through its blocks."""
+
+    def __init__(self, fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = None,
+                 *, filsys: str = "main") -> None:  # fmt: skip
+        self.config = Config.parse(fscache.pread(RBUFSIZE, CONFIG_ADDR * RBUFSIZE))
+        self.main = CwBlocks(fscache, fsworm, self.config.newcache)
+        self.other = BlockSource(other, "other") if other is not None else None
+        if filsys == "main":
+            self.blocks: BlockSource = self.main
+        elif filsys == "other" and self.other is not None:
+            self.blocks = self.other
+        else:
+            raise CwfsError(f"cwfs: no file system {filsys!r} here")
+        self._users: UserTable | None = None
+        self._main_view = self if filsys == "main" else CwfsVolume(fscache, fsworm)
+
+    # -- blocks and entries -------------------------------------------------------------------
+    def tagged(self, addr: int, tag: int, path: int) -> bytes:
+        block = self.blocks.read(addr)
+        t, p = get_tag(block)
+        if t != tag or p != path:
+            raise CwfsError(
+                f"cwfs: block {addr} tagged {TAG_NAMES.get(t, t)}/{p}, "
+                f"expected {TAG_NAMES.get(tag, tag)}/{path}"
+            )
+        return block
+
+    def superblock(self) -> Superb:
+        return Superb.unpack(self.tagged(self.blocks.sbaddr, Tsuper, QPSUPER))
+
+    def root(self) -> Dentry:
+        return dentry_at(self.tagged(self.blocks.root_addr, Tdir, QPROOT), 0)
+
+    def data_blocks(self, d: Dentry) -> Iterator[int]:
+        """rel2abs() for every block of d in order (0 for a hole), up to its size."""
+        count = -(-d.size // BUFSIZE)
+        if d.is_dir:
+            count = NDBLOCK + sum(INDPERBUF ** (i + 1) for i in range(NIBLOCK))
+        n = 0
+        for a in d.dblock:
+            if n >= count or (d.is_dir and not a):
+                return
+            yield a
+            n += 1
+        for i in range(NIBLOCK):
+            for a in self._ind(d.iblocks[i], i, d.qpath, count - n, d.is_dir):
+                yield a
+                n += 1
+            if n >= count:
+                return
+
+    def _ind(self, addr: int, depth: int, qpath: int, left: int, is_dir: bool) -> Iterator[int]:
+        if left <= 0:
+            return
+        span = INDPERBUF ** (depth + 1)
+        if not addr:
+            if not is_dir:
+                yield from [0] * min(span, left)
+            return
+        block = self.tagged(addr, Tind1 + depth, qpath)
+        for k in range(INDPERBUF):
+            if left <= 0:
+                return
+            child = get_off(block, k)
+            if depth == 0:
+                if is_dir and not child:
+                    return
+                yield child
+                left -= 1
+            else:
+                for a in self._ind(child, depth - 1, qpath, min(left, INDPERBUF**depth), is_dir):
+                    yield a
+                    left -= 1
+
+    def entries(self, d: Dentry) -> Iterator[Dentry]:
+        for addr in self.data_blocks(d):
+            block = self.tagged(addr, Tdir, d.qpath)
+            for slot in range(DIRPERBUF):
+                e = dentry_at(block, slot)
+                if e.allocated:
+                    yield e
+
+    def lookup(self, path: str) -> Dentry:
+        d = self.root()
+        for elem in [p for p in posixpath.normpath("/" + path).split("/") if p]:
+            if not d.is_dir:
+                raise CwfsError(f"cwfs: {path}: not a directory")
+            for e in self.entries(d):
+                if e.name == elem.encode("utf-8", "surrogateescape"):
+                    d = e
+                    break
+            else:
+                raise CwfsError(f"cwfs: {path}: file does not exist")
+        return d
+
+    # -- what clients see ---------------------------------------------------------------------
+    @property
+    def users(self) -> UserTable:
+        if self._users is None:
+            try:
+                self._users = UserTable.parse(self._main_view.read("/adm/users"))
+            except CwfsError:
+                self._users = UserTable.default()
+        return self._users
+
+    def stat_of(self, d: Dentry) -> CwfsStat:
+        u = self.users
+        return CwfsStat(
+            name=d.name.decode("utf-8", "surrogateescape"), mode=mkmode9p2(d.mode),
+            uid=u.uidtostr(d.uid), gid=u.uidtostr(d.gid), muid=u.uidtostr(d.muid),
+            size=d.size, mtime=d.mtime & 0xFFFFFFFF, atime=d.atime & 0xFFFFFFFF,
+            qid_path=d.path ^ 0x80000000 if d.is_dir else d.path, qid_vers=d.version,
+        )  # fmt: skip
+
+    def stat(self, path: str) -> CwfsStat:
+        return self.stat_of(self.lookup(path))
+
+    def scandir(self, path: str) -> list[CwfsStat]:
+        d = self.lookup(path)
+        if not d.is_dir:
+            raise CwfsError(f"cwfs: {path}: not a directory")
+        return [self.stat_of(e) for e in self.entries(d)]
+
+    def read_entry(self, d: Dentry) -> bytes:
+        out = bytearray()
+        for addr in self.data_blocks(d):
+            out += self.tagged(addr, Tfile, d.qpath)[:BUFSIZE] if addr else bytes(BUFSIZE)
+        return bytes(out[: d.size])
+
+    def read(self, path: str) -> bytes:
+        d = self.lookup(path)
+        if d.is_dir:
+            raise CwfsError(f"cwfs: {path}: is a directory")
+        return self.read_entry(d)
+
+    def walk(self) -> Iterator[tuple[str, Dentry]]:
+        """Every entry below the root, parents before children, as (path, Dentry)."""
+        stack: list[tuple[str, Dentry]] = [("", self.root())]
+        while stack:
+            prefix, d = stack.pop()
+            for e in self.entries(d):
+                path = prefix + "/" + e.name.decode("utf-8", "surrogateescape")
+                yield path, e
+                if e.is_dir:
+                    stack.append((path, e))
+
+    def summary(self) -> CwfsSummary:
+        sb = self.superblock()
+        files = dirs = total = 0
+        for _, e in self.walk():
+            if e.is_dir:
+                dirs += 1
+            else:
+                files += 1
+                total += e.size
+        h = self.main.cache
+        return CwfsSummary(sb.fsize, h.wsize, h.csize, sb.tfree, sb.qidgen, files, dirs, total)
