@@ -88,10 +88,12 @@ def read_exact(fd: int, source: SourceFile, size: int, offset: int) -> bytes:
     return data
 
 
-def copy_writes(source: SourceFile) -> Iterator[tuple[int, bytes | memoryview]]:
+def copy_writes(
+    source: SourceFile, buflen: int = BUFLEN
+) -> Iterator[tuple[int, bytes | memoryview]]:
     """mkfs copy()'s writes of `source`: (byte offset, data) in file order.
 
-    Every BUFLEN-byte piece that is not all zero (the last one may be
+    Every `buflen`-byte piece (-z minus 8) that is not all zero (the last one may be
     short), and, when the last piece was all zero, one zero byte at
     length-1.  Raises InputError if the source cannot be read or changes size.
     """
@@ -103,13 +105,14 @@ def copy_writes(source: SourceFile) -> Iterator[tuple[int, bytes | memoryview]]:
         offset = 0
         last_hole = False
         while offset < length:
-            data = read_exact(fd, source, min(READ_SIZE, length - offset), offset)
+            chunk = READ_SIZE // BUFLEN * buflen  # whole pieces, so none straddles two reads
+            data = read_exact(fd, source, min(chunk, length - offset), offset)
             view = memoryview(data)
-            holes = set(zero_pieces(data, BUFLEN))
-            for k, start in enumerate(range(0, len(data), BUFLEN)):
+            holes = set(zero_pieces(data, buflen))
+            for k, start in enumerate(range(0, len(data), buflen)):
                 last_hole = k in holes
                 if not last_hole:
-                    yield offset + start, view[start : start + BUFLEN]
+                    yield offset + start, view[start : start + buflen]
             offset += len(data)
         if last_hole:
             yield length - 1, b"\0"
@@ -124,8 +127,11 @@ def mkfs(
     user: str,
     default_owner: tuple[str, str],
     timestamp: int | None,
+    buflen: int = BUFLEN,
 ) -> None:
     """Replay disk/mkfs -z 4096 -U for `entries` (in proto order) against `server`.
+
+    `buflen` is -z minus 8: the size of each write (the installer's copydist uses -z 16372).
 
     mkfs attaches as `user` (creator and muid of every file it makes).
     Entries without an owner get `default_owner` (uid, gid); `timestamp`
@@ -141,7 +147,7 @@ def mkfs(
     for entry in entries:
         where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
         try:
-            _protoenum(server, entry, where, default_owner, timestamp, bulk)
+            _protoenum(server, entry, where, default_owner, timestamp, bulk, buflen)
         except FsRefused as e:
             raise LayoutError(f"{where}: {e}") from None
 
@@ -153,6 +159,7 @@ def _protoenum(
     default_owner: tuple[str, str],
     timestamp: int | None,
     bulk: BulkCopy[F] | None,
+    buflen: int = BUFLEN,
 ) -> None:
     """mkfs.c protoenum(): uptodate, then mkdir or copy."""
     path = entry.path
@@ -195,7 +202,7 @@ def _protoenum(
         if bulk is not None:
             bulk.copy(fid, source)
         else:
-            for offset, data in copy_writes(source):
+            for offset, data in copy_writes(source, buflen):
                 server.write(fid, offset, data)
         server.wstat(fid, Wstat(mode=entry.mode, gid=gid, mtime=mtime, name=name))
     server.wstat(fid, Wstat(uid=uid))

@@ -34,11 +34,11 @@ copy()/mkdir() with -z 16372 (16364-byte writes, zero pieces skipped).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from imagebuild.disk.device import BlockDevice
-from imagebuild.errors import InputError, LayoutError
+from imagebuild.errors import LayoutError
 from imagebuild.fs.cwfs.layout import (
     CONFIG_ADDR,
     DALLOC,
@@ -59,21 +59,19 @@ from imagebuild.fs.cwfs.layout import (
     put_dentry,
     wren_blocks,
 )
+from imagebuild.fs.cwfs.server import CwfsServer
 from imagebuild.fs.cwfs.tree import FileTree, Node
 from imagebuild.fs.cwfs.users import UserTable
 from imagebuild.fs.cwfs.volume import CwVolume, PlainVolume, Volume
+from imagebuild.fs.mkfs import mkfs
 from imagebuild.fs.proto import DMDIR, ProtoEntry
 
 MKFS_USER = "glenda"  # the installer's default $user, who runs copydist's mkfs
 DEFAULT_OWNER = ("sys", "sys")
 DEFAULT_DISK = "sdC0"
 MKFS_BUFLEN = 16372 - 8  # disk/mkfs -z 16372: buflen = 16372-8
-MKFS_TMP = b"__mkfstmp"
 CONSOLE_UID = -1  # the console attaches as adm (cmd_cfs)
 PARTS = ("fscache", "fsworm", "other")
-
-Warn = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class CwfsResult:
@@ -208,105 +206,6 @@ def installer_session(console: Console, user: str, *, other: bool) -> None:
         console.cfs("main")
 
 
-class Mkfs:
-    """disk/mkfs -z 16372 -U over the main file system, attached as `user`."""
-
-    def __init__(self, tree: FileTree, users: UserTable, user: str, timestamp: int | None) -> None:
-        self.tree = tree
-        self.users = users
-        self.creator = users.strtouid(user)
-        if self.creator < -1:
-            raise LayoutError(f"mkfs user {user!r} is not in cwfs's user table")
-        self.timestamp = timestamp
-        self.files = 0
-        self.dirs: dict[str, Node] = {"/": tree.root}
-
-    def owner(self, entry: ProtoEntry, name: str | None, default: str) -> int:
-        chosen = name if name is not None else default
-        uid = self.users.strtouid(chosen)
-        if uid < -1:
-            known = ", ".join(u.name for u in self.users.users)
-            raise LayoutError(
-                f"{entry.origin}: {entry.path}: unknown cwfs user or group {chosen!r} "
-                f"(known: {known})"
-            )
-        return uid
-
-    def entry(self, entry: ProtoEntry) -> None:
-        where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
-        path = entry.path
-        if not path.startswith("/"):
-            raise LayoutError(f"{where}: not a path in the new file system")
-        mtime = entry.mtime if self.timestamp is None else min(entry.mtime, self.timestamp)
-        mtime &= 0xFFFFFFFF
-        mtime = mtime - (1 << 32) if mtime >= 1 << 31 else mtime
-        uid = self.owner(entry, entry.uid, DEFAULT_OWNER[0])
-        gid = self.owner(entry, entry.gid, DEFAULT_OWNER[1])
-        head, _, name = path.rpartition("/")
-        parent = self.dirs.get(head or "/")
-        if parent is None:
-            raise LayoutError(f"{where}: can't create: {head} is not a directory")
-        bname = name.encode("utf-8", "surrogateescape")
-        if bname == MKFS_TMP:
-            raise LayoutError(f"{where}: the name {MKFS_TMP.decode()} is mkfs's temporary file")
-        t = self.tree
-        existing = t.lookup(parent, bname)
-        if existing is not None and (t.get(existing).mtime & 0xFFFFFFFF) >= (mtime & 0xFFFFFFFF):
-            if t.get(existing).is_dir:
-                self.dirs[path] = existing
-            return  # uptodate()
-        if entry.is_dir:
-            if existing is None:
-                try:
-                    node = t.create(parent, bname, entry.mode, self.creator)
-                except FileExistsError:
-                    raise LayoutError(f"{where}: can't create") from None
-            elif t.get(existing).is_dir:
-                node = existing
-            else:
-                raise LayoutError(f"{where}: can't create: a file has that name")
-            t.wstat(node, self.creator, mode=entry.mode, group=gid, mtime=mtime)
-            t.wstat(node, self.creator, owner=uid)
-            self.dirs[path] = node
-            return
-        try:
-            node = t.create(parent, MKFS_TMP, 0o666, self.creator)
-        except FileExistsError:
-            raise LayoutError(f"{where}: {head}/{MKFS_TMP.decode()} already exists") from None
-        self.copy(node, entry, where)
-        if existing is not None:
-            t.remove(existing, self.creator)
-        t.wstat(node, self.creator, mode=entry.mode, group=gid, mtime=mtime, name=bname)
-        t.wstat(node, self.creator, owner=uid)
-        self.files += 1
-
-    def copy(self, node: Node, entry: ProtoEntry, where: str) -> None:
-        """mkfs copy(): buflen-byte writes, all-zero pieces skipped, a last zero byte if needed."""
-        t = self.tree
-        zero = bytes(MKFS_BUFLEN)
-        tot = 0
-        needwrite = False
-        try:
-            f = open(entry.source, "rb")  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise InputError(f"{where}: can't open {entry.source}: {e.strerror}") from None
-        with f:
-            while tot < entry.length:
-                want = min(MKFS_BUFLEN, entry.length - tot)
-                buf = f.read(want)
-                if len(buf) < want:  # the source shrank: mkfs pads to the length it stat'd
-                    buf += bytes(want - len(buf))
-                if buf == zero[:want]:
-                    needwrite = True
-                else:
-                    t.write(node, tot, buf, self.creator)
-                    needwrite = False
-                tot += want
-        if needwrite:
-            t.write(node, tot - 1, b"\0", self.creator)
-        t.close()
-
-
 def ream_and_populate(
     parts: Mapping[str, BlockDevice],
     entries: Sequence[ProtoEntry],
@@ -337,9 +236,8 @@ def ream_and_populate(
         trees["other"] = FileTree(other, now, 3)
     console = Console(trees)
     installer_session(console, user, other=has_other)
-    mkfs = Mkfs(trees["main"], console.users, user, timestamp)
-    for entry in entries:
-        mkfs.entry(entry)
+    mkfs(CwfsServer(trees["main"], console.users), entries, user=user,
+         default_owner=DEFAULT_OWNER, timestamp=timestamp, buflen=MKFS_BUFLEN)  # fmt: skip
     volumes: list[Volume] = [main] + ([other] if other is not None else [])
     for v in volumes:
         v.finish()
@@ -347,5 +245,5 @@ def ream_and_populate(
         main_blocks=main.sb.fsize - main.sb.tfree,
         other_blocks=(other.sb.fsize - other.sb.tfree) if other is not None else 0,
         cache_slots=main.cache.csize,
-        files=mkfs.files,
+        files=sum(1 for e in entries if not e.is_dir),
     )
