@@ -137,6 +137,11 @@ def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
                 info["fs"] = _fs_info(parts["fs"])
             except ImageBuildError as err:
                 info.setdefault("problems", []).append(f"fs: {err}")
+        elif "fscache" in parts and "fsworm" in parts:
+            try:
+                info["fs"] = _cwfs_info(parts)
+            except ImageBuildError as err:
+                info.setdefault("problems", []).append(f"fs: {err}")
         info["fat"] = []
         for name in ("9fat", "dos", "esp"):
             if name in parts:
@@ -160,6 +165,33 @@ def _fs_info(device: BlockDevice) -> dict[str, Any] | None:
         return None
     summary = HjfsVolume(device).summary()
     return {"type": "hjfs", **dataclasses.asdict(summary)}
+
+
+def _cwfs_info(parts: PartFS) -> dict[str, Any] | None:
+    """The cwfs summary of main, or None when fscache holds no cwfs config block."""
+    from imagebuild.fs.cwfs import CwfsVolume, is_cwfs
+
+    if not is_cwfs(parts["fscache"]):
+        return None
+    summary = CwfsVolume(parts["fscache"], parts["fsworm"]).summary()
+    return {"type": "cwfs", **dataclasses.asdict(summary)}
+
+
+@contextmanager
+def _cwfs_volume(path: Path, part: str) -> Iterator[Any]:
+    """For `fs:` on a disk prepared for cwfs (fscache, fsworm, other), its main file system."""
+    if part != "fs":
+        yield None
+        return
+    with open_image(path) as image:
+        parts = partitions(BlockDevice(image.storage, name=path.name))
+        if "fs" in parts or "fscache" not in parts or "fsworm" not in parts:
+            yield None
+            return
+        from imagebuild.fs.cwfs import CwfsVolume
+
+        other = [parts[n] for n in ("other",) if n in parts]
+        yield CwfsVolume(parts["fscache"], parts["fsworm"], *other)
 
 
 FAT_PARTITIONS = ("9fat", "dos", "esp")
@@ -192,6 +224,9 @@ def _partition(path: Path, part: str) -> Iterator[BlockDevice]:
 def cat(path: Path, spec: str) -> bytes:
     """`9fat:plan9.ini` or `fs:/lib/ndb/local` -> the file's bytes."""
     part, file = _split_spec(path, spec)
+    with _cwfs_volume(path, part) as cw:
+        if cw is not None:
+            return bytes(cw.read(file))
     with _partition(path, part) as device:
         if part in FS_PARTITIONS:
             from imagebuild.fs.hjfs import HjfsVolume
@@ -205,6 +240,13 @@ def cat(path: Path, spec: str) -> bytes:
 def listing(path: Path, spec: str) -> list[dict[str, Any]]:
     """`fs:/usr` -> one dict per entry (name, mode, owner, group, size, mtime)."""
     part, directory = _split_spec(path, spec)
+    with _cwfs_volume(path, part) as cw:
+        if cw is not None:
+            return [
+                {"name": st.name, "mode": st.mode, "dir": st.is_dir, "uid": st.uid,
+                 "gid": st.gid, "size": st.length, "mtime": st.mtime}
+                for st in cw.scandir(directory)
+            ]
     with _partition(path, part) as device:
         if part in FS_PARTITIONS:
             from imagebuild.fs.hjfs import HjfsVolume
@@ -229,5 +271,10 @@ def check_fs(path: Path, part: str) -> list[str]:
         raise ImageBuildError(f"{path}: fsck checks hjfs partitions ({', '.join(FS_PARTITIONS)})")
     from imagebuild.fs.hjfs import fsck
 
+    with _cwfs_volume(path, part) as cw:
+        if cw is not None:
+            from imagebuild.fs.cwfs import fsck as cwfs_fsck
+
+            return cwfs_fsck(cw.main.device, cw.main.worm, cw.other.device if cw.other else None)
     with _partition(path, part) as device:
         return fsck(device)

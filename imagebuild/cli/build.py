@@ -26,6 +26,9 @@ def register(sub: Any) -> None:
     p.add_argument("--template-dir", type=Path, help="directory whose templates override ours")
     p.add_argument("--no-fs", dest="fs", action="store_false",
                    help="leave the fs partition empty (a boot-only image)")
+    p.add_argument("--fs", dest="fs_type", choices=("hjfs", "cwfs"),
+                   help="file server for the fs partition (default: the recipe's fs.type); "
+                        "cwfs names its disk from fs.disk, e.g. --set fs.disk=sdF0")
     _add_output_flags(p)
     p.set_defaults(handler=run_build)
 
@@ -72,7 +75,7 @@ def run_build(args: argparse.Namespace) -> int:
     root = resolve_root(args.root)
     options = BuildOptions(root=root, output=args.output, container=args.container,
                            sets=args.sets, files=args.files, template_dir=args.template_dir,
-                           fs=args.fs)
+                           fs=args.fs, fs_type=args.fs_type)
     title = f"building {recipe.name} from {root}"
     if is_demo_root(root):
         title += " (demo root: generated stand-ins, the image will not boot 9front)"

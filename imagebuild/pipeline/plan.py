@@ -39,6 +39,24 @@ class BuildOptions:
     template_dir: Path | None = None
     timestamp: int | None = None
     fs: bool = True
+    fs_type: str | None = None  # --fs: another file server than the recipe's
+
+
+def fs_options(recipe: Recipe, options: BuildOptions) -> tuple[Recipe, list[str]]:
+    """Apply --fs and `--set fs.disk=NAME` to the recipe; the other --set options."""
+    from imagebuild.recipe.load import with_fs
+
+    disk = None
+    sets = []
+    for text in options.sets:
+        key, sep, value = text.partition("=")
+        if sep and key.strip() == "fs.disk":
+            disk = value.strip()
+        else:
+            sets.append(text)
+    if options.fs_type is None and disk is None:
+        return recipe, sets
+    return with_fs(recipe, options.fs_type, disk), sets
 
 
 @dataclass
@@ -111,6 +129,7 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
     Raises InputError (missing or unreadable inputs, all named at once, bad
     options), TemplateError, ProtoError and ImageBuildError.
     """
+    recipe, sets = fs_options(recipe, options)
     root = options.root
     if not root.is_dir():
         raise InputError(f"root {root}: not a directory")
@@ -137,7 +156,7 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
 
     demo = is_demo_root(root)
     rendered = render_boot_files(
-        recipe, sets=options.sets, template_dir=options.template_dir, demo=demo
+        recipe, sets=sets, template_dir=options.template_dir, demo=demo
     )
     fat_files: list[tuple[str, bytes]] = []
     for entry in recipe.fat_files:

@@ -105,7 +105,8 @@ def lay_out(plan: BuildPlan) -> DiskLayout:
     record.step = "prep"
     prep.prep_auto(parts, recipe.prep)
 
-    if plan.fs_entries is not None and "fs" not in parts:
+    fs_parts = ("fscache", "fsworm") if recipe.fs.type == "cwfs" else ("fs",)
+    if plan.fs_entries is not None and any(p not in parts for p in fs_parts):
         raise LayoutError(
             f"{recipe.path}: the layout makes no fs partition for {recipe.fs.type}"
         )
@@ -180,6 +181,15 @@ def _write_fs(plan: BuildPlan, disk: BlockDevice, layout: DiskLayout,
     from imagebuild.fs.hjfs import ream_and_populate
 
     assert plan.fs_entries is not None
+    if plan.recipe.fs.type == "cwfs":
+        from imagebuild.fs import cwfs
+
+        if progress is not None:
+            progress("fs (cwfs)", 0, None)
+        parts = {n: disk.slice(a, b, n) for n, a, b in layout.partitions if n in cwfs.PARTS}
+        cwfs.ream_and_populate(parts, plan.fs_entries, timestamp=plan.pinned_time,
+                               disk=plan.recipe.fs.disk)  # fmt: skip
+        return
     part = next(p for p in layout.partitions if p[0] == "fs")
     device = disk.slice(part[1], part[2], "fs")
     step = f"fs ({plan.recipe.fs.type})"

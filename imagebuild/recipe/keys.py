@@ -64,10 +64,11 @@ FAT: dict[str, Key] = {
     "files": Key(list, REQUIRED, "root paths or rendered names, in order"),
 }
 FS: dict[str, Key] = {
-    "type": Key(str, "hjfs", "file system of the fs partition", choices=("hjfs", "none")),
+    "type": Key(str, "hjfs", "file system of the fs partition", choices=("hjfs", "cwfs", "none")),
     "protos": Key(list, None, "root paths of the proto files (default: the mkfile's)"),
     "binds": Key(dict, {}, "fs path -> root directory or list of them (a union)"),
     "git_bind": Key(str, None, 'where a git checkout tree goes ("" for nowhere)'),
+    "disk": Key(str, "sdC0", "sd(3) name of the disk on the booted machine (cwfs's config)"),
 }
 RAW_WRITE: dict[str, Key] = {
     "file": Key(str, REQUIRED, "root path of the file"),

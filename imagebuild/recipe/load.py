@@ -9,9 +9,10 @@ flash.bin).  A recipe may `extend` another and override a few keys.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class FsSpec:
     protos: tuple[str, ...] = MKFILE_PROTOS
     binds: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(MKFILE_BINDS))
     git_bind: str | None = MKFILE_GIT_BIND  # where the tree goes if it has a .git
+    disk: str = "sdC0"  # sd(3) name of the disk on the booted machine (cwfs's config)
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,40 @@ def load_recipe(name_or_path: str | Path, recipe_dir: Path = RECIPE_DIR) -> Reci
             known = ", ".join(list_recipes(recipe_dir))
             raise RecipeError(f"unknown target {name_or_path!r} (known: {known})")
     data, sources = _load_merged(path, recipe_dir, depth=0)
-    return _validate(path, data, tuple(sources))
+    return with_fs(_validate(path, data, tuple(sources)))
+
+
+# rc/bin/inst/prepdisk autotype: the partitions of the plan9 partition each file server uses
+FS_PREP = {"hjfs": ("fs",), "cwfs": ("fscache", "fsworm", "other")}
+SD_NAME = re.compile(r"sd[0-9A-Za-z][0-9A-Za-z.]*")
+
+
+def with_fs(recipe: Recipe, kind: str | None = None, disk: str | None = None) -> Recipe:
+    """The recipe with another file server (`--fs`) or disk name (`--set fs.disk=`).
+
+    The plan9 partition is subdivided as prepdisk's autotype does for that
+    file server: `fs` for hjfs, `fscache fsworm other` for cwfs (in place of
+    whichever set the recipe's layout.prep lists).  Raises RecipeError for an
+    unknown type or a disk name cwfs's config could not hold.
+    """
+    fs = recipe.fs
+    if kind is not None:
+        if kind not in FS_TYPES:
+            raise RecipeError(f"--fs {kind!r}: expected one of {', '.join(FS_TYPES)}")
+        fs = replace(fs, type=kind)
+    if disk is not None:
+        if not SD_NAME.fullmatch(disk):
+            raise RecipeError(f"fs.disk {disk!r}: expected an sd(3) name such as sdC0 or sdF0")
+        fs = replace(fs, disk=disk)
+    wanted = FS_PREP.get(fs.type)
+    prep = recipe.prep
+    if wanted is not None:
+        fs_parts = {p for parts in FS_PREP.values() for p in parts}
+        kept = [p for p in prep if p not in fs_parts]
+        first = next((i for i, p in enumerate(prep) if p in fs_parts), len(prep))
+        at = len([p for p in prep[:first] if p not in fs_parts])
+        prep = (*kept[:at], *wanted, *kept[at:])
+    return replace(recipe, fs=fs, prep=tuple(prep))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -320,4 +355,7 @@ def _fs_spec(path: Path, table: dict[str, Any]) -> FsSpec:
             raise RecipeError(f"{path}: key '{key}' must be a directory or a list of them")
         binds[target] = tuple(_root_relative(path, key, s) for s in _strings(path, key, sources))
     git_bind = table.get("git_bind", MKFILE_GIT_BIND)
-    return FsSpec(kind, protos, binds, git_bind or None)
+    disk = _get(table, keys.FS, "disk")
+    if not SD_NAME.fullmatch(disk):
+        raise RecipeError(f"{path}: key 'fs.disk' must be an sd(3) name such as sdC0, not {disk!r}")
+    return FsSpec(kind, protos, binds, git_bind or None, disk)

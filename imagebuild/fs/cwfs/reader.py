@@ -15,9 +15,11 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageFormatError
+from imagebuild.fs.api import FsSummary
 from imagebuild.fs.cwfs.layout import (
     BKPERBLK,
     BUFSIZE,
@@ -73,7 +75,7 @@ class CwfsStat:
     uid: str
     gid: str
     muid: str
-    size: int
+    length: int  # bytes; 0 for directories
     mtime: int
     atime: int
     qid_path: int
@@ -85,25 +87,14 @@ class CwfsStat:
 
 
 @dataclass(frozen=True)
-class CwfsSummary:
-    """The main file system's superblock and cache header in short, and what its tree holds."""
+class CwfsSummary(FsSummary):
+    """FsSummary of the main file system in worm blocks: `blocks_total` is the worm's size,
+    `blocks_used` the addresses handed out (fsize) less the free list; plus the cache."""
 
-    fsize: int
-    wsize: int
-    cache_slots: int
-    tfree: int
-    qidgen: int
-    files: int
-    directories: int
-    bytes: int
-    block_size: int = RBUFSIZE
+    fs_type: ClassVar[str] = "cwfs64x"
 
-    def __str__(self) -> str:
-        return (
-            f"cwfs64x: {self.fsize} of {self.wsize} worm blocks allocated, "
-            f"{self.cache_slots} cache slots, {self.directories} directories, "
-            f"{self.files} files, {self.bytes} bytes"
-        )
+    cache_slots: int = 0
+    qidgen: int = 0
 
 
 class BlockSource:
@@ -288,7 +279,8 @@ class CwfsVolume:
         return CwfsStat(
             name=d.name.decode("utf-8", "surrogateescape"), mode=mkmode9p2(d.mode),
             uid=u.uidtostr(d.uid), gid=u.uidtostr(d.gid), muid=u.uidtostr(d.muid),
-            size=d.size, mtime=d.mtime & 0xFFFFFFFF, atime=d.atime & 0xFFFFFFFF,
+            length=0 if d.is_dir else d.size, mtime=d.mtime & 0xFFFFFFFF,
+            atime=d.atime & 0xFFFFFFFF,
             qid_path=d.path ^ 0x80000000 if d.is_dir else d.path, qid_vers=d.version,
         )  # fmt: skip
 
@@ -301,21 +293,41 @@ class CwfsVolume:
             raise CwfsError(f"cwfs: {path}: not a directory")
         return [self.stat_of(e) for e in self.entries(d)]
 
-    def read_entry(self, d: Dentry) -> bytes:
-        out = bytearray()
-        for addr in self.data_blocks(d):
-            out += self.tagged(addr, Tfile, d.qpath)[:BUFSIZE] if addr else bytes(BUFSIZE)
-        return bytes(out[: d.size])
+    def listdir(self, path: str = "/") -> list[str]:
+        return [st.name for st in self.scandir(path)]
 
-    def read(self, path: str) -> bytes:
+    def iter_entry(self, d: Dentry) -> Iterator[bytes]:
+        """The file's bytes a block at a time, holes as zeros."""
+        left = d.size
+        for addr in self.data_blocks(d):
+            piece = self.tagged(addr, Tfile, d.qpath)[:BUFSIZE] if addr else bytes(BUFSIZE)
+            yield piece[: min(left, BUFSIZE)]
+            left -= BUFSIZE
+            if left <= 0:
+                return
+
+    def read_entry(self, d: Dentry) -> bytes:
+        return b"".join(self.iter_entry(d))
+
+    def iter_read(self, path: str) -> Iterator[bytes]:
         d = self.lookup(path)
         if d.is_dir:
             raise CwfsError(f"cwfs: {path}: is a directory")
-        return self.read_entry(d)
+        return self.iter_entry(d)
 
-    def walk(self) -> Iterator[tuple[str, Dentry]]:
-        """Every entry below the root, parents before children, as (path, Dentry)."""
-        stack: list[tuple[str, Dentry]] = [("", self.root())]
+    def read(self, path: str) -> bytes:
+        return b"".join(self.iter_read(path))
+
+    def walk(self, path: str = "/") -> Iterator[tuple[str, CwfsStat]]:
+        """Every entry below `path`, parents before children, as (path, stat)."""
+        for p, d in self.walk_entries(path):
+            yield p, self.stat_of(d)
+
+    def walk_entries(self, path: str = "/") -> Iterator[tuple[str, Dentry]]:
+        """Every entry below `path`, parents before children, as (path, Dentry)."""
+        top = self.lookup(path)
+        prefix = posixpath.normpath("/" + path).rstrip("/")
+        stack: list[tuple[str, Dentry]] = [(prefix, top)]
         while stack:
             prefix, d = stack.pop()
             for e in self.entries(d):
@@ -327,11 +339,16 @@ class CwfsVolume:
     def summary(self) -> CwfsSummary:
         sb = self.superblock()
         files = dirs = total = 0
-        for _, e in self.walk():
+        for _, e in self.walk_entries():
             if e.is_dir:
                 dirs += 1
             else:
                 files += 1
                 total += e.size
         h = self.main.cache
-        return CwfsSummary(sb.fsize, h.wsize, h.csize, sb.tfree, sb.qidgen, files, dirs, total)
+        used = sb.fsize - sb.tfree
+        return CwfsSummary(
+            blocks_total=h.wsize, blocks_used=used, blocks_free=h.wsize - used, files=files,
+            directories=dirs + 1, bytes=total, block_size=RBUFSIZE, cache_slots=h.csize,
+            qidgen=sb.qidgen,
+        )
