@@ -11,34 +11,12 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild.disk.device import BlockDevice, PartFS, Storage
+from imagebuild.container.qcow2.image import open_image
+from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import ImageBuildError
-
-
-@dataclass
-class OpenedImage:
-    """An open image: its format (qcow2 or raw), its guest Storage and the qcow2 header info."""
-    path: Path
-    format: str
-    storage: Storage
-    info: dict[str, Any]
-
-
-@contextmanager
-def open_image(path: Path) -> Iterator[OpenedImage]:
-    """Open a qcow2 or raw image read-only, sniffing the format by its magic."""
-    from imagebuild.container.qcow2.image import Qcow2Image
-    from imagebuild.container.qcow2.image import open_image as open_container
-
-    with open_container(path) as image:
-        if isinstance(image, Qcow2Image):
-            yield OpenedImage(path, "qcow2", image.data, image.info())
-        else:
-            yield OpenedImage(path, "raw", image, {})
 
 
 def mbr_table(disk: BlockDevice, *, verify: bool = False) -> list[dict[str, Any]]:
@@ -124,7 +102,7 @@ def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
             "disk_usage": _allocated_size(path),
         }
         if image.format == "qcow2":
-            info["qcow2"] = image.info
+            info["qcow2"] = image.info()
         mbr = mbr_table(disk, verify=verify) if disk.size >= 512 else []
         info["mbr"] = mbr
         parts = partitions(disk)

@@ -94,7 +94,7 @@ def test_qcow2_cli_check_exit_codes_and_repair(tmp_path: Path,
     path = tmp_path / "l.qcow2"
     with Qcow2Image.create(path, 4 * MiB) as image:
         image.pwrite(b"data", 0)
-        image._allocate(1)  # a leaked cluster
+        image.refcounts.allocate(1)  # a leaked cluster
     code, out = run(capsys, "check", str(path))
     assert code == 3 == qemu_img("check", path, check=False).returncode
     assert "1 leaked clusters were found on the image." in out

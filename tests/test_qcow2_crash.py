@@ -23,7 +23,7 @@ from imagebuild.container.qcow2.image import Qcow2Image
 path, seed, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 image = Qcow2Image.open(path, writable=True, sync=False)
-image._cache_limit = 6  # write metadata back often, so kills land mid-flush too
+image.cache_limit = 6  # write metadata back often, so kills land mid-flush too
 if kill_at:
     # die just before the kill_at-th write reaches the file: every point of the
     # write sequence (data, refcount blocks, table moves, L2, L1) is a possible crash
@@ -35,8 +35,8 @@ if kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return method(*args)
         return wrapper
-    image._write_all = counted(image._write_all)
-    image._write_vector = counted(image._write_vector)
+    image.host.write = counted(image.host.write)
+    image.host.writev = counted(image.host.writev)
 print("ready", flush=True)
 while True:
     offset = rng.randrange(image.size - 300_000)

@@ -22,7 +22,8 @@ from qcow2_helpers import (
 )
 
 from imagebuild.container.qcow2.check import check
-from imagebuild.container.qcow2.format import INCOMPAT_DIRTY, Qcow2Header
+from imagebuild.container.qcow2.format import INCOMPAT_DIRTY
+from imagebuild.container.qcow2.header import Qcow2Header
 from imagebuild.container.qcow2.image import Qcow2Image, open_image
 from imagebuild.disk.device import BlockDevice, RawFile, Storage
 
@@ -117,8 +118,8 @@ def test_qcow2_dirty_image_refcounts_rebuilt_on_writable_open(tmp_path: Path) ->
     path = tmp_path / "r.qcow2"
     with Qcow2Image.create(path, 8 * MiB, cluster_size=4096) as image:
         image.pwrite(patterned(MiB, 1), 0)
-        image._update_refcount(image._next_free - 3, 3, -1)  # lose three refcounts
-        image._allocate(2)  # and leak two clusters
+        image.refcounts.adjust(image.refcounts.end - 3, 3, -1)  # lose three refcounts
+        image.refcounts.allocate(2)  # and leak two clusters
     header = bytearray(path.read_bytes()[:4096])
     header[72:80] = INCOMPAT_DIRTY.to_bytes(8, "big")
     with open(path, "r+b") as f:
@@ -138,7 +139,7 @@ def test_qcow2_repair_leaks_like_qemu(tmp_path: Path) -> None:
     path = tmp_path / "l.qcow2"
     with Qcow2Image.create(path, 8 * MiB) as image:
         image.pwrite(patterned(300_000, 2), 1000)
-        image._allocate(2)
+        image.refcounts.allocate(2)
     rc, report, _ = qemu_check(path)
     assert rc == 3 and report["leaks"] == 2
     result = check(path)
@@ -258,7 +259,7 @@ def test_qcow2_small_cache_still_consistent(tmp_path: Path) -> None:
     shadow = make_raw(tmp_path / "c.raw", 64 * MiB, [])
     with Qcow2Image.create(path, 64 * MiB, cluster_size=4096) as image, \
             open(shadow, "r+b") as f:
-        image._cache_limit = 3  # forces write-back and eviction all the time
+        image.cache_limit = 3  # forces write-back and eviction all the time
         for i in range(40):
             offset = (i * 7_654_321) % (60 * MiB)
             data = patterned(50_000, i)
@@ -277,3 +278,30 @@ def test_qcow2_write_into_other_refcount_widths(tmp_path: Path, refcount_bits: s
         image.pwrite(patterned(3 * MiB, 1), 65536 + 5)
     assert_qemu_clean(path)
     assert qemu_raw(path, tmp_path)[65541 : 65541 + 3 * MiB] == patterned(3 * MiB, 1)
+
+
+def test_qcow2_layouts_match_the_spec_offsets() -> None:
+    """The declared records put each field at the byte qcow2.txt gives for it."""
+    from imagebuild.container.qcow2.format import (
+        BITMAP_DIRECTORY_ENTRY,
+        BITMAPS_EXTENSION,
+        HEADER_V3,
+        SNAPSHOT_ENTRY,
+        SNAPSHOT_EXTRA,
+    )
+
+    spec = {HEADER_V3: {"version": 4, "backing_file_offset": 8, "cluster_bits": 20,
+                        "size": 24, "l1_table_offset": 40, "refcount_table_offset": 48,
+                        "refcount_table_clusters": 56, "snapshots_offset": 64,
+                        "incompatible_features": 72, "autoclear_features": 88,
+                        "refcount_order": 96, "header_length": 100},
+            SNAPSHOT_ENTRY: {"l1_size": 8, "id_str_size": 12, "date_sec": 16,
+                             "vm_clock_nsec": 24, "extra_data_size": 36},
+            SNAPSHOT_EXTRA: {"disk_size": 8, "icount": 16},
+            BITMAPS_EXTENSION: {"bitmap_directory_size": 8, "bitmap_directory_offset": 16},
+            BITMAP_DIRECTORY_ENTRY: {"bitmap_table_size": 8, "flags": 12, "type": 16,
+                                     "granularity_bits": 17, "name_size": 18,
+                                     "extra_data_size": 20}}
+    for layout, offsets in spec.items():
+        assert {n: layout.offset(n) for n in offsets} == offsets, layout.name
+    assert (HEADER_V3.size, SNAPSHOT_ENTRY.size, BITMAP_DIRECTORY_ENTRY.size) == (104, 40, 24)

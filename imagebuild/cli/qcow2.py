@@ -84,8 +84,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from imagebuild.container.qcow2.backing import sniff_format
     from imagebuild.container.qcow2.check import check
-    from imagebuild.container.qcow2.image import sniff_format
 
     if sniff_format(args.file) != "qcow2":
         from imagebuild.errors import UnsupportedImageError

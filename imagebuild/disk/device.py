@@ -40,22 +40,36 @@ MAX_HEADS, MAX_SECTORS = 255, 63
 
 
 class Storage(Protocol):
-    """Positional I/O over a fixed number of bytes."""
+    """Positional I/O over a fixed number of bytes: the one storage interface.
+
+    `size` is in bytes; `pread(size, offset)` returns exactly `size` bytes
+    (OutOfRangeError past the end where the storage has a hard end);
+    `pwrite(data, offset)` returns len(data).  Implemented by `RawFile`,
+    `BytesStorage`, `BlockDevice` and a qcow2 image's `data` view.
+    """
 
     @property
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """Bytes of storage."""
+        ...
 
-    def pread(self, size: int, offset: int) -> bytes: ...
+    def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at byte `offset`."""
+        ...
 
-    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int: ...
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write `data` at byte `offset`; returns len(data)."""
+        ...
 
 
 class RawFile:
     """A raw disk image file as Storage; its size is fixed when opened.
 
     Reads past the end of a short file return zeros; writes must stay inside
-    the size.
+    the size (OutOfRangeError; ReadOnlyImageError unless opened writable).
     """
+
+    format = "raw"  # as `container.qcow2.image.open_image` reports it
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
         self.path = os.fspath(path)
@@ -75,13 +89,25 @@ class RawFile:
 
     @property
     def size(self) -> int:
+        """The file's size in bytes when opened."""
         return self._size
 
+    @property
+    def storage(self) -> RawFile:
+        """The disk as Storage: the file itself (a qcow2 image gives its data view)."""
+        return self
+
+    def info(self) -> dict[str, int]:
+        """A summary like Qcow2Image.info(): the virtual size, which is the file's."""
+        return {"virtual_size": self._size}
+
     def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset`; past the end of the file they read as zeros."""
         data = os.pread(self._fd, size, offset)
         return data if len(data) == size else data.ljust(size, b"\0")
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write all of `data` at `offset`; returns its length."""
         if not self.writable:
             raise ReadOnlyImageError(f"{self.path}: image is open read-only")
         if offset < 0 or offset + len(data) > self._size:
@@ -96,6 +122,7 @@ class RawFile:
         return done
 
     def fileno(self) -> int:
+        """The open file descriptor (for SEEK_DATA/SEEK_HOLE maps)."""
         return self._fd
 
     def flush(self) -> None:
@@ -122,12 +149,15 @@ class BytesStorage:
 
     @property
     def size(self) -> int:
+        """Bytes of storage."""
         return len(self.buffer)
 
     def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset` (fewer past the end)."""
         return bytes(self.buffer[offset : offset + size])
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write `data` at `offset`; returns len(data)."""
         self.buffer[offset : offset + len(data)] = data
         return len(data)
 
@@ -178,6 +208,7 @@ class BlockDevice(io.RawIOBase):
     # -- libdisk's Disk fields -------------------------------------------------------------
     @property
     def size(self) -> int:
+        """Bytes of the device (secs * sector_size)."""
         return self.secs * self.sector_size
 
     @property
@@ -210,17 +241,21 @@ class BlockDevice(io.RawIOBase):
             )
 
     def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at device `offset` (OutOfRangeError past the device's end)."""
         self._check(size, offset)
         return self.storage.pread(size, self.start * self.sector_size + offset)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write at device `offset` (OutOfRangeError past the device's end)."""
         self._check(len(data), offset)
         return self.storage.pwrite(data, self.start * self.sector_size + offset)
 
     def read_sectors(self, sector: int, count: int = 1) -> bytes:
+        """`count` sectors from sector `sector` of this device."""
         return self.pread(count * self.sector_size, sector * self.sector_size)
 
     def write_sectors(self, sector: int, data: bytes | bytearray | memoryview) -> None:
+        """Write whole sectors at sector `sector` (OutOfRangeError unless whole sectors)."""
         if len(data) % self.sector_size:
             raise OutOfRangeError(f"{self.name}: write of {len(data)} bytes is not whole sectors")
         self.pwrite(data, sector * self.sector_size)
@@ -328,6 +363,7 @@ class PartFS:
         self._parts[name] = (start, end)
 
     def delete(self, name: str) -> None:
+        """Remove partition `name` (partfs's `delpart`)."""
         if self._parts.pop(name, None) is None:
             raise LayoutError(f"partition {name}: no such partition")
 

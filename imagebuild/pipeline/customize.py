@@ -111,9 +111,9 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     Raises InputError (output would replace base, bad --set/--file), ImageBuildError
     (no boot partition) and ImageFormatError for an unreadable base.
     """
-    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.container.qcow2.image import Qcow2Image, open_image
     from imagebuild.fs.fat.format import FatFile, FatVolume, format_fat
-    from imagebuild.readback import open_image, partitions
+    from imagebuild.readback import partitions
 
     if output.resolve() == base.resolve():
         raise InputError(f"{output}: the overlay must not replace its own backing file")

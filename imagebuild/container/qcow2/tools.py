@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from imagebuild.container.qcow2.backing import full_backing_name
 from imagebuild.container.qcow2.format import (
     COMPAT_LAZY_REFCOUNTS,
     COMPRESSION_NAMES,
@@ -24,12 +25,9 @@ from imagebuild.container.qcow2.format import (
     INCOMPAT_DIRTY,
     INCOMPAT_EXTL2,
 )
-from imagebuild.container.qcow2.image import (
-    ClusterKind,
-    Qcow2Image,
-    is_zero,
-    open_image,
-)
+from imagebuild.container.qcow2.hostfile import is_zero
+from imagebuild.container.qcow2.image import Qcow2Image, open_image
+from imagebuild.container.qcow2.mapping import ClusterKind
 from imagebuild.disk.device import RawFile
 from imagebuild.errors import ImageBuildError, UnsupportedImageError
 from imagebuild.util.sizes import format_size
@@ -38,13 +36,6 @@ CHUNK = 8 << 20  # bytes per read/write while converting
 
 
 # -- info --------------------------------------------------------------------------------------
-def _full_backing_name(path: str, backing: str) -> str:
-    """QEMU's path_combine: a relative backing name is taken from the image's directory."""
-    if os.path.isabs(backing):
-        return backing
-    return os.path.join(os.path.dirname(path), backing)
-
-
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """`qemu-img info --output=json` for a qcow2 or raw image."""
     name = os.fspath(path)
@@ -71,7 +62,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
                     "actual-size": actual,
                     "format-specific": {"type": "qcow2", "data": data}})
         if header.backing_file:
-            out["full-backing-filename"] = _full_backing_name(name, header.backing_file)
+            out["full-backing-filename"] = full_backing_name(name, header.backing_file)
             out["backing-filename"] = header.backing_file
         out["dirty-flag"] = bool(header.incompatible_features & INCOMPAT_DIRTY)
         return out
@@ -199,7 +190,7 @@ def _layer_names(path: str) -> list[str]:
     try:
         layer: Qcow2Image | RawFile | None = image
         while isinstance(layer, Qcow2Image) and layer.header.backing_file:
-            names.append(_full_backing_name(names[-1], layer.header.backing_file))
+            names.append(full_backing_name(names[-1], layer.header.backing_file))
             backing = layer.backing
             layer = backing if isinstance(backing, (Qcow2Image, RawFile)) else None
     finally:
