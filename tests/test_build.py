@@ -260,3 +260,23 @@ def test_libparted_reads_every_mbr_as_we_wrote_it(built: dict[str, Path], name: 
 
     info = inspect_image(built[name], verify=True)
     assert info["mbr"] and all(p["sectors"] > 0 for p in info["mbr"])
+
+
+def test_bad_pbs_is_found_before_the_first_byte_is_written(root: Path, tmp_path: Path) -> None:
+    """A pbs that cannot be installed stops the build before any step writes (the fs
+    partition, written before the FAT, used to be written whole first)."""
+    import shutil
+
+    from imagebuild.errors import LayoutError
+    from imagebuild.pipeline.build import BuildOptions, build
+
+    r = tmp_path / "root"
+    shutil.copytree(root, r)
+    (r / "386/pbs").write_bytes(b"\xeb\x58\x90" + bytes(600))  # longer than a sector
+    steps: list[str] = []
+    out = tmp_path / "x.qcow2"
+    with pytest.raises(LayoutError, match=r"amd64\.qcow2\.toml: \[fat\]: .*386/pbs.*too large"):
+        build(load_recipe("amd64.qcow2"), BuildOptions(root=r, output=out),
+              lambda step, done, total: steps.append(step))
+    assert steps == []
+    assert list(tmp_path.glob("*.qcow2")) == [] and list(tmp_path.glob(".*")) == []

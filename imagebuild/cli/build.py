@@ -35,6 +35,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("list", help="list the targets the recipes define")
     p.set_defaults(handler=run_list)
 
+    p = sub.add_parser("demo-root", help="write the generated demo root (stand-in inputs)")
+    p.add_argument("directory", type=Path, help="where to write it (created if needed)")
+    p.set_defaults(handler=run_demo_root)
+
     p = sub.add_parser("customize", help="write a qcow2 overlay that changes the boot partition")
     p.add_argument("base", type=Path, help="base qcow2 image (becomes the backing file)")
     p.add_argument("-o", "--output", type=Path, required=True, help="overlay to write")
@@ -93,6 +97,16 @@ def run_list(args: argparse.Namespace) -> int:
     for name in list_recipes():
         recipe = load_recipe(name)
         print(f"{name:<16} {recipe.output:<24} {recipe.description}")
+    return 0
+
+
+def run_demo_root(args: argparse.Namespace) -> int:
+    """`imagebuild demo-root DIR`: stand-ins for every input of every recipe, for trying
+    the tool without a 9front tree (the images do not boot 9front)."""
+    from imagebuild.pipeline.demo import make_demo_root
+
+    make_demo_root(args.directory)
+    print(f"{args.directory}: demo root written; build with --root {args.directory}")
     return 0
 
 

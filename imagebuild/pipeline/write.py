@@ -13,12 +13,15 @@ the container sees exactly the writes it always saw.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from imagebuild.disk.device import BlockDevice, PartFS, Storage
-from imagebuild.errors import LayoutError, OutOfRangeError
+from imagebuild.errors import LayoutError, OutOfRangeError, show_path
 from imagebuild.pipeline.plan import BuildPlan
+from imagebuild.recipe.load import Recipe
 from imagebuild.util.progress import Progress
 
 TABLE_STEPS = ("mbr", "fdisk", "prep")  # the steps before the fs partition is written
@@ -103,7 +106,8 @@ def lay_out(plan: BuildPlan) -> DiskLayout:
         fdisk.fdisk_script(parts, script, source=f"{recipe.path} layout.fdisk")
 
     record.step = "prep"
-    prep.prep_auto(parts, recipe.prep)
+    with _naming(recipe, "layout.prep"):
+        prep.prep_auto(parts, recipe.prep)
 
     fs_parts = ("fscache", "fsworm") if recipe.fs.type == "cwfs" else ("fs",)
     if plan.fs_entries is not None and any(p not in parts for p in fs_parts):
@@ -117,14 +121,15 @@ def lay_out(plan: BuildPlan) -> DiskLayout:
             f"{recipe.path}: key 'fat.partition': the layout makes no partition "
             f"{recipe.fat_partition!r} (it makes: {', '.join(n for n, _, _ in parts)})"
         )
-    fat.format_fat(
-        parts[recipe.fat_partition],
-        [fat.FatFile(name, data) for name, data in plan.fat_files],
-        pbs=plan.pbs,
-        pbs_source=str(recipe.fat_pbs or "<default>"),
-        reserved=recipe.fat_reserved,
-        timestamp=plan.timestamp,
-    )
+    with _naming(recipe, "fat"):
+        fat.format_fat(
+            parts[recipe.fat_partition],
+            [fat.FatFile(name, data) for name, data in plan.fat_files],
+            pbs=plan.pbs,
+            pbs_source=show_path(plan.root / recipe.fat_pbs) if recipe.fat_pbs else "<default>",
+            reserved=recipe.fat_reserved,
+            timestamp=plan.timestamp,
+        )
 
     for name, offset, data in plan.raw_writes:
         record.step = PurePosixPath(name).name
@@ -138,6 +143,15 @@ def lay_out(plan: BuildPlan) -> DiskLayout:
         steps[-1][1].append((offset, data))
     fs_at = sum(1 for step, _ in steps if step in TABLE_STEPS)
     return DiskLayout(steps, list(parts), fs_at)
+
+
+@contextmanager
+def _naming(recipe: Recipe, key: str) -> Iterator[None]:
+    """A LayoutError from a step, prefixed with the recipe file and the key it came from."""
+    try:
+        yield
+    except LayoutError as err:
+        raise LayoutError(f"{show_path(recipe.path)}: [{key}]: {err}") from None
 
 
 def write_image(

@@ -1,1 +1,1 @@
-"""Recipes (recipes/*.toml) and the boot files rendered from templates."""
+"""Recipes (imagebuild/recipes/*.toml) and the boot files rendered from templates."""

@@ -13,6 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from imagebuild.recipe import keys
 from imagebuild.recipe.keys import Key
 from imagebuild.util.files import read_input
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# The stock recipes ship inside the package (imagebuild/recipes/*.toml), so a wheel has them.
+RECIPE_DIR = Path(str(resources.files("imagebuild").joinpath("recipes")))
 RECIPE_SUFFIX = ".toml"
 MAX_EXTENDS_DEPTH = 8
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,8 @@ from imagebuild.recipe.load import Recipe
 if TYPE_CHECKING:
     import jinja2
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates"
+# Our templates ship inside the package (imagebuild/templates/), so a wheel has them.
+TEMPLATE_DIR = Path(str(resources.files("imagebuild").joinpath("templates")))
 _SET = re.compile(r"^([A-Za-z_][\w-]*)((?:\.[^.=\s]+)+)=(.*)$", re.DOTALL)
 
 
