@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from imagebuild.disk.device import Storage
-from imagebuild.errors import InputError, LayoutError
+from imagebuild.errors import LayoutError
 from imagebuild.fs.gefs.alloc import reserve_of
+from imagebuild.fs.gefs.fileserver import GefsFileServer
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
     DMDIR,
     NSEC,
-    QTDIR,
     Bptr,
     TreeRec,
     label_key,
@@ -49,11 +49,10 @@ from imagebuild.fs.gefs.layout import (
 from imagebuild.fs.gefs.ream import Ream
 from imagebuild.fs.gefs.server import Dataset, Entry, GefsServer, parse_users
 from imagebuild.fs.gefs.tree import build_tree
+from imagebuild.fs.mkfs import mkfs
 from imagebuild.fs.proto import ProtoEntry
 
 INSTALL_USER = "glenda"  # the live system's $user
-MKFS_BUFLEN = 16372 - 8  # copydist: disk/mkfs -z 16372
-MKFS_TMP = "__mkfstmp"
 DEFAULT_OWNER = ("sys", "sys")
 # snapshot generations of the datasets once written (ream used 0, 1 and 2)
 GEN_OTHER, GEN_ADM, GEN_MAIN, NEXTGEN = 3, 4, 5, 6
@@ -164,127 +163,12 @@ class GefsBuilder:
     # -- copydist: disk/mkfs -z 16372 -U --------------------------------------------------
     def mkfs(
         self, entries: Sequence[ProtoEntry], *, timestamp: int | None,
-        default_owner: tuple[str, str] = DEFAULT_OWNER, progress: Progress | None = None,
+        default_owner: tuple[str, str] = DEFAULT_OWNER,
     ) -> None:
-        for entry in entries:
-            self._mkfs_entry(entry, timestamp, default_owner)
-            if progress is not None:
-                progress(self.bytes)
-
-    def _mkfs_entry(
-        self, entry: ProtoEntry, timestamp: int | None, default_owner: tuple[str, str]
-    ) -> None:
-        srv, ds, me = self.server, self.main, self.mkfs_uid
-        where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
-        path = entry.path
-        if not path.startswith("/") or path == "/":
-            raise LayoutError(f"{where}: not a path mkfs can create")
-        mtime = entry.mtime if timestamp is None else min(entry.mtime, timestamp)
-        uid = entry.uid if entry.uid is not None else default_owner[0]
-        gid = entry.gid if entry.gid is not None else default_owner[1]
-        if gid not in srv.users:
-            known = ", ".join(srv.users)
-            raise LayoutError(f"{where}: unknown gefs group {gid!r} (known: {known})")
-        existing = ds.paths.get(path)
-        if existing is not None and _stat_seconds(existing.dir.mtime) >= mtime:
-            return  # uptodate()
-        if entry.is_dir:
-            if existing is None:
-                srv.create(ds, path, entry.mode, me)
-            elif not existing.dir.qtype & QTDIR:
-                raise LayoutError(f"{where}: can't create: a file of that name exists")
-            srv.wstat(ds, path, me, mode=entry.mode, gid=gid, mtime=mtime * NSEC)
-            self._wstat_uid(ds, path, uid, where)
-            return
-        parent = path.rpartition("/")[0] or "/"
-        tmp = (parent.rstrip("/") + "/" + MKFS_TMP)
-        if tmp in ds.paths:
-            raise LayoutError(f"{where}: {parent} holds a file named {MKFS_TMP}")
-        parent_entry = ds.paths.get(parent)
-        if parent_entry is None or not parent_entry.dir.qtype & QTDIR:
-            raise LayoutError(f"{where}: can't create: {parent} is not a directory")
-        e = srv.create(ds, tmp, 0o666, me)
-        blocks, writes = self._copy_blocks(entry, where)
-        srv.write_blocks(ds, e, blocks, entry.length, writes, me)
-        if existing is not None:  # remove(newfile)
-            raise LayoutError(f"{where}: already in the file system from an older source")
-        newpath = srv.wstat(ds, tmp, me, mode=entry.mode, gid=gid, mtime=mtime * NSEC,
-                            rename=entry.name)
-        self._wstat_uid(ds, newpath, uid, where)
-        self.files += 1
-
-    def _wstat_uid(self, ds: Dataset, path: str, uid: str, where: str) -> None:
-        if uid not in self.server.users:  # mkfs ignores this wstat's failure
-            self.warn(f"{where}: unknown gefs user {uid!r}: left owned by its creator")
-            return
-        self.server.wstat(ds, path, self.mkfs_uid, uid=uid)
-
-    def _copy_blocks(
-        self, entry: ProtoEntry, where: str
-    ) -> tuple[Iterator[tuple[int, bytes]], int]:
-        """mkfs copy(): which 16 KiB blocks its writes touch, with their bytes, and how many writes.
-
-        mkfs reads MKFS_BUFLEN bytes at a time and seeks over all-zero
-        pieces; a file ending in such a piece gets one zero byte written
-        at its end.  A block no write touches stays a hole (no Kdat).
-        """
-        length = entry.length
-        if length == 0:
-            return iter(()), 0
-        try:
-            data = entry.source.read_bytes() if length <= (64 << 20) else None
-        except OSError as e:
-            raise InputError(f"{where}: can't read {entry.source}: {e.strerror}") from e
-        if data is None:
-            return self._copy_blocks_streamed(entry, where)
-        data = data[:length] + bytes(max(0, length - len(data)))
-        touched, writes = _touched(data, length)
-        self.bytes += length
-
-        def gen() -> Iterator[tuple[int, bytes]]:
-            for b in sorted(touched):
-                chunk = data[b * BLKSZ : (b + 1) * BLKSZ]
-                yield b, chunk + bytes(BLKSZ - len(chunk))
-
-        return gen(), writes
-
-    def _copy_blocks_streamed(
-        self, entry: ProtoEntry, where: str
-    ) -> tuple[Iterator[tuple[int, bytes]], int]:
-        # large files: two passes, the first to learn which blocks are touched
-        try:
-            with open(entry.source, "rb") as f:
-                touched: set[int] = set()
-                writes = 0
-                tot = 0
-                last_zero = False
-                while tot < entry.length:
-                    n = min(MKFS_BUFLEN, entry.length - tot)
-                    piece = f.read(n)
-                    piece += bytes(n - len(piece))
-                    if piece.count(0) == n:
-                        last_zero = True
-                    else:
-                        touched.update(range(tot // BLKSZ, (tot + n - 1) // BLKSZ + 1))
-                        writes += 1
-                        last_zero = False
-                    tot += n
-                if last_zero:
-                    touched.add((entry.length - 1) // BLKSZ)
-                    writes += 1
-        except OSError as e:
-            raise InputError(f"{where}: can't read {entry.source}: {e.strerror}") from e
-        self.bytes += entry.length
-        source, length = entry.source, entry.length
-
-        def gen() -> Iterator[tuple[int, bytes]]:
-            with open(source, "rb") as f:
-                for b in sorted(touched):
-                    f.seek(b * BLKSZ)
-                    chunk = f.read(min(BLKSZ, length - b * BLKSZ))
-                    yield b, chunk + bytes(BLKSZ - len(chunk))
-
-        return gen(), writes
+        """The shared disk/mkfs replay against the main dataset, as copydist runs it."""
+        fsrv = GefsFileServer(self.server, self.main, {self.user: self.mkfs_uid}, self.warn)
+        mkfs(fsrv, entries, user=self.user, default_owner=default_owner, timestamp=timestamp)
+        self.files, self.bytes = fsrv.files, fsrv.bytes
 
     # -- sync ------------------------------------------------------------------------------
     def commit(self) -> Ream:
@@ -326,25 +210,6 @@ def _label(r: Ream, name: bytes) -> bytes:
         if k == label_key(name):
             return v
     raise LayoutError(f"gefs: ream left no {name.decode()} label")
-
-
-def _touched(data: bytes, length: int) -> tuple[set[int], int]:
-    touched: set[int] = set()
-    writes = 0
-    last_zero = False
-    zero = bytes(MKFS_BUFLEN)
-    for tot in range(0, length, MKFS_BUFLEN):
-        n = min(MKFS_BUFLEN, length - tot)
-        if data[tot : tot + n] == zero[:n]:
-            last_zero = True
-            continue
-        touched.update(range(tot // BLKSZ, (tot + n - 1) // BLKSZ + 1))
-        writes += 1
-        last_zero = False
-    if last_zero:
-        touched.add((length - 1) // BLKSZ)
-        writes += 1
-    return touched, writes
 
 
 # -- writing a device ------------------------------------------------------------------------
@@ -397,7 +262,9 @@ def ream_and_populate(
     b = GefsBuilder(size, now=now, user=user, legacy_backlink=legacy_backlink,
                     put_data=lambda a, blk: pwrite(blk, a))
     b.install()
-    b.mkfs(entries, timestamp=timestamp, default_owner=default_owner, progress=progress)
+    b.mkfs(entries, timestamp=timestamp, default_owner=default_owner)
+    if progress is not None:
+        progress(b.bytes)
     r = b.commit()
     write_blocks(pwrite, r.final_blocks())
     used = sum(a.used for a in r.arenas)
