@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,9 +137,12 @@ def _allocated_size(path: Path) -> int:
 
 
 def _fs_info(device: BlockDevice) -> dict[str, Any] | None:
-    """The hjfs summary, or None when the partition holds no hjfs (never formatted)."""
+    """The hjfs or gefs summary, or None when the partition holds neither (never formatted)."""
     from imagebuild.fs.hjfs import HjfsVolume, is_hjfs
 
+    gefs = _gefs(device)
+    if gefs is not None:
+        return {"type": "gefs", **dataclasses.asdict(gefs.summary())}
     if not is_hjfs(device):
         return None
     summary = HjfsVolume(device).summary()
@@ -170,6 +174,15 @@ def _cwfs_volume(path: Path, part: str) -> Iterator[Any]:
 
         other = [parts[n] for n in ("other",) if n in parts]
         yield CwfsVolume(parts["fscache"], parts["fsworm"], *other)
+
+
+def _gefs(device: BlockDevice) -> Any:
+    """A GefsVolume when the partition holds gefs, else None."""
+    from imagebuild.fs.gefs import GefsVolume, is_gefs
+
+    if not is_gefs(device.pread):
+        return None
+    return GefsVolume(device.pread, device.size)
 
 
 FAT_PARTITIONS = ("9fat", "dos", "esp")
@@ -209,6 +222,9 @@ def cat(path: Path, spec: str) -> bytes:
         if part in FS_PARTITIONS:
             from imagebuild.fs.hjfs import HjfsVolume
 
+            gefs = _gefs(device)
+            if gefs is not None:
+                return bytes(gefs.read(file))
             return HjfsVolume(device).read(file)
         from imagebuild.fs.fat.format import FatVolume
 
@@ -232,7 +248,7 @@ def listing(path: Path, spec: str) -> list[dict[str, Any]]:
             return [
                 {"name": st.name, "mode": st.mode, "dir": st.is_dir, "uid": st.uid,
                  "gid": st.gid, "size": st.length, "mtime": st.mtime}
-                for st in HjfsVolume(device).scandir(directory)
+                for st in (_gefs(device) or HjfsVolume(device)).scandir(directory)
             ]
         from imagebuild.fs.fat.format import FatVolume
 
@@ -255,4 +271,49 @@ def check_fs(path: Path, part: str) -> list[str]:
 
             return cwfs_fsck(cw.main.device, cw.main.worm, cw.other.device if cw.other else None)
     with _partition(path, part) as device:
+        gefs = _gefs(device)
+        if gefs is not None:
+            from imagebuild.fs.gefs import fsck as gefs_fsck
+
+            result = gefs_fsck(gefs)
+            for w in result.warnings:
+                print(f"imagebuild: {path}:{part}: warning: {w}", file=sys.stderr)
+            return result.errors
         return fsck(device)
+
+
+def repair_fs(path: Path, part: str, *, overlay: Path | None, in_place: bool) -> str:
+    """Repair what fsck --repair knows how to (gefs: the mis-reamed adm root backlink).
+
+    Writes through a new qcow2 overlay `overlay` whose backing file is
+    `path`, or into `path` itself when `in_place`.  Returns a summary line.
+    """
+    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.container.qcow2.image import open_image as open_container
+    from imagebuild.fs.gefs.repair import repair_adm_backlink
+    from imagebuild.pipeline.build import atomic_output
+
+    if part not in FS_PARTITIONS:
+        raise ImageBuildError(f"{path}: fsck --repair works on {', '.join(FS_PARTITIONS)}")
+    if in_place:
+        with open_container(path, writable=True) as image:
+            storage = image.data if isinstance(image, Qcow2Image) else image
+            disk = BlockDevice(storage, name=path.name)
+            parts = partitions(disk)
+            if part not in parts or _gefs(parts[part]) is None:
+                raise ImageBuildError(f"{path}:{part}: no gefs file system to repair")
+            return str(repair_adm_backlink(parts[part]))
+    assert overlay is not None
+    if overlay.resolve() == path.resolve():
+        raise ImageBuildError(f"{overlay}: the overlay must not replace its own backing file")
+    with open_image(path) as base:
+        size, base_format = base.storage.size, base.format
+    backing = os.path.relpath(path.resolve(), overlay.resolve().parent)
+    with atomic_output(overlay) as tmp, Qcow2Image.create(
+        tmp, size, backing_file=backing, backing_format=base_format
+    ) as image:
+        disk = BlockDevice(image.data, name=overlay.name)
+        parts = partitions(disk)
+        if part not in parts or _gefs(parts[part]) is None:
+            raise ImageBuildError(f"{path}:{part}: no gefs file system to repair")
+        return str(repair_adm_backlink(parts[part]))

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("--template-dir", type=Path, help="directory whose templates override ours")
     p.add_argument("--no-fs", dest="fs", action="store_false",
                    help="leave the fs partition empty (a boot-only image)")
-    p.add_argument("--fs", dest="fs_type", choices=("hjfs", "cwfs"),
+    p.add_argument("--fs", dest="fs_type", choices=("hjfs", "gefs", "cwfs"),
                    help="file server for the fs partition (default: the recipe's fs.type); "
                         "cwfs names its disk from fs.disk, e.g. --set fs.disk=sdF0")
     _add_output_flags(p)

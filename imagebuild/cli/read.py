@@ -30,9 +30,16 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run_ls)
 
-    p = sub.add_parser("fsck", help="check an hjfs partition: every reference count, every dir")
+    p = sub.add_parser("fsck", help="check the fs partition (hjfs or gefs): blocks, trees, dirs")
     p.add_argument("image", type=Path)
     p.add_argument("partition", nargs="?", default="fs")
+    p.add_argument("--repair", action="store_true",
+                   help="gefs: move an old ream's misplaced adm root backlink where it belongs")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", type=Path, metavar="OVERLAY",
+                       help="with --repair: write the fix to this new qcow2 overlay over IMAGE")
+    where.add_argument("--in-place", action="store_true",
+                       help="with --repair: modify IMAGE itself, without asking")
     p.set_defaults(handler=run_fsck)
 
 
@@ -88,7 +95,16 @@ def _plan9_mode(mode: int) -> str:
 
 def run_fsck(args: argparse.Namespace) -> int:
     """`imagebuild fsck`: each problem on stdout; exit 1 when there are any."""
-    from imagebuild.readback import check_fs
+    from imagebuild.readback import check_fs, repair_fs
+
+    if args.repair != bool(args.output or args.in_place):
+        print("imagebuild fsck: --repair needs -o OVERLAY or --in-place, and they need --repair",
+              file=sys.stderr)
+        return 2
+    if args.repair:
+        line = repair_fs(args.image, args.partition, overlay=args.output, in_place=args.in_place)
+        print(f"{args.output or args.image}:{args.partition}: {line}")
+        args.image = args.output or args.image
 
     problems = check_fs(args.image, args.partition)
     for line in problems:

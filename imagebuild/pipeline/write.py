@@ -208,6 +208,15 @@ def _write_fs(plan: BuildPlan, disk: BlockDevice, layout: DiskLayout,
     device = disk.slice(part[1], part[2], "fs")
     step = f"fs ({plan.recipe.fs.type})"
     total = sum(e.length for e in plan.fs_entries if not e.is_dir)
+    if plan.recipe.fs.type == "gefs":
+        from imagebuild.fs import gefs
+
+        if progress is not None:
+            progress(step, 0, total)
+        gefs.ream_and_populate(device, plan.fs_entries, timestamp=plan.pinned_time)
+        if progress is not None:
+            progress(step, total, total)
+        return
     if progress is not None:
         progress(step, 0, total)
         report = progress

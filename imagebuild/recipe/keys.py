@@ -64,7 +64,8 @@ FAT: dict[str, Key] = {
     "files": Key(list, REQUIRED, "root paths or rendered names, in order"),
 }
 FS: dict[str, Key] = {
-    "type": Key(str, "hjfs", "file system of the fs partition", choices=("hjfs", "cwfs", "none")),
+    "type": Key(str, "hjfs", "file system of the fs partition",
+                choices=("hjfs", "gefs", "cwfs", "none")),
     "protos": Key(list, None, "root paths of the proto files (default: the mkfile's)"),
     "binds": Key(dict, {}, "fs path -> root directory or list of them (a union)"),
     "git_bind": Key(str, None, 'where a git checkout tree goes ("" for nowhere)'),

@@ -146,7 +146,7 @@ def load_recipe(name_or_path: str | Path, recipe_dir: Path = RECIPE_DIR) -> Reci
 
 
 # rc/bin/inst/prepdisk autotype: the partitions of the plan9 partition each file server uses
-FS_PREP = {"hjfs": ("fs",), "cwfs": ("fscache", "fsworm", "other")}
+FS_PREP = {"hjfs": ("fs",), "gefs": ("fs",), "cwfs": ("fscache", "fsworm", "other")}
 SD_NAME = re.compile(r"sd[0-9A-Za-z][0-9A-Za-z.]*")
 
 
@@ -154,7 +154,7 @@ def with_fs(recipe: Recipe, kind: str | None = None, disk: str | None = None) ->
     """The recipe with another file server (`--fs`) or disk name (`--set fs.disk=`).
 
     The plan9 partition is subdivided as prepdisk's autotype does for that
-    file server: `fs` for hjfs, `fscache fsworm other` for cwfs (in place of
+    file server: `fs` for hjfs and gefs, `fscache fsworm other` for cwfs (in place of
     whichever set the recipe's layout.prep lists).  Raises RecipeError for an
     unknown type or a disk name cwfs's config could not hold.
     """

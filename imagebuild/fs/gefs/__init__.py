@@ -16,7 +16,7 @@ docs/gefs.md describes the format, the rules with their sources, and where we di
 
 from imagebuild.fs.gefs.check import MISREAMED_ADM, CheckResult, fsck
 from imagebuild.fs.gefs.layout import BLKSZ, GefsFormatError
-from imagebuild.fs.gefs.reader import GefsStat, GefsVolume, is_gefs
+from imagebuild.fs.gefs.reader import GefsError, GefsStat, GefsSummary, GefsVolume, is_gefs
 from imagebuild.fs.gefs.writer import INSTALL_USER, ream_and_populate, ream_only
 
 __all__ = [
@@ -24,8 +24,10 @@ __all__ = [
     "INSTALL_USER",
     "MISREAMED_ADM",
     "CheckResult",
+    "GefsError",
     "GefsFormatError",
     "GefsStat",
+    "GefsSummary",
     "GefsVolume",
     "fsck",
     "is_gefs",

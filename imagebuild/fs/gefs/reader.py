@@ -17,7 +17,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
+from imagebuild.errors import ImageBuildError
+from imagebuild.fs.api import FsSummary
 from imagebuild.fs.gefs.hash import blkhash
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
@@ -57,6 +60,18 @@ from imagebuild.fs.gefs.layout import (
 )
 
 Pread = Callable[[int, int], bytes]
+
+
+class GefsError(ImageBuildError):
+    """A path that is missing, or a file where a directory is wanted (and the reverse)."""
+
+
+@dataclass(frozen=True)
+class GefsSummary(FsSummary):
+    """df for gefs: blocks of 16 KiB across all arenas, the main dataset's tree."""
+
+    fs_type: ClassVar[str] = "gefs"
+    datasets: tuple[str, ...] = ()
 
 
 def is_gefs(pread: Pread) -> bool:
@@ -236,8 +251,32 @@ class GefsVolume:
     def read(self, path: str, label: str = "main") -> bytes:
         return self.dataset(label).read(path)
 
-    def walk(self, label: str = "main") -> Iterator[tuple[str, GefsStat]]:
-        return self.dataset(label).walk()
+    def walk(self, path: str = "/", label: str = "main") -> Iterator[tuple[str, GefsStat]]:
+        prefix = "/" + "/".join(e for e in path.split("/") if e)
+        for p, st in self.dataset(label).walk():
+            if p == prefix or p.startswith(prefix.rstrip("/") + "/"):
+                yield p, st
+
+    def scandir(self, path: str = "/", label: str = "main") -> list[GefsStat]:
+        ds = self.dataset(label)
+        return [ds.stat(path.rstrip("/") + "/" + n) for n in ds.listdir(path)]
+
+    def iter_read(self, path: str, label: str = "main") -> Iterator[bytes]:
+        yield self.read(path, label)
+
+    def summary(self) -> GefsSummary:
+        """Blocks used and free (from the arena headers) and what the main dataset holds."""
+        files = dirs = nbytes = 0
+        for _, st in self.walk():
+            if st.is_dir:
+                dirs += 1
+            else:
+                files += 1
+                nbytes += st.length
+        total = sum(a.size for a in self.arenas) // BLKSZ
+        used = sum(a.used for a in self.arenas) // BLKSZ
+        return GefsSummary(total, used, total - used, files, dirs, nbytes, BLKSZ,
+                           tuple(sorted(self.labels())))
 
 
 class _Dataset:
@@ -264,17 +303,17 @@ class _Dataset:
         d, name = self.root, "/"
         for elem in [e for e in path.split("/") if e]:
             if not d.qtype & QTDIR:
-                raise FileNotFoundError(path)
+                raise GefsError(f"{path}: file does not exist")
             nd = self.children.get(d.qid, {}).get(elem.encode("utf-8", "surrogateescape"))
             if nd is None:
-                raise FileNotFoundError(path)
+                raise GefsError(f"{path}: file does not exist")
             d, name = nd, elem
         return name, d
 
     def _stat(self, name: str, d: Xdir) -> GefsStat:
         try:
             users = self.vol.users()
-        except (GefsFormatError, FileNotFoundError, IsADirectoryError):
+        except (GefsFormatError, GefsError):
             users = {}
 
         def who(i: int) -> str:
@@ -290,13 +329,13 @@ class _Dataset:
     def listdir(self, path: str) -> list[str]:
         _, d = self._walk1(path)
         if not d.qtype & QTDIR:
-            raise NotADirectoryError(path)
+            raise GefsError(f"{path}: not a directory")
         return sorted(n.decode("utf-8", "surrogateescape") for n in self.children.get(d.qid, {}))
 
     def read(self, path: str) -> bytes:
         _, d = self._walk1(path)
         if d.qtype & QTDIR:
-            raise IsADirectoryError(path)
+            raise GefsError(f"{path}: is a directory")
         out = bytearray()
         for off in range(0, d.length, BLKSZ):
             v = self.kvs.get(dat_key(d.qid, off))
@@ -320,4 +359,6 @@ class _Dataset:
                     stack.append((child, c))
 
 
-__all__ = ["GefsStat", "GefsVolume", "apply_msg", "is_gefs", "statupdate"]
+__all__ = [
+    "GefsError", "GefsStat", "GefsSummary", "GefsVolume", "apply_msg", "is_gefs", "statupdate",
+]
