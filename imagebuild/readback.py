@@ -291,7 +291,7 @@ def repair_fs(path: Path, part: str, *, overlay: Path | None, in_place: bool) ->
     from imagebuild.container.qcow2.image import Qcow2Image
     from imagebuild.container.qcow2.image import open_image as open_container
     from imagebuild.fs.gefs.repair import repair_adm_backlink
-    from imagebuild.pipeline.build import atomic_output
+    from imagebuild.pipeline.output import atomic_output
 
     if part not in FS_PARTITIONS:
         raise ImageBuildError(f"{path}: fsck --repair works on {', '.join(FS_PARTITIONS)}")
