@@ -293,3 +293,30 @@ def test_node_layout_round_trips() -> None:
     n = unpack_node(blk)
     assert n.vals == kvs and n.fill == 2 * 100 + n.valsz
     assert n.fill <= LEAFSPC
+
+
+def test_bulk_copy_leaves_what_mkfs_writes_leave(built: tuple[bytes, Path, list]) -> None:  # type: ignore[type-arg]
+    """The BulkCopy shortcut against the shared replay's piece-by-piece writes."""
+    from imagebuild.fs.gefs.fileserver import COPYDIST_BUFLEN, GefsFileServer
+    from imagebuild.fs.gefs.writer import GefsBuilder
+    from imagebuild.fs.mkfs import mkfs
+
+    class Writes:  # the FileServer requests only: no copy(), so mkfs writes each piece
+        def __init__(self, inner: GefsFileServer) -> None:
+            self.inner = inner
+            self.attach, self.walk, self.stat = inner.attach, inner.walk, inner.stat
+            self.create, self.write, self.wstat = inner.create, inner.write, inner.wstat
+
+    images = []
+    for bulk in (True, False):
+        s = BytesStorage(SIZE)
+        b = GefsBuilder(SIZE, now=T, put_data=lambda a, blk, s=s: s.pwrite(blk, a))
+        b.install()
+        fsrv = GefsFileServer(b.server, b.main, {b.user: b.mkfs_uid}, lambda m: None)
+        mkfs(fsrv if bulk else Writes(fsrv), built[2], user=b.user,  # type: ignore[arg-type]
+             default_owner=("sys", "sys"), timestamp=T, buflen=COPYDIST_BUFLEN)
+        r = b.commit()
+        for addr, blk in sorted(r.final_blocks().items()):
+            s.pwrite(blk, addr)
+        images.append(bytes(s.buffer))
+    assert images[0] == images[1]

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from imagebuild.disk.device import Storage
 from imagebuild.errors import LayoutError
 from imagebuild.fs.gefs.alloc import reserve_of
-from imagebuild.fs.gefs.fileserver import GefsFileServer
+from imagebuild.fs.gefs.fileserver import COPYDIST_BUFLEN, GefsFileServer
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
     DMDIR,
@@ -167,7 +167,8 @@ class GefsBuilder:
     ) -> None:
         """The shared disk/mkfs replay against the main dataset, as copydist runs it."""
         fsrv = GefsFileServer(self.server, self.main, {self.user: self.mkfs_uid}, self.warn)
-        mkfs(fsrv, entries, user=self.user, default_owner=default_owner, timestamp=timestamp)
+        mkfs(fsrv, entries, user=self.user, default_owner=default_owner, timestamp=timestamp,
+             buflen=COPYDIST_BUFLEN)
         self.files, self.bytes = fsrv.files, fsrv.bytes
 
     # -- sync ------------------------------------------------------------------------------
