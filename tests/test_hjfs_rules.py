@@ -15,8 +15,10 @@ from imagebuild.disk.device import BlockDevice, BytesStorage
 from imagebuild.errors import ImageBuildError, InputError, LayoutError
 from imagebuild.fs.hjfs import HjfsVolume, fsck, plan, ream_and_populate
 from imagebuild.fs.hjfs.layout import Dentry, UserTable, default_users, indirect_path
-from imagebuild.fs.hjfs.writer import bio_pieces, scan_holes, tokenize
+from imagebuild.fs.hjfs.pieces import scan_holes
+from imagebuild.fs.hjfs.users import bio_pieces
 from imagebuild.fs.proto import ProtoEntry, read_proto
+from imagebuild.plan9.libc import tokenize
 
 T = 1_700_000_000
 MiB = 1 << 20
@@ -443,7 +445,7 @@ def test_dentry_block_layout_is_conv_c(tmp_path: Path) -> None:
 
 
 def sparse_tree(src: Path) -> None:
-    from imagebuild.fs.hjfs.writer import PIECE
+    from imagebuild.fs.hjfs.pieces import PIECE
 
     src.mkdir(parents=True, exist_ok=True)
     data = bytearray(os.urandom(PIECE + 50_000))
@@ -491,8 +493,9 @@ def test_a_tree_that_fits_only_thanks_to_its_holes(tmp_path: Path) -> None:
 
 
 def test_dry_replay_bounds_the_exact_one(tmp_path: Path) -> None:
+    from imagebuild.fs.hjfs.copy import DryCopier
     from imagebuild.fs.hjfs.layout import indirect_blocks_for
-    from imagebuild.fs.hjfs.writer import DRY, MKFILE_CONSOLE, _replay
+    from imagebuild.fs.hjfs.writer import MKFILE_CONSOLE, _replay
 
     # getblk's tree: 15 direct; then 341 below one single-indirect block; then
     # double-indirect: one top block and one per 341 data blocks
@@ -515,12 +518,12 @@ def test_dry_replay_bounds_the_exact_one(tmp_path: Path) -> None:
         dry = _replay(
             8192,
             entries_,
+            DryCopier(),
             timestamp=T,
             now=T,
             default_owner=("sys", "sys"),
-            console=MKFILE_CONSOLE,
+            console_lines=MKFILE_CONSOLE,
             mkfs_user="glenda",
-            mode=DRY,
         ).blocks_needed
         # without holes the count is exact; holes only save blocks
         assert (dry > exact) if sparse else (dry == exact), text

@@ -26,8 +26,10 @@ import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from imagebuild.errors import ImageFormatError
+from imagebuild.fs.api import FsSummary
 
 # dat.h: "affects on-disk structure"
 BLOCK = 4096
@@ -143,16 +145,25 @@ class Superblock:
 # -- reference counts ---------------------------------------------------------------------------
 
 
-def pack_refs(refs: Sequence[int] | bytes | bytearray) -> bytes:
-    """A TREF block: REFPERBLK counts of 3 bytes each (fewer are zero-filled)."""
+def pack_refs(refs: Sequence[int] | bytes | bytearray, *, sentinel_fill: bool = False) -> bytes:
+    """A TREF block: REFPERBLK counts of REFSIZ bytes each, little-endian.
+
+    Fewer counts are followed by zeros, or with `sentinel_fill` by
+    REFSENTINEL (fs1.c ream() marks the slots past the device's end so).
+    A bytes/bytearray `refs` holds counts below 256, one per byte.
+    """
     if len(refs) > REFPERBLK:
         raise ValueError("too many reference counts for one block")
-    payload = bytearray(REFSIZ * len(refs))
+    payload = bytearray(REFSIZ * REFPERBLK)
     if isinstance(refs, bytes | bytearray):  # counts below 256: the low byte only
-        payload[0::REFSIZ] = refs
+        payload[0 : REFSIZ * len(refs) : REFSIZ] = refs
     else:
         for i, r in enumerate(refs):
             payload[REFSIZ * i : REFSIZ * i + REFSIZ] = r.to_bytes(REFSIZ, "little")
+    if sentinel_fill and len(refs) < REFPERBLK:
+        payload[REFSIZ * len(refs) :] = REFSENTINEL.to_bytes(REFSIZ, "little") * (
+            REFPERBLK - len(refs)
+        )
     return block_of(TREF, payload)
 
 
@@ -460,20 +471,9 @@ def _is_c_decimal(text: str) -> bool:
 
 
 @dataclass(frozen=True)
-class FsSummary:
-    """What `df` reports (blocks whose count is 0 are free) and what the tree holds."""
+class HjfsSummary(FsSummary):
+    """api.FsSummary for hjfs: blocks of BLOCK bytes, printed as `hjfs: ...`."""
 
-    blocks_total: int
-    blocks_used: int
-    blocks_free: int
-    files: int
-    directories: int
-    bytes: int
+    fs_type: ClassVar[str] = "hjfs"
+
     block_size: int = BLOCK
-
-    def __str__(self) -> str:
-        return (
-            f"hjfs: {self.blocks_used} of {self.blocks_total} blocks used "
-            f"({self.blocks_free} free), {self.directories} directories, "
-            f"{self.files} files, {self.bytes} bytes"
-        )

@@ -25,9 +25,7 @@ from imagebuild.fs.hjfs.layout import (
     OFFPERBLK,
     QTDIR,
     RBLOCK,
-    REFPERBLK,
     REFSENTINEL,
-    REFSIZ,
     ROOTQID,
     SUPERBLK,
     SUPERMAGIC,
@@ -37,7 +35,7 @@ from imagebuild.fs.hjfs.layout import (
     TREF,
     TYPE_NAMES,
     Dentry,
-    FsSummary,
+    HjfsSummary,
     Superblock,
     UserTable,
     default_users,
@@ -46,6 +44,7 @@ from imagebuild.fs.hjfs.layout import (
     ref_blocks,
     unpack_dentries,
     unpack_indir,
+    unpack_refs,
 )
 
 
@@ -247,14 +246,10 @@ class HjfsVolume:
         """Every block's stored reference count (index = block number), sentinels included."""
         counts: list[int] = []
         for k in range(self.sb.fend - self.sb.fstart):
-            data = self.typed_block(self.sb.fstart + k, TREF)
-            counts.extend(
-                int.from_bytes(data[1 + REFSIZ * i : 1 + REFSIZ * (i + 1)], "little")
-                for i in range(REFPERBLK)
-            )
+            counts.extend(unpack_refs(self.typed_block(self.sb.fstart + k, TREF)))
         return counts
 
-    def summary(self) -> FsSummary:
+    def summary(self) -> HjfsSummary:
         """cons.c cmddf(): free = blocks whose count is 0; plus the tree's contents."""
         free = sum(1 for r in self.refs()[: self.sb.size] if r == 0)
         files = nbytes = 0
@@ -265,7 +260,7 @@ class HjfsVolume:
             else:
                 files += 1
                 nbytes += st.length
-        return FsSummary(self.sb.size, self.sb.size - free, free, files, dirs, nbytes)
+        return HjfsSummary(self.sb.size, self.sb.size - free, free, files, dirs, nbytes)
 
 
 # -- the checker -------------------------------------------------------------------------------
