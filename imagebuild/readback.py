@@ -27,7 +27,8 @@ def mbr_table(disk: BlockDevice, *, verify: bool = False) -> list[dict[str, Any]
     With `verify`, libparted must agree on every start, length and boot flag
     (it cannot report an msdos type byte); raises LayoutError where it does not.
     """
-    from imagebuild.partition.fdisk import read_mbr, read_partitions, verify_with_libparted
+    from imagebuild.partition.dostable import read_mbr, read_partitions
+    from imagebuild.partition.parted_check import verify_with_libparted
     from imagebuild.partition.sector0 import SECTOR, has_magic
 
     if not has_magic(disk.pread(SECTOR, 0)):

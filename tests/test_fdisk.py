@@ -36,7 +36,8 @@ from mbr_helpers import (
 from imagebuild.disk.device import BlockDevice, BytesStorage, PartFS, RawFile
 from imagebuild.errors import ImageBuildError, ImageFormatError, LayoutError
 from imagebuild.partition import fdisk, mbr
-from imagebuild.partition.fdisk import read_mbr, read_partitions
+from imagebuild.partition.dostable import read_mbr, read_partitions
+from imagebuild.partition.parted_check import verify_with_libparted
 from imagebuild.partition.sector0 import Tentry, encode_chs
 
 EMPTY = Tentry()
@@ -216,7 +217,7 @@ def test_sfdisk_and_parted_read_our_table(target: str, tmp_path: Path) -> None:
     size = 3770 * MiB if target == "amd64" else 1885 * MiB
     with open_disk("raw", size, tmp_path) as parts:
         entries, _ = make_layout(parts, target)
-        fdisk.verify_with_libparted(parts["data"], entries)
+        verify_with_libparted(parts["data"], entries)
     image = tmp_path / "disk.img"
     dump = sfdisk_dump(image)
     rows = parted_print(image)
@@ -241,10 +242,10 @@ def test_verify_with_libparted_catches_a_lie() -> None:
     wrong = [Tentry(e.active, e.start_chs, e.type, e.end_chs, e.lba, e.size + 1)
              for e in entries[:1]] + entries[1:]
     with pytest.raises(LayoutError, match="libparted"):
-        fdisk.verify_with_libparted(parts["data"], wrong)
+        verify_with_libparted(parts["data"], wrong)
     unbooted = [Tentry(0, e.start_chs, e.type, e.end_chs, e.lba, e.size) for e in entries]
     with pytest.raises(LayoutError, match="boot"):
-        fdisk.verify_with_libparted(parts["data"], unbooted)
+        verify_with_libparted(parts["data"], unbooted)
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
@@ -393,7 +394,7 @@ def test_fdisk_logical_partitions_chain(tmp_path: Path) -> None:
         ]
         logical = [p for p in read_partitions(parts["data"]) if not p.primary]
         assert [(p.start, p.end) for p in logical] == [(20512, 40960), (40992, 61440)]
-        fdisk.verify_with_libparted(parts["data"], entries)
+        verify_with_libparted(parts["data"], entries)
         assert list(parts) == [
             ("plan9", 32, 20480), ("plan9.1", 20512, 40960), ("plan9.2", 40992, 61440)
         ]

@@ -359,18 +359,18 @@ def test_prep_autopartition_arm64_qcow2_3770mb(tmp_path: Path) -> None:
     ],
 )
 def test_parse_expr(text: str, value: int | str | None) -> None:
-    from imagebuild.partition.edit import EditError, parse_expr
+    from imagebuild.partition.calc import CalcError, parse_expr
 
     if isinstance(value, int):
         assert parse_expr(text, 100, 1000, 2000, 512) == value
     else:
-        with pytest.raises(EditError, match=value or "syntax error"):
+        with pytest.raises(CalcError, match=value or "syntax error"):
             parse_expr(text, 100, 1000, 2000, 512)
 
 
 def test_parse_expr_fdisk_units_round_down() -> None:
     """In fdisk the unit is a cylinder: 100M over 4032*512 bytes is 50, not 50.79."""
-    from imagebuild.partition.edit import parse_expr
+    from imagebuild.partition.calc import parse_expr
 
     assert parse_expr(".+100M", 0, 957, 957, 4032 * 512) == 50
     assert parse_expr("4M", 0, 957, 957, 4032 * 512) == 2
@@ -414,7 +414,7 @@ def test_parse_expr_matches_a_reference_on_random_trees() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from imagebuild.partition.edit import parse_expr
+    from imagebuild.partition.calc import parse_expr
 
     leaves = st.integers(min_value=1, max_value=10**6)
 

@@ -16,18 +16,20 @@ Differences from 9front, all on the safe side:
   Brdline drops it).
 * Ending a script with changes that no `w` wrote is an error (9front warns).
 
-References: sys/src/cmd/disk/prep/edit.c, edit.h, calc.y (libc's tokenize and
-strtoull come from imagebuild.plan9.libc).
+References: sys/src/cmd/disk/prep/edit.c, edit.h.  The expressions are calc.y
+(imagebuild.partition.calc); parts, planned writes and ctl lines are in
+imagebuild.partition.plan.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from imagebuild.disk.device import BlockDevice, PartFS
-from imagebuild.errors import ImageBuildError, LayoutError, OutOfRangeError
-from imagebuild.plan9.libc import UVLONG_MASK, cdiv, strtoull, tokenize, vlong
+from imagebuild.errors import ImageBuildError, LayoutError
+from imagebuild.partition.calc import CalcError, parse_expr
+from imagebuild.partition.plan import CtlOp, DiskPlan, Part, apply_ctl, copy_partfs, ctldiff
+from imagebuild.plan9.libc import tokenize
 
 MAXPART = 32  # edit.h: Maxpart
 MAXARGS = 10  # edit.c runcmd: char *f[10]
@@ -48,202 +50,8 @@ class _EndOfInput(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# calc.y: start and end expressions
-# ---------------------------------------------------------------------------------------------
-_SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40}
-
-
-class _Calc:
-    """The grammar of calc.y as precedence climbing.
-
-    yacc's table: '+' '-' < '*' '/' < unary '-' = postfix '%', all left
-    associative, so a term is any number of unary minuses, a primary, then any
-    number of '%' — and the minuses apply before the percentages (`-5%` is
-    `(-5)%`).
-    """
-
-    def __init__(self, text: str, dot: int, dollar: int, size: int, unit: int) -> None:
-        self.text, self.pos = text, 0
-        self.dot, self.dollar, self.size, self.unit = dot, dollar, size, unit
-        self.look = self._lex()
-
-    def _lex(self) -> int | str | None:
-        """calc.y yylex(): a number (int), a one-character token, or None at the end."""
-        text = self.text
-        while self.pos < len(text) and text[self.pos] in " \t\n\v\f\r":
-            self.pos += 1
-        if self.pos >= len(text):
-            return None
-        c = text[self.pos]
-        if "0" <= c <= "9":
-            value, end = strtoull(text, self.pos)
-            if end == self.pos:  # "0x" with no hex digit: the same token forever
-                raise EditError("syntax error")
-            self.pos = end
-            suffix = text[end].lower() if end < len(text) and text[end].isascii() else ""
-            if suffix in _SUFFIX_SHIFT:
-                self.pos += 1
-                value = ((value << _SUFFIX_SHIFT[suffix]) & UVLONG_MASK) // self.unit
-            return vlong(value)
-        self.pos += 1
-        return c
-
-    def _next(self) -> None:
-        self.look = self._lex()
-
-    def parse(self) -> int:
-        value = self._expr()
-        if self.look is not None:
-            raise EditError("syntax error")
-        return value
-
-    def _expr(self) -> int:
-        value = self._term()
-        while self.look in ("+", "-"):
-            op = self.look
-            self._next()
-            rhs = self._term()
-            value = vlong(value + rhs if op == "+" else value - rhs)
-        return value
-
-    def _term(self) -> int:
-        value = self._unary()
-        while self.look in ("*", "/"):
-            op = self.look
-            self._next()
-            rhs = self._unary()
-            if op == "*":
-                value = vlong(value * rhs)
-            else:
-                if rhs == 0:
-                    raise EditError("division by zero")
-                value = vlong(cdiv(value, rhs))
-        return value
-
-    def _unary(self) -> int:
-        negations = 0
-        while self.look == "-":
-            negations += 1
-            self._next()
-        value = self._primary()
-        if negations % 2:
-            value = vlong(-value)
-        while self.look == "%":  # FRAC: a percentage of the size
-            self._next()
-            value = vlong(cdiv(vlong(self.size * value), 100))
-        return value
-
-    def _primary(self) -> int:
-        look = self.look
-        if isinstance(look, int):
-            self._next()
-            return look
-        if look == ".":
-            self._next()
-            return self.dot
-        if look == "$":
-            self._next()
-            return self.dollar
-        if look == "(":
-            self._next()
-            value = self._expr()
-            if self.look != ")":
-                raise EditError("syntax error")
-            self._next()
-            return value
-        raise EditError("syntax error")
-
-
-def parse_expr(text: str, dot: int, dollar: int, size: int, unit: int) -> int:
-    """calc.y parseexpr(): `.` is dot, `$` dollar, `N%` N percent of size, `4M` in units."""
-    return _Calc(text, dot, dollar, size, unit).parse()
-
-
-# ---------------------------------------------------------------------------------------------
-# Planned writes: nothing reaches the disk or partfs until the whole edit succeeded
-# ---------------------------------------------------------------------------------------------
-class DiskPlan:
-    """Writes to a block device, held back until commit(); reads see them."""
-
-    def __init__(self, dev: BlockDevice) -> None:
-        self.dev = dev
-        self.writes: list[tuple[int, bytes]] = []
-
-    def pread(self, size: int, offset: int) -> bytes:
-        data = bytearray(self.dev.pread(size, offset))
-        for at, chunk in self.writes:
-            lo, hi = max(at, offset), min(at + len(chunk), offset + size)
-            if lo < hi:
-                data[lo - offset : hi - offset] = chunk[lo - at : hi - at]
-        return bytes(data)
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        if offset < 0 or offset + len(data) > self.dev.size:
-            raise OutOfRangeError(
-                f"{self.dev.name}: write of {len(data)} bytes at offset {offset} runs past "
-                f"its end ({self.dev.size} bytes)"
-            )
-        self.writes.append((offset, bytes(data)))
-
-    def commit(self) -> None:
-        for offset, data in self.writes:
-            self.dev.pwrite(data, offset)
-        self.writes.clear()
-
-
-@dataclass
-class CtlOp:
-    """One line written to partfs's ctl: `part NAME START END` or `delpart NAME`."""
-
-    verb: str
-    name: str
-    start: int = 0
-    end: int = 0
-
-    def __str__(self) -> str:
-        if self.verb == "delpart":
-            return f"delpart {self.name}"
-        return f"part {self.name} {self.start} {self.end}"
-
-
-def copy_partfs(parts: PartFS) -> PartFS:
-    """A scratch copy of partfs's table, to try ctl lines on before the real one."""
-    scratch = PartFS(parts.disk)
-    for name, start, end in parts:
-        scratch.add(name, start, end)
-    return scratch
-
-
-def apply_ctl(parts: PartFS, ops: list[CtlOp]) -> None:
-    for op in ops:
-        if op.verb == "delpart":
-            parts.delete(op.name)
-        else:
-            parts.add(op.name, op.start, op.end)
-
-
-# ---------------------------------------------------------------------------------------------
 # The editor
 # ---------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class Part:
-    """edit.h Part: start/end in the editor's unit; ctlstart/ctlend in sectors when set."""
-
-    name: str
-    ctlname: str = ""
-    start: int = 0
-    end: int = 0
-    ctlstart: int = 0
-    ctlend: int = 0
-    changed: bool = False
-
-    def ctl_start(self) -> int:
-        return self.ctlstart if self.ctlstart else self.start
-
-    def ctl_end(self) -> int:
-        return self.ctlend if self.ctlend else self.end
-
-
 HELP_TEXT = (
     ". [newdot] - display or set value of dot\n"
     "a name [start [end]] - add partition\n"
@@ -268,17 +76,25 @@ class LineReader:
         self.lineno = 0
 
     def next_line(self) -> str | None:
+        """The next line, leading blanks skipped; None at the end of the script."""
         for lineno, line in self._lines:
             self.lineno = lineno
             return line.lstrip()  # getline() skips leading blanks
         return None
 
     def where(self) -> str:
+        """`SOURCE:LINE` of the line read last, for messages."""
         return f"{self.source}:{self.lineno}"
 
 
 class Editor:
-    """edit.c's Edit with the command loop; fdisk and prep subclass the hooks."""
+    """edit.c's Edit with the command loop; fdisk and prep subclass the cmd_* hooks.
+
+    `parts` is partfs's table, `dev` the device edited (a partfs partition);
+    the part list is in units of `unitsz` bytes, `end` units long.  Commands
+    raise EditError (run_script turns it into LayoutError "SOURCE:LINE: ...");
+    nothing reaches `dev` or partfs before commit().
+    """
 
     unit_name = "sector"
 
@@ -301,17 +117,20 @@ class Editor:
 
     # -- output ---------------------------------------------------------------------------
     def print(self, text: str) -> None:
+        """Write `text` to the output callback, if any (the editor's stdout)."""
         if self._output is not None:
             self._output(text)
 
     # -- the part list ----------------------------------------------------------------------
     def findpart(self, name: str) -> Part | None:
+        """The part named `name`, or None."""
         for part in self.parts:
             if part.name == name:
                 return part
         return None
 
     def okname(self, name: str) -> None:
+        """edit.c okname(): EditError for an empty name or one already taken."""
         if name == "":
             raise EditError("partition has no name")
         if self.findpart(name) is not None:
@@ -330,36 +149,46 @@ class Editor:
             self.changed = True
 
     def delpart(self, part: Part) -> None:
+        """Remove `part` from the list (the next `w` drops it from disk and partfs)."""
         self.parts.remove(part)
         self.changed = True
 
     # -- hooks (edit.h function pointers) ---------------------------------------------------
     def cmd_add(self, name: str, start: int, end: int) -> None:
+        """Hook: add a part over [start, end) in units (range-checked); EditError if refused."""
         raise NotImplementedError
 
     def cmd_del(self, part: Part) -> None:
+        """Hook: delete `part`."""
         self.delpart(part)
 
     def cmd_ext(self, args: list[str]) -> None:
+        """Hook: a command the editor does not know (fdisk's A, t, R); EditError here."""
         raise EditError("unknown command")
 
     def cmd_help(self) -> None:
+        """Hook: print the back end's extra help lines."""
         pass
 
     def cmd_okname(self, name: str) -> None:
+        """Hook: EditError for a name the back end refuses."""
         pass
 
     def cmd_sum(self, part: Part | None, a: int, b: int) -> None:
+        """Hook: print one line of `p` for `part` (None: free space) over [a, b) in units."""
         raise NotImplementedError
 
     def cmd_write(self) -> None:
+        """Hook: plan the table writes for `w`, then queue_ctldiff()."""
         raise NotImplementedError
 
     def cmd_printctl(self) -> None:
+        """Hook for `P`: print the ctl lines a write would send partfs."""
         self.print("".join(f"{op}\n" for op in self.ctldiff()))
 
     # -- reading lines ----------------------------------------------------------------------
     def getline(self) -> str:
+        """The next script line for a prompt (`a`, `t` short of arguments); EOF ends the script."""
         line = self.reader.next_line() if self.reader is not None else None
         if line is None:
             raise _EndOfInput
@@ -367,14 +196,23 @@ class Editor:
 
     # -- commands ---------------------------------------------------------------------------
     def edit_dot(self, args: list[str]) -> None:
+        """`. [expr]`: print dot, or set it to the expression's value."""
         if len(args) == 1:
             self.print(f"\t. {self.dot}\n")
             return
         if len(args) > 2:
             raise EditError("args")
-        self.dot = parse_expr(args[1], self.dot, self.end, self.end, self.unitsz)
+        self.dot = self.expr(args[1], self.end)
+
+    def expr(self, text: str, dollar: int) -> int:
+        """calc.y parseexpr() with this editor's dot, size and unit; its errors are `?` answers."""
+        try:
+            return parse_expr(text, self.dot, dollar, self.end, self.unitsz)
+        except CalcError as err:
+            raise EditError(str(err)) from None
 
     def check_start(self, start: int) -> None:
+        """editadd(): EditError unless `start` is on the disk and outside every part."""
         if start < 0 or start >= self.end:
             raise EditError("start out of range")
         for part in self.parts:
@@ -383,6 +221,7 @@ class Editor:
 
     @staticmethod
     def check_end(start: int, end: int, maxend: int) -> None:
+        """editadd(): EditError for an empty part or an end outside (start, maxend]."""
         if start == end:
             raise EditError("size zero partition")
         if end <= start or end > maxend:
@@ -394,6 +233,7 @@ class Editor:
         self.check_end(start, end, self.maxend(start))
 
     def maxend(self, start: int) -> int:
+        """The largest end for a part starting at `start`: the next part's start, or the end."""
         maxend = self.end
         for part in self.parts:
             if start < part.start < maxend:
@@ -401,17 +241,18 @@ class Editor:
         return maxend
 
     def edit_add(self, args: list[str]) -> None:
+        """`a name [start [end]]`: evaluate, check, hand the part to cmd_add; dot becomes end."""
         if len(args) < 2:
             raise EditError("args")
         name = args[1]
         self.okname(name)
         self.cmd_okname(name)
         text = args[2] if len(args) >= 3 else self.getline()
-        start = parse_expr(text, self.dot, self.end, self.end, self.unitsz)
+        start = self.expr(text, self.end)
         self.check_start(start)
         maxend = self.maxend(start)
         text = args[3] if len(args) >= 4 else self.getline()
-        end = parse_expr(text, self.dot, maxend, self.end, self.unitsz)
+        end = self.expr(text, maxend)
         self.check_end(start, end, maxend)
         if len(args) > 4:
             raise EditError("args")
@@ -419,6 +260,7 @@ class Editor:
         self.dot = end
 
     def edit_del(self, args: list[str]) -> None:
+        """`d name`."""
         if len(args) != 2:
             raise EditError("args")
         part = self.findpart(args[1])
@@ -427,10 +269,12 @@ class Editor:
         self.cmd_del(part)
 
     def edit_help(self, args: list[str]) -> None:
+        """`h` or `?`: the help text."""
         self.print(HELP_TEXT)
         self.cmd_help()
 
     def edit_print(self, args: list[str]) -> None:
+        """`p`: one cmd_sum line per part and per gap."""
         if len(args) != 1:
             raise EditError("args")
         lastend = 0
@@ -443,6 +287,7 @@ class Editor:
             self.cmd_sum(None, lastend, self.end)
 
     def edit_write(self, args: list[str]) -> None:
+        """`w`: cmd_write, then every part counts as written."""
         if len(args) != 1:
             raise EditError("args")
         self.cmd_write()
@@ -451,6 +296,7 @@ class Editor:
         self.changed = False
 
     def edit_quit(self, args: list[str]) -> None:
+        """`q`: ends the script; with unwritten changes the first `q` is refused, as in edit.c."""
         if len(args) != 1:
             raise EditError("args")
         if self.changed and (not self.warned or self.lastcmd != "q"):
@@ -459,6 +305,7 @@ class Editor:
         raise _Quit
 
     def edit_ctlprint(self, args: list[str]) -> None:
+        """`P`: cmd_printctl."""
         if len(args) != 1:
             raise EditError("args")
         self.cmd_printctl()
@@ -517,37 +364,8 @@ class Editor:
 
     # -- partfs -----------------------------------------------------------------------------
     def ctldiff(self) -> list[CtlOp]:
-        """edit.c ctldiff(): the ctl lines that bring partfs in line with the part list.
-
-        partfs's own parts inside the device being edited are dropped unless one
-        of ours names the same range (then it and the parts inside it stay);
-        then every named part is (re)added, which partfs treats as a no-op when
-        nothing changed.
-        """
-        offset = self.dev.offset
-        ctlparts: list[Part] = []
-        for name, a, b in self.ctl_state:
-            if a >= b:
-                continue
-            if a < offset or offset + self.dev.secs < b:
-                continue  # only partitions inside the one being edited
-            if name == self.dev.name:
-                continue  # the partition being edited does not count
-            ctlparts.append(Part(name, name, a - offset, b - offset, changed=True))
-        for ctl in ctlparts:
-            for part in self.parts:
-                if _areequiv(ctl, part):
-                    for inner in ctlparts:
-                        if ctl.start <= inner.start and inner.end <= ctl.end:
-                            inner.changed = False
-                    break
-        ops = [CtlOp("delpart", ctl.ctlname) for ctl in ctlparts if ctl.changed]
-        for part in self.parts:
-            if part.ctlname:
-                ops.append(
-                    CtlOp("part", part.ctlname, offset + part.ctl_start(), offset + part.ctl_end())
-                )
-        return ops
+        """edit.c ctldiff() for this editor's device, parts and planned partfs state."""
+        return ctldiff(self.dev, self.ctl_state, self.parts)
 
     def queue_ctldiff(self) -> None:
         """After a write: plan the ctl lines, checking now that partfs will take them."""
@@ -562,18 +380,14 @@ class Editor:
         self.ctl_ops.clear()
 
 
-def _areequiv(p: Part, q: Part) -> bool:
-    if not p.ctlname or not q.ctlname:
-        return False
-    return (
-        p.ctlname == q.ctlname
-        and p.ctl_start() == q.ctl_start()
-        and p.ctl_end() == q.ctl_end()
-    )
+def cmdsum_size(sz: int) -> str:
+    """prep.c/fdisk.c cmdsum's size of `sz` bytes: `12.34 MB` (hundredths truncated) or `123 B `.
 
-
-def format_size(sz: int) -> str:
-    """cmdsum's size: `12.34 MB` (truncated hundredths) or `123 B `."""
+    Not imagebuild.util.sizes.format_size: 9front's editors print decimal
+    suffixes KB/MB/GB/TB for powers of 1024, always two truncated decimals,
+    and a trailing blank after `B`; qemu-img's style (3.68 GiB) rounds to three
+    significant digits.
+    """
     for suffix, div in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if sz >= div:
             return f"{sz // div}.{(sz % div) * 100 // div:02d} {suffix}"

@@ -31,9 +31,9 @@ from imagebuild.partition.edit import (
     EditError,
     Editor,
     Output,
-    Part,
-    format_size,
+    cmdsum_size,
 )
+from imagebuild.partition.plan import Part
 from imagebuild.plan9.libc import getfields, strtoll, strtoull
 
 KB, MB, GB = 1 << 10, 1 << 20, 1 << 30
@@ -80,9 +80,11 @@ class Plan9Partition:
 
     @property
     def size(self) -> int:
+        """Sectors."""
         return self.end - self.start
 
     def line(self) -> str:
+        """The table line `part NAME START END\n`."""
         return f"part {self.name} {self.start} {self.end}\n"
 
 
@@ -194,7 +196,7 @@ def autopartition(
 
     def too_small() -> LayoutError:
         return LayoutError(
-            f"{where}: {total} sectors ({format_size(total * sector_size).strip()}) are too "
+            f"{where}: {total} sectors ({cmdsum_size(total * sector_size).strip()}) are too "
             f"small for automatic partitions {' '.join(a.name for a in rules)}, whose minimum "
             f"sizes add up to {minimum} sectors (ran out of disk space during autopartition)"
         )
@@ -297,13 +299,20 @@ class PrepEditor(Editor):
             )
 
     def rdpart(self) -> None:
+        """prep rdpart(): the table already in sector 1 into the part list (ImageFormatError if
+        malformed).
+        """
         for p in read_table(self.dev):
             self.addpart(Part(p.name, p.name, p.start, p.end))
 
     def plan9_partitions(self) -> list[Plan9Partition]:
+        """The part list as table lines, in order."""
         return [Plan9Partition(p.name, p.start, p.end) for p in self.parts]
 
     def autoxpart(self, names: Sequence[str]) -> None:
+        """prep autoxpart(): the automatic partitions `names` (LayoutError if unknown or too big),
+        unless parts exist.
+        """
         _check_names(names)
         if self.parts:
             self.print("partitions already exist; not repartitioning\n")
@@ -316,22 +325,26 @@ class PrepEditor(Editor):
 
     # -- editor hooks -----------------------------------------------------------------------
     def cmd_add(self, name: str, start: int, end: int) -> None:
+        """prep cmdadd(): only 9fat may cover sectors 0 and 1 (the pbs and the table)."""
         if start < 2 and name != "9fat":
             raise EditError("overlaps with the pbs and/or the partition table")
         self.addpart(Part(name, name, start, end, changed=True))
 
     def cmd_okname(self, name: str) -> None:
+        """prep cmdokname(): no control characters, blanks, '/' or DEL in a name."""
         if any(b in _FROG for b in name.encode()):
             raise EditError("bad character in name")
 
     def cmd_sum(self, part: Part | None, a: int, b: int) -> None:
+        """prep cmdsum(): `' name start end (N sectors, SIZE)`."""
         flag = "'" if part and part.changed else " "
         name = part.name if part else "empty"
         size = (b - a) * self.dev.sector_size
         w = self.width
-        self.print(f"{flag} {name:<12} {a:>{w}} {b:<{w}} ({b - a} sectors, {format_size(size)})\n")
+        self.print(f"{flag} {name:<12} {a:>{w}} {b:<{w}} ({b - a} sectors, {cmdsum_size(size)})\n")
 
     def cmd_write(self) -> None:
+        """prep wrpart(): plan sector 1's table (LayoutError if it does not fit), then partfs."""
         table = self.plan9_partitions()
         sector = pack_table(table, self.dev.sector_size)
         if self.dev.secs <= TABLE_SECTOR:
