@@ -325,3 +325,29 @@ def test_fat_golden_hybrid_iso_esp() -> None:
     )
     assert (params.first_data_sector, params.cluster_count, params.fat_bits) == (23, 2025, 12)
     assert esp.pread(3, 512) == b"\xf8\xff\xff"  # FAT12: media, then 0xff 0xff
+
+
+def test_fat_records_sit_at_the_spec_offsets() -> None:
+    """Each field of the one declaration sits where the FAT specification puts it."""
+    from imagebuild.fs.fat.bpb import BPB, BPB16_TAIL, BPB32_TAIL, FSINFO_BODY, FSINFO_LEAD
+    from imagebuild.fs.fat.dirent import DIR_ENTRY, LFN_SLOT
+
+    spec = {
+        "BPB_BytsPerSec": 0x0B, "BPB_RsvdSecCnt": 0x0E, "BPB_RootEntCnt": 0x11,
+        "BPB_Media": 0x15, "BPB_FATSz16": 0x16, "BPB_HiddSec": 0x1C, "BPB_TotSec32": 0x20,
+    }
+    assert {k: BPB.offsets()[k] for k in spec} == spec
+    assert BPB16_TAIL.offsets()["BS_VolID"] == 0x27 and BPB16_TAIL.end == 0x3E
+    fat32 = BPB32_TAIL.offsets()
+    assert (fat32["BPB_RootClus"], fat32["BPB_FSInfo"], fat32["BS_DrvNum"]) == (0x2C, 0x30, 0x40)
+    assert (fat32["BS_VolID"], fat32["BS_FilSysType"], BPB32_TAIL.end) == (0x43, 0x52, 0x5A)
+    assert FSINFO_LEAD.offsets() == {"FSI_LeadSig": 0}
+    assert FSINFO_BODY.offsets()["FSI_Free_Count"] == 488
+    assert FSINFO_BODY.offsets()["FSI_Nxt_Free"] == 492
+    d = DIR_ENTRY.offsets()
+    assert (d["DIR_Attr"], d["DIR_FstClusHI"], d["DIR_WrtTime"], d["DIR_FstClusLO"]) == (
+        0x0B, 0x14, 0x16, 0x1A)
+    assert d["DIR_FileSize"] == 0x1C
+    lfn = LFN_SLOT.offsets()
+    assert (lfn["LDIR_Attr"], lfn["LDIR_Chksum"], lfn["LDIR_Name2"]) == (11, 13, 14)
+    assert (lfn["LDIR_FstClusLO"], lfn["LDIR_Name3"]) == (26, 28)

@@ -38,10 +38,10 @@ A boot sector uses the FAT32 layout exactly when fat_sectors16 is 0, the test
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from imagebuild.errors import ImageFormatError
+from imagebuild.fs.fat.fields import Field, Record
 from imagebuild.partition.sector0 import MAGIC
 
 BPB_SIZE = 0x3E  # sizeof(Dosboot): where FAT12/16 boot code starts
@@ -59,15 +59,46 @@ FAT32_MAX_CLUSTERS = 0xFFFFFF7 - 3
 EOF_MARK = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}  # entries >= this end a chain
 BAD_CLUSTER = {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}
 
-# Common part of the BPB, 0x00..0x24 (both layouts).
-_COMMON = struct.Struct("<3s8sHBHBHHBHHHII")
-# FAT12/16 tail, 0x24..0x3E.
-_TAIL16 = struct.Struct("<BBBI11s8s")
-# FAT32 tail, 0x24..0x5A.
-_TAIL32 = struct.Struct("<IHHIHH12sBBBI11s8s")
+_EXTENDED_BPB = (  # BS_* fields: at 0x24 on FAT12/16, at 0x40 on FAT32
+    Field("BS_DrvNum", "drive_number", "B"),
+    Field("BS_Reserved1", "reserved1", "B"),
+    Field("BS_BootSig", "boot_signature", "B"),
+    Field("BS_VolID", "volume_id", "I"),
+    Field("BS_VolLab", "label", "11s"),
+    Field("BS_FilSysType", "fs_type", "8s"),
+)
+# The BPB common to all three widths, 0x00..0x24.
+BPB = Record(
+    0,
+    Field("BS_jmpBoot", "jump", "3s"),
+    Field("BS_OEMName", "oem_name", "8s"),
+    Field("BPB_BytsPerSec", "bytes_per_sector", "H"),
+    Field("BPB_SecPerClus", "sectors_per_cluster", "B"),
+    Field("BPB_RsvdSecCnt", "reserved_sectors", "H"),
+    Field("BPB_NumFATs", "fat_count", "B"),
+    Field("BPB_RootEntCnt", "root_entries", "H"),
+    Field("BPB_TotSec16", "total_sectors16", "H"),
+    Field("BPB_Media", "media", "B"),
+    Field("BPB_FATSz16", "fat_sectors16", "H"),
+    Field("BPB_SecPerTrk", "sectors_per_track", "H"),
+    Field("BPB_NumHeads", "heads", "H"),
+    Field("BPB_HiddSec", "hidden_sectors", "I"),
+    Field("BPB_TotSec32", "total_sectors32", "I"),
+)
+BPB16_TAIL = Record(BPB.end, *_EXTENDED_BPB)  # FAT12/16, 0x24..0x3E
+BPB32_TAIL = Record(  # FAT32, 0x24..0x5A
+    BPB.end,
+    Field("BPB_FATSz32", "fat_sectors32", "I"),
+    Field("BPB_ExtFlags", "ext_flags", "H"),
+    Field("BPB_FSVer", "fs_version", "H"),
+    Field("BPB_RootClus", "root_cluster", "I"),
+    Field("BPB_FSInfo", "fsinfo_sector", "H"),
+    Field("BPB_BkBootSec", "backup_boot_sector", "H"),
+    Field("BPB_Reserved", "reserved0", "12s"),
+    *_EXTENDED_BPB,
+)
 
-assert _COMMON.size == 0x24 and _COMMON.size + _TAIL16.size == BPB_SIZE
-assert _COMMON.size + _TAIL32.size == BPB32_SIZE
+assert BPB.end == 0x24 and BPB16_TAIL.end == BPB_SIZE and BPB32_TAIL.end == BPB32_SIZE
 
 VALID_SECTOR_SIZES = (512, 1024, 2048, 4096)
 
@@ -115,44 +146,21 @@ class FatParams:
 
     # -- the on-disk record ------------------------------------------------------------------
     def pack(self) -> bytes:
-        common = _COMMON.pack(
-            self.jump, self.oem_name, self.bytes_per_sector, self.sectors_per_cluster,
-            self.reserved_sectors, self.fat_count, self.root_entries, self.total_sectors16,
-            self.media, self.fat_sectors16, self.sectors_per_track, self.heads,
-            self.hidden_sectors, self.total_sectors32,
-        )
-        if self.is_fat32:
-            return common + _TAIL32.pack(
-                self.fat_sectors32, self.ext_flags, self.fs_version, self.root_cluster,
-                self.fsinfo_sector, self.backup_boot_sector, self.reserved0, self.drive_number,
-                self.reserved1, self.boot_signature, self.volume_id, self.label, self.fs_type,
-            )
-        return common + _TAIL16.pack(
-            self.drive_number, self.reserved1, self.boot_signature, self.volume_id,
-            self.label, self.fs_type,
-        )
+        """Bytes 0..BPB_SIZE (FAT12/16) or 0..BPB32_SIZE (FAT32) of the boot sector.
+
+        Raises struct.error for a field out of its range.
+        """
+        return BPB.pack(self) + (BPB32_TAIL if self.is_fat32 else BPB16_TAIL).pack(self)
 
     @classmethod
     def unpack(cls, sector: bytes, source: str = "boot sector") -> FatParams:
         """Parse the BPB fields of `sector` (no validation: see `check()`)."""
         if len(sector) < BPB32_SIZE:
             raise ImageFormatError(f"{source}: {len(sector)} bytes is too short for a BPB")
-        (jump, oem, bps, spc, rsv, nfats, rootents, tot16, media, fat16, spt, heads, hidden,
-         tot32) = _COMMON.unpack_from(sector, 0)
-        params = cls(
-            jump=jump, oem_name=oem, bytes_per_sector=bps, sectors_per_cluster=spc,
-            reserved_sectors=rsv, fat_count=nfats, root_entries=rootents, total_sectors16=tot16,
-            media=media, fat_sectors16=fat16, sectors_per_track=spt, heads=heads,
-            hidden_sectors=hidden, total_sectors32=tot32,
-        )
-        if params.is_fat32:
-            (params.fat_sectors32, params.ext_flags, params.fs_version, params.root_cluster,
-             params.fsinfo_sector, params.backup_boot_sector, params.reserved0,
-             params.drive_number, params.reserved1, params.boot_signature, params.volume_id,
-             params.label, params.fs_type) = _TAIL32.unpack_from(sector, _COMMON.size)
-        else:
-            (params.drive_number, params.reserved1, params.boot_signature, params.volume_id,
-             params.label, params.fs_type) = _TAIL16.unpack_from(sector, _COMMON.size)
+        params = cls(**BPB.unpack(sector))
+        tail = BPB32_TAIL if params.is_fat32 else BPB16_TAIL
+        for attr, value in tail.unpack(sector).items():
+            setattr(params, attr, value)
         return params
 
     def check(self, device_sectors: int | None = None, source: str = "boot sector") -> None:
@@ -196,14 +204,17 @@ class FatParams:
     # -- derived layout ------------------------------------------------------------------------
     @property
     def is_fat32(self) -> bool:
+        """Whether the FAT32 layout applies: BPB_FATSz16 is 0 (9bootfat's and Linux's test)."""
         return self.fat_sectors16 == 0
 
     @property
     def total_sectors(self) -> int:
+        """BPB_TotSec16, else BPB_TotSec32."""
         return self.total_sectors16 or self.total_sectors32
 
     @property
     def fat_sectors(self) -> int:
+        """Sectors of one FAT (BPB_FATSz16, or BPB_FATSz32 on FAT32)."""
         return self.fat_sectors32 if self.is_fat32 else self.fat_sectors16
 
     @property
@@ -213,10 +224,12 @@ class FatParams:
 
     @property
     def first_fat_sector(self) -> int:
+        """The first FAT's first sector (after the reserved sectors)."""
         return self.reserved_sectors
 
     @property
     def first_root_sector(self) -> int:
+        """The fixed root directory's first sector (FAT12/16), after the FATs."""
         return self.reserved_sectors + self.fat_count * self.fat_sectors
 
     @property
@@ -233,6 +246,8 @@ class FatParams:
 
     @property
     def fat_bits(self) -> int:
+        """The FAT entry width the cluster count implies (12, 16) or 32, as every reader decides it.
+        """
         if self.is_fat32:
             return 32
         return 12 if self.cluster_count <= FAT12_MAX_CLUSTERS else 16
@@ -256,9 +271,15 @@ class FatParams:
 # -- FSInfo (format.c struct Fatinfo) -------------------------------------------------------
 FSINFO_LEAD_SIGNATURE = 0x41615252  # FATINFOSIG1, "RRaA"
 FSINFO_STRUCT_SIGNATURE = 0x61417272  # FATINFOSIG, "rrAa"
-_FSINFO_LEAD = struct.Struct("<I")
-_FSINFO_BODY = struct.Struct("<III12s")  # sig, freeclust, nextfree, resrv
-FSINFO_BODY_OFFSET = 484
+FSINFO_LEAD = Record(0, Field("FSI_LeadSig", "lead_signature", "I"))
+FSINFO_BODY = Record(  # after FSI_Reserved1 (480 bytes); FSI_TrailSig follows at 508
+    484,
+    Field("FSI_StrucSig", "struct_signature", "I"),
+    Field("FSI_Free_Count", "free_clusters", "I"),
+    Field("FSI_Nxt_Free", "next_free", "I"),
+    Field("FSI_Reserved2", "reserved2", "12s"),
+)
+FSINFO_BODY_OFFSET = FSINFO_BODY.offset
 
 
 @dataclass
@@ -271,20 +292,18 @@ class FsInfo:
     next_free: int = 0xFFFFFFFF
     lead_signature: int = FSINFO_LEAD_SIGNATURE
     struct_signature: int = FSINFO_STRUCT_SIGNATURE
+    reserved2: bytes = field(default=bytes(12), compare=False)
 
     def pack(self, sector_size: int) -> bytes:
+        """The whole FSInfo sector of `sector_size` bytes (the rest zero)."""
         sector = bytearray(sector_size)
-        _FSINFO_LEAD.pack_into(sector, 0, self.lead_signature)
-        _FSINFO_BODY.pack_into(
-            sector, FSINFO_BODY_OFFSET, self.struct_signature, self.free_clusters,
-            self.next_free, bytes(12),
-        )
+        FSINFO_LEAD.pack_into(sector, self)
+        FSINFO_BODY.pack_into(sector, self)
         return bytes(sector)
 
     @classmethod
     def unpack(cls, sector: bytes) -> FsInfo:
+        """Read an FSInfo sector; ImageFormatError if shorter than 512 bytes (no other check)."""
         if len(sector) < 512:
             raise ImageFormatError(f"FSInfo sector: {len(sector)} bytes is too short")
-        (lead,) = _FSINFO_LEAD.unpack_from(sector, 0)
-        sig, free, nxt, _ = _FSINFO_BODY.unpack_from(sector, FSINFO_BODY_OFFSET)
-        return cls(free, nxt, lead, sig)
+        return cls(**FSINFO_LEAD.unpack(sector), **FSINFO_BODY.unpack(sector))

@@ -20,8 +20,11 @@ the checksum loop of addrname, so file names come out as 9front writes them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from imagebuild.fs.fat.fields import Field, Record
 
 DIR_ENTRY_SIZE = 32
 LFN_UNITS_PER_SLOT = 13  # DOSRUNE
@@ -48,10 +51,33 @@ ALIAS_CHARS = "$%'-_@~`!(){}^#&"
 # Characters no FAT name may contain (Microsoft's list; format does not check).
 FORBIDDEN_CHARS = '"*/:<>?\\|'
 
-_ENTRY = struct.Struct("<11sBBBHHHHHHHI")
-assert _ENTRY.size == DIR_ENTRY_SIZE
-# Byte offsets of the 13 UTF-16 units in a long-name slot.
-_LFN_UNIT_OFFSETS = (1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30)
+DIR_ENTRY = Record(
+    0,
+    Field("DIR_Name", "name", "11s"),
+    Field("DIR_Attr", "attributes", "B"),
+    Field("DIR_NTRes", "nt_case", "B"),
+    Field("DIR_CrtTimeTenth", "create_tenths", "B"),
+    Field("DIR_CrtTime", "create_time", "H"),
+    Field("DIR_CrtDate", "create_date", "H"),
+    Field("DIR_LstAccDate", "access_date", "H"),
+    Field("DIR_FstClusHI", "cluster_high", "H"),
+    Field("DIR_WrtTime", "time", "H"),
+    Field("DIR_WrtDate", "date", "H"),
+    Field("DIR_FstClusLO", "cluster_low", "H"),
+    Field("DIR_FileSize", "size", "I"),
+)
+LFN_SLOT = Record(
+    0,
+    Field("LDIR_Ord", "ordinal", "B"),
+    Field("LDIR_Name1", "name1", "10s"),  # UTF-16 units 1..5
+    Field("LDIR_Attr", "attributes", "B"),
+    Field("LDIR_Type", "type", "B"),
+    Field("LDIR_Chksum", "checksum", "B"),
+    Field("LDIR_Name2", "name2", "12s"),  # units 6..11
+    Field("LDIR_FstClusLO", "cluster_low", "H"),
+    Field("LDIR_Name3", "name3", "4s"),  # units 12..13
+)
+assert DIR_ENTRY.size == LFN_SLOT.size == DIR_ENTRY_SIZE
 
 # DOS dates run from 1980-01-01 to 2107-12-31 (7 bits of years after 1980).
 DOS_EPOCH = 315532800  # 1980-01-01T00:00:00Z
@@ -76,22 +102,22 @@ class DirEntry:
     size: int = 0
 
     def pack(self) -> bytes:
-        return _ENTRY.pack(
-            self.name, self.attributes, self.nt_case, self.create_tenths, self.create_time,
-            self.create_date, self.access_date, self.cluster_high, self.time, self.date,
-            self.cluster_low, self.size,
-        )
+        """The 32 bytes of the entry (struct.error for a field out of range)."""
+        return DIR_ENTRY.pack(self)
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> DirEntry:
-        return cls(*_ENTRY.unpack_from(raw, offset))
+        """The entry at `offset` of `raw` (struct.error if fewer than 32 bytes remain)."""
+        return cls(**DIR_ENTRY.unpack(raw, offset))
 
     @property
     def first_cluster(self) -> int:
+        """DIR_FstClusHI:DIR_FstClusLO (the high half is 0 on FAT12/16)."""
         return self.cluster_high << 16 | self.cluster_low
 
     @property
     def is_long_name_slot(self) -> bool:
+        """Whether these 32 bytes are a long-name slot (ATTR_LONG_NAME in the low six bits)."""
         return self.attributes & 0x3F == ATTR_LONG_NAME
 
     def display_name(self) -> str:
@@ -106,6 +132,44 @@ class DirEntry:
         if self.nt_case & NT_LOWER_EXT:
             ext = ext.lower()
         return f"{base}.{ext}" if ext else base
+
+
+@dataclass
+class LfnSlot:
+    """One long-name slot: 13 UTF-16 units of the name, its place, the short name's checksum.
+
+    `ordinal` counts from 1 at the name's start, LFN_LAST marks the slot
+    stored first; unused units after the terminating 0 are 0xFFFF.
+    """
+
+    ordinal: int
+    name1: bytes = b"\xff" * 10
+    attributes: int = ATTR_LONG_NAME
+    type: int = 0
+    checksum: int = 0
+    name2: bytes = b"\xff" * 12
+    cluster_low: int = 0
+    name3: bytes = b"\xff" * 4
+
+    def pack(self) -> bytes:
+        """The 32 bytes of the slot."""
+        return LFN_SLOT.pack(self)
+
+    @classmethod
+    def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> LfnSlot:
+        """The slot at `offset` of `raw` (struct.error if fewer than 32 bytes remain)."""
+        return cls(**LFN_SLOT.unpack(raw, offset))
+
+    @classmethod
+    def from_units(cls, ordinal: int, units: Sequence[int], checksum: int) -> LfnSlot:
+        """A slot holding `units` (13 of them, padding included)."""
+        raw = struct.pack(f"<{LFN_UNITS_PER_SLOT}H", *units)
+        return cls(ordinal, raw[:10], checksum=checksum, name2=raw[10:22], name3=raw[22:26])
+
+    def units(self) -> list[int]:
+        """The 13 UTF-16 units, as stored."""
+        raw = self.name1 + self.name2 + self.name3
+        return list(struct.unpack(f"<{LFN_UNITS_PER_SLOT}H", raw))
 
 
 # -- format.c's naming rules ----------------------------------------------------------------
@@ -176,24 +240,13 @@ def lfn_slots(long_name: str, checksum: int) -> list[bytes]:
     slots = []
     for i in range(count):
         ordinal = count - i
-        slot = bytearray(b"\xff" * DIR_ENTRY_SIZE)
-        slot[0] = ordinal | (LFN_LAST if i == 0 else 0)
-        slot[11] = ATTR_LONG_NAME
-        slot[12] = 0
-        slot[13] = checksum
-        slot[26:28] = b"\0\0"
         part = units[(ordinal - 1) * LFN_UNITS_PER_SLOT : ordinal * LFN_UNITS_PER_SLOT]
         if len(part) < LFN_UNITS_PER_SLOT:
             part.append(0)  # terminator; the rest stays 0xFFFF
-        for offset, unit in zip(_LFN_UNIT_OFFSETS, part, strict=False):
-            slot[offset : offset + 2] = unit.to_bytes(2, "little")
-        slots.append(bytes(slot))
+        part += [0xFFFF] * (LFN_UNITS_PER_SLOT - len(part))
+        slot = LfnSlot.from_units(ordinal | (LFN_LAST if i == 0 else 0), part, checksum)
+        slots.append(slot.pack())
     return slots
-
-
-def lfn_slot_units(slot: bytes | memoryview) -> list[int]:
-    """The 13 UTF-16 units of a long-name slot, as stored."""
-    return [slot[o] | slot[o + 1] << 8 for o in _LFN_UNIT_OFFSETS]
 
 
 # -- time stamps ------------------------------------------------------------------------------

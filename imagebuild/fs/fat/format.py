@@ -163,6 +163,7 @@ class Layout:
 
     @property
     def root_start(self) -> int:
+        """First sector of the root directory (FAT12/16) or of the data area (FAT32)."""
         return self.reserved_sectors + FAT_COUNT * self.fat_sectors
 
     @property

@@ -28,9 +28,9 @@ from imagebuild.fs.fat.dirent import (
     FREE_ENTRY,
     LFN_LAST,
     DirEntry,
+    LfnSlot,
     dos_datetime,
     lfn_checksum,
-    lfn_slot_units,
 )
 
 
@@ -72,6 +72,7 @@ class FatVolume:
     # -- clusters ----------------------------------------------------------------------------
     @property
     def fat(self) -> bytes:
+        """The first FAT's bytes (read once, on first use)."""
         if self._fat is None:
             p = self.params
             self._fat = self.dev.pread(p.fat_sectors * p.bytes_per_sector,
@@ -154,12 +155,12 @@ class FatVolume:
                 continue
             entry = DirEntry.unpack(raw, offset)
             if entry.is_long_name_slot:
-                slot = raw[offset : offset + DIR_ENTRY_SIZE]
-                ordinal = first & 0x3F
-                if first & LFN_LAST and ordinal:
-                    units, expect, checksum = lfn_slot_units(slot), ordinal - 1, slot[13]
-                elif expect and ordinal == expect and slot[13] == checksum:
-                    units, expect = lfn_slot_units(slot) + units, expect - 1
+                slot = LfnSlot.unpack(raw, offset)
+                ordinal = slot.ordinal & 0x3F
+                if slot.ordinal & LFN_LAST and ordinal:
+                    units, expect, checksum = slot.units(), ordinal - 1, slot.checksum
+                elif expect and ordinal == expect and slot.checksum == checksum:
+                    units, expect = slot.units() + units, expect - 1
                 else:
                     units, expect, checksum = [], 0, -1
                 continue
