@@ -97,6 +97,7 @@ def test_fat_system_attribute_for_9load_and_9boot() -> None:
         (["\U0001f600.txt"], "U\\+FFFF"),
         (["a" * 256], "longer than 255"),
         ([".ab"], "before its dot"),
+        (["1."], "cannot end in a dot"),
         (["plan9.ini", "PLAN9.INI"], "clashes"),
         (["Long Name.txt", "long name.TXT"], "clashes"),
         # the one long name gets alias id 1 (the check pass used 0): LICENC~1.BRO

@@ -16,7 +16,7 @@ go.  Where format.c has quirks that change the bytes, we keep them and say so:
   and two of its globals carry over: on FAT32 the reserved-sector count is
   incremented once per pass (`-r 2` gives 4 reserved sectors, FSInfo in
   sector 3), and the alias counter of long names keeps counting (with one
-  long name in the list its alias is NAME~1, not NAME~0).  `_Pass` carries
+  long name in the list its alias is NAME~1, not NAME~0).  `Pass` carries
   both.
 * Bytes format does not write keep what the device held: the boot sector is
   read, its first 0x3E bytes cleared, the boot program copied in, the BPB
@@ -42,17 +42,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from imagebuild.disk.device import BlockDevice
-from imagebuild.errors import LayoutError
 from imagebuild.fs.fat.bpb import (
     BOOT_SIGNATURE,
     BPB32_SIZE,
     BPB_SIZE,
     EXTENDED_BOOT_SIGNATURE,
-    FAT12_MAX_CLUSTERS,
-    FAT16_MAX_CLUSTERS,
     FatParams,
     FsInfo,
 )
@@ -69,9 +66,20 @@ from imagebuild.fs.fat.dirent import (
     make_alias,
     short_name_field,
 )
+from imagebuild.fs.fat.layout import (
+    DISK_TYPES,
+    FAT_COUNT,
+    HARD,
+    ROOT_DIR_FRACTION,
+    DiskType,
+    FatError,
+    Layout,
+    Pass,
+    default_cluster_sectors,
+    fit_layout,
+)
 from imagebuild.fs.fat.pbs import DEFAULT_PBS
 from imagebuild.fs.fat.reader import FatEntry, FatPathError, FatVolume
-from imagebuild.plan9.libc import cdiv
 from imagebuild.util.progress import Progress
 
 __all__ = [
@@ -92,16 +100,9 @@ OEM_NAME = b"Plan9.00"  # format.c: memmove(b->version, "Plan9.00", ...)
 DEFAULT_JUMP = b"\xeb\x3c\x90"  # format.c: b->magic, before a boot program replaces it
 DEFAULT_LABEL = b"CYLINDRICAL"  # format.c main(): label before -l
 LABEL_SIZE = 11
-FAT_COUNT = 2  # b->nfats = 2
 HARD_DISK_DRIVE = 0x80  # getdriveno(): partfs paths name no sdC0/sdC1/sdD0/sdD1
-ROOT_DIR_FRACTION = 200  # rootsecs = volsecs/200
-MAX_ROOT_ENTRIES = 512  # rootfiles capped at 512
 MAX_FILE_SIZE = 0xFFFFFFFF
 WRITE_CHUNK = 4 << 20
-
-
-class FatError(LayoutError):
-    """A FAT cannot be formatted as asked (bad boot program, names, sizes)."""
 
 
 @dataclass(frozen=True)
@@ -110,145 +111,6 @@ class FatFile:
 
     name: str
     data: bytes
-
-
-@dataclass(frozen=True)
-class DiskType:
-    """A row of format.c's floppytype[] table."""
-
-    name: str
-    sector_bytes: int
-    sectors: int  # sectors per track; 0: from the disk's geometry
-    heads: int
-    tracks: int
-    media: int
-    cluster: int  # default sectors per cluster
-
-
-HARD = "hard"
-# format.c floppytype[] ("all MFM encoding"); "hard" takes the disk's geometry.
-DISK_TYPES: dict[str, DiskType] = {
-    t.name: t
-    for t in (
-        DiskType("3½HD", 512, 18, 2, 80, 0xF0, 1),
-        DiskType("3½DD", 512, 9, 2, 80, 0xF9, 2),
-        DiskType("3½QD", 512, 36, 2, 80, 0xF9, 2),
-        DiskType("5¼HD", 512, 15, 2, 80, 0xF9, 1),
-        DiskType("5¼DD", 512, 9, 2, 40, 0xFD, 2),
-        DiskType(HARD, 512, 0, 0, 0, 0xF8, 4),
-    )
-}
-
-
-def default_cluster_sectors(secs: int) -> int:
-    """defcluster(): one sector per 16 MiB of partition, rounded up to a power of two, <= 128."""
-    i = secs // 32768
-    if i <= 1:
-        return 1
-    if i >= 128:
-        return 128
-    return 1 << (i - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What format.c's "crock inside a crock" settles on for one partition."""
-
-    fat_bits: int
-    reserved_sectors: int
-    fat_sectors: int
-    root_sectors: int
-    root_entries: int
-    clusters: int  # format's `clusters`: data clusters + the 2 reserved FAT entries
-
-    @property
-    def root_start(self) -> int:
-        """First sector of the root directory (FAT12/16) or of the data area (FAT32)."""
-        return self.reserved_sectors + FAT_COUNT * self.fat_sectors
-
-    @property
-    def files_start(self) -> int:
-        """First sector format writes file data to."""
-        return self.root_start + self.root_sectors
-
-
-@dataclass
-class _Pass:
-    """format.c globals that one run of dosfs() leaves changed for the next."""
-
-    reserved: int
-    alias_id: int = 0
-
-
-def _fit_layout(
-    state: _Pass, volsecs: int, sector_size: int, cluster: int, fat_bits: int
-) -> Layout:
-    """dosfs(): the Tryagain loop over FAT widths and the cluster-count iteration."""
-    entries_per_sector = sector_size // DIR_ENTRY_SIZE
-    while True:
-        if fat_bits == 32:
-            state.reserved += 1  # for FatInfo (once per pass: see the module doc)
-        clusters = 0
-        i = 0
-        while True:
-            fat_sectors = cdiv(fat_bits * clusters + 8 * sector_size - 1, 8 * sector_size)
-            root_sectors = volsecs // ROOT_DIR_FRACTION
-            root_entries = root_sectors * entries_per_sector
-            if root_entries > MAX_ROOT_ENTRIES:
-                root_entries = MAX_ROOT_ENTRIES
-                root_sectors = root_entries // entries_per_sector
-            if fat_bits == 32:
-                root_sectors -= root_sectors % cluster
-                if root_sectors <= 0:
-                    root_sectors = cluster
-                root_entries = root_sectors * entries_per_sector
-            data = (
-                state.reserved
-                + FAT_COUNT * fat_sectors
-                + cdiv(root_entries * DIR_ENTRY_SIZE + sector_size - 1, sector_size)
-            )
-            new_clusters = 2 + cdiv(volsecs - data, cluster)
-            if new_clusters == clusters:
-                break
-            clusters = new_clusters
-            if i > 10:
-                raise FatError(
-                    f"can't decide how many clusters to use ({clusters}? {new_clusters}?)"
-                )
-            i += 1
-        if fat_bits == 12 and clusters >= FAT12_MAX_CLUSTERS + 3:  # 0xff7
-            fat_bits = 16
-            continue
-        if fat_bits == 16 and clusters >= FAT16_MAX_CLUSTERS + 3:  # 0xfff7
-            fat_bits = 32
-            continue
-        if fat_bits == 32 and clusters >= 0xFFFFFF7:
-            raise FatError(f"filesystem too big ({clusters} clusters)")
-        layout = Layout(fat_bits, state.reserved, fat_sectors, root_sectors, root_entries, clusters)
-        return _cover_data_area(layout, volsecs, sector_size, cluster)
-
-
-def _cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int) -> Layout:
-    """Deviation: grow a FAT32 FAT that cannot map every cluster of the data area.
-
-    format sizes the FAT for the clusters after its root directory, but on
-    FAT32 the root directory is itself in the data area (cluster 2 on), so
-    readers count root_sectors/cluster more clusters than the FAT may hold;
-    fsck.fat and Linux then refuse the volume.  Where format's FAT is big
-    enough we keep its layout; where not, we add FAT sectors until it is.
-    """
-    if layout.fat_bits != 32:
-        return layout
-    entries_per_sector = sector_size * 8 // 32
-    fat_sectors = layout.fat_sectors
-    while fat_sectors * entries_per_sector < 2 + (
-        volsecs - layout.reserved_sectors - FAT_COUNT * fat_sectors
-    ) // cluster:
-        fat_sectors += 1
-    if fat_sectors == layout.fat_sectors:
-        return layout
-    data = layout.reserved_sectors + FAT_COUNT * fat_sectors + layout.root_sectors
-    return replace(layout, fat_sectors=fat_sectors, clusters=2 + (volsecs - data) // cluster)
 
 
 @dataclass
@@ -300,10 +162,14 @@ def _check_name(name: str) -> None:
         raise FatError(f"{what}: longer than {MAX_LONG_NAME} characters")
     if not is_long_name(name) and name.startswith("."):
         raise FatError(f"{what}: an 8.3 name needs characters before its dot")
+    if not is_long_name(name) and name.endswith("."):
+        raise FatError(
+            f"{what}: an 8.3 name cannot end in a dot (it would read back as {name[:-1]!r})"
+        )
 
 
 def _add_file(
-    state: _Pass, root: _Directory, file: FatFile, first_cluster: int, time_date: tuple[int, int]
+    state: Pass, root: _Directory, file: FatFile, first_cluster: int, time_date: tuple[int, int]
 ) -> None:
     """addrname(): long-name slots when islongname(), the 8.3 entry, attributes, times."""
     name = file.name
@@ -408,13 +274,13 @@ def plan_layout(
             raise FatError(f"file {file.name!r} too big ({len(file.data)} bytes)")
 
     if fat_bits is not None:
-        chosen = _fit_layout(_Pass(reserved), secs, sector_size, cluster, 12)
+        chosen = fit_layout(Pass(reserved), secs, sector_size, cluster, 12)
         if chosen.fat_bits != fat_bits:
             raise FatError(
                 f"FAT width {fat_bits}: format's rules give this {secs}-sector partition "
                 f"FAT{chosen.fat_bits} ({chosen.clusters - 2} clusters of {cluster} sectors)"
             )
-    state = _Pass(reserved=reserved)
+    state = Pass(reserved=reserved)
     plan = None
     for _ in ("check", "commit"):
         plan = _plan_pass(state, secs, sector_size, dtype, cluster, label_bytes,
@@ -424,7 +290,7 @@ def plan_layout(
 
 
 def _plan_pass(
-    state: _Pass,
+    state: Pass,
     secs: int,
     sector_size: int,
     dtype: DiskType,
@@ -434,7 +300,7 @@ def _plan_pass(
     files: Sequence[FatFile],
     timestamp: int,
 ) -> FatPlan:
-    layout = _fit_layout(state, secs, sector_size, cluster, 12)
+    layout = fit_layout(state, secs, sector_size, cluster, 12)
     if layout.clusters - 2 < 1:
         raise FatError(f"partition of {secs} sectors is too small for one {cluster}-sector cluster")
     is32 = layout.fat_bits == 32

@@ -1,0 +1,168 @@
+"""The geometry of a FAT as format.c decides it: width, cluster count, FAT and root sizes.
+
+format.c's dosfs() starts from FAT12 and, in its "Tryagain" loop, iterates
+the cluster count until the FAT it needs and the clusters it leaves agree,
+then moves on to a wider FAT when the count passes FAT12's or FAT16's limit.
+`fit_layout` is that loop; `Layout` its result; `DISK_TYPES` format's
+floppytype[] table and `default_cluster_sectors` its defcluster().
+
+References: sys/src/cmd/disk/format.c (dosfs, defcluster, floppytype[]);
+Microsoft, "FAT: General Overview of On-Disk Format" (2000), section 3.5
+(the cluster-count rule that decides a FAT's width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from imagebuild.errors import LayoutError
+from imagebuild.fs.fat.bpb import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS
+from imagebuild.fs.fat.dirent import DIR_ENTRY_SIZE
+from imagebuild.plan9.libc import cdiv
+
+FAT_COUNT = 2  # b->nfats = 2
+ROOT_DIR_FRACTION = 200  # rootsecs = volsecs/200
+MAX_ROOT_ENTRIES = 512  # rootfiles capped at 512
+
+
+class FatError(LayoutError):
+    """A FAT cannot be formatted as asked (bad boot program, names, sizes)."""
+
+
+@dataclass(frozen=True)
+class DiskType:
+    """A row of format.c's floppytype[] table."""
+
+    name: str
+    sector_bytes: int
+    sectors: int  # sectors per track; 0: from the disk's geometry
+    heads: int
+    tracks: int
+    media: int
+    cluster: int  # default sectors per cluster
+
+
+HARD = "hard"
+# format.c floppytype[] ("all MFM encoding"); "hard" takes the disk's geometry.
+DISK_TYPES: dict[str, DiskType] = {
+    t.name: t
+    for t in (
+        DiskType("3½HD", 512, 18, 2, 80, 0xF0, 1),
+        DiskType("3½DD", 512, 9, 2, 80, 0xF9, 2),
+        DiskType("3½QD", 512, 36, 2, 80, 0xF9, 2),
+        DiskType("5¼HD", 512, 15, 2, 80, 0xF9, 1),
+        DiskType("5¼DD", 512, 9, 2, 40, 0xFD, 2),
+        DiskType(HARD, 512, 0, 0, 0, 0xF8, 4),
+    )
+}
+
+
+def default_cluster_sectors(secs: int) -> int:
+    """defcluster(): one sector per 16 MiB of partition, rounded up to a power of two, <= 128."""
+    i = secs // 32768
+    if i <= 1:
+        return 1
+    if i >= 128:
+        return 128
+    return 1 << (i - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What format.c's "crock inside a crock" settles on for one partition."""
+
+    fat_bits: int
+    reserved_sectors: int
+    fat_sectors: int
+    root_sectors: int
+    root_entries: int
+    clusters: int  # format's `clusters`: data clusters + the 2 reserved FAT entries
+
+    @property
+    def root_start(self) -> int:
+        """First sector of the root directory (FAT12/16) or of the data area (FAT32)."""
+        return self.reserved_sectors + FAT_COUNT * self.fat_sectors
+
+    @property
+    def files_start(self) -> int:
+        """First sector format writes file data to."""
+        return self.root_start + self.root_sectors
+
+
+@dataclass
+class Pass:
+    """format.c globals that one run of dosfs() leaves changed for the next."""
+
+    reserved: int
+    alias_id: int = 0
+
+
+def fit_layout(
+    state: Pass, volsecs: int, sector_size: int, cluster: int, fat_bits: int
+) -> Layout:
+    """dosfs(): the Tryagain loop over FAT widths and the cluster-count iteration."""
+    entries_per_sector = sector_size // DIR_ENTRY_SIZE
+    while True:
+        if fat_bits == 32:
+            state.reserved += 1  # for FatInfo (once per pass: see the module doc)
+        clusters = 0
+        i = 0
+        while True:
+            fat_sectors = cdiv(fat_bits * clusters + 8 * sector_size - 1, 8 * sector_size)
+            root_sectors = volsecs // ROOT_DIR_FRACTION
+            root_entries = root_sectors * entries_per_sector
+            if root_entries > MAX_ROOT_ENTRIES:
+                root_entries = MAX_ROOT_ENTRIES
+                root_sectors = root_entries // entries_per_sector
+            if fat_bits == 32:
+                root_sectors -= root_sectors % cluster
+                if root_sectors <= 0:
+                    root_sectors = cluster
+                root_entries = root_sectors * entries_per_sector
+            data = (
+                state.reserved
+                + FAT_COUNT * fat_sectors
+                + cdiv(root_entries * DIR_ENTRY_SIZE + sector_size - 1, sector_size)
+            )
+            new_clusters = 2 + cdiv(volsecs - data, cluster)
+            if new_clusters == clusters:
+                break
+            clusters = new_clusters
+            if i > 10:
+                raise FatError(
+                    f"can't decide how many clusters to use ({clusters}? {new_clusters}?)"
+                )
+            i += 1
+        if fat_bits == 12 and clusters >= FAT12_MAX_CLUSTERS + 3:  # 0xff7
+            fat_bits = 16
+            continue
+        if fat_bits == 16 and clusters >= FAT16_MAX_CLUSTERS + 3:  # 0xfff7
+            fat_bits = 32
+            continue
+        if fat_bits == 32 and clusters >= 0xFFFFFF7:
+            raise FatError(f"filesystem too big ({clusters} clusters)")
+        layout = Layout(fat_bits, state.reserved, fat_sectors, root_sectors, root_entries, clusters)
+        return cover_data_area(layout, volsecs, sector_size, cluster)
+
+
+def cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int) -> Layout:
+    """Deviation: grow a FAT32 FAT that cannot map every cluster of the data area.
+
+    format sizes the FAT for the clusters after its root directory, but on
+    FAT32 the root directory is itself in the data area (cluster 2 on), so
+    readers count root_sectors/cluster more clusters than the FAT may hold;
+    fsck.fat and Linux then refuse the volume.  Where format's FAT is big
+    enough we keep its layout; where not, we add FAT sectors until it is.
+    """
+    if layout.fat_bits != 32:
+        return layout
+    entries_per_sector = sector_size * 8 // 32
+    fat_sectors = layout.fat_sectors
+    while fat_sectors * entries_per_sector < 2 + (
+        volsecs - layout.reserved_sectors - FAT_COUNT * fat_sectors
+    ) // cluster:
+        fat_sectors += 1
+    if fat_sectors == layout.fat_sectors:
+        return layout
+    data = layout.reserved_sectors + FAT_COUNT * fat_sectors + layout.root_sectors
+    return replace(layout, fat_sectors=fat_sectors, clusters=2 + (volsecs - data) // cluster)
