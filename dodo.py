@@ -67,19 +67,37 @@ def _target_task(recipe: Recipe, root: Path, sets: list[str]) -> Callable[[], di
             ],
             "targets": [str(output)],
             "clean": True,
-                # a different root or --set is a different build even where the files match;
-            # the fs tree is summed up rather than listed (it can be 40 000 files)
-            "uptodate": [_config_unchanged(root, mine, _fs_signature(recipe, root))],
+            # a different root or --set is a different build even where the files match;
+            # the fs tree is summed up rather than listed (it can be 40 000 files), and only
+            # for the targets doit runs: `list`, `clean` and other targets never read it
+            "uptodate": [_ConfigUnchanged(recipe, root, mine)],
         }
 
     task.__doc__ = f"{recipe.output}: {recipe.description}"
     return task
 
 
-def _config_unchanged(root: Path, sets: list[str], fs: str) -> Any:
-    from doit.tools import config_changed
+class _ConfigUnchanged:
+    """doit uptodate check: the root, the --set values and the fs tree's digest as last time.
 
-    return config_changed({"root": str(root), "set": sets, "fs": fs})
+    Computed only when doit considers running the task.  A tree whose protos
+    cannot be read is "not up to date": the build then runs and says why in
+    one line.
+    """
+
+    def __init__(self, recipe: Recipe, root: Path, sets: list[str]) -> None:
+        self.recipe, self.root, self.sets = recipe, root, sets
+
+    def __call__(self, task: Any, values: dict[str, Any]) -> bool:
+        import json
+
+        try:
+            fs = _fs_signature(self.recipe, self.root)
+        except (ImageBuildError, OSError):
+            return False
+        config = json.dumps({"root": str(self.root), "set": self.sets, "fs": fs})
+        task.value_savers.append(lambda: {"_imagebuild_config": config})
+        return bool(values.get("_imagebuild_config") == config)
 
 
 _fs_signatures: dict[tuple[object, ...], str] = {}

@@ -49,3 +49,32 @@ except KeyboardInterrupt:
                           cwd=Path(__file__).resolve().parent.parent, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_name_the_target_not_the_temporary(tmp_path: Path) -> None:
+    import errno
+
+    from imagebuild.errors import ImageBuildError, OutputError
+
+    target = tmp_path / "image.img"
+    with pytest.raises(OutputError, match=r"image\.img: No space left") as err, \
+            atomic_output(target) as tmp:
+        tmp.write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert ".tmp" not in str(err.value)
+    with pytest.raises(ImageBuildError) as err2, atomic_output(target) as tmp:
+        raise ImageBuildError(f"{tmp}: write runs past the end")
+    assert str(err2.value) == f"{target}: write runs past the end"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_directories_and_special_files(tmp_path: Path) -> None:
+    import os
+
+    from imagebuild.errors import OutputError
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (tmp_path, fifo, Path("/dev/null")):
+        with pytest.raises(OutputError), atomic_output(target):
+            raise AssertionError("the body must not run")

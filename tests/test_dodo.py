@@ -78,3 +78,28 @@ def test_parallel_build_and_clean(env: dict[str, str]) -> None:
     assert not (out / "9front.zynq.img").exists()
     assert (out / "9front.amd64.qcow2").exists()
     assert ran(doit(env, *TARGETS)) == {"zynq.img"}
+
+
+def doit_status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_a_tree_without_one_targets_binaries_only_fails_that_target(env: dict[str, str]) -> None:
+    # 9.10: the protos of targets not asked for are never read
+    shutil.rmtree(Path(env["IMAGEBUILD_ROOT"]) / "arm64/bin")
+    assert "arm64.qcow2" in doit(env, "list")
+    assert ran(doit(env, "amd64.qcow2")) == {"amd64.qcow2"}
+    doit(env, "clean")
+    failed = doit_status(env, "arm64.qcow2")
+    assert failed.returncode != 0 and "Traceback" not in failed.stdout + failed.stderr
+    assert "arm64/bin" in failed.stderr + failed.stdout
+
+
+def test_a_root_that_does_not_exist(env: dict[str, str], tmp_path: Path) -> None:
+    env = dict(env, IMAGEBUILD_ROOT=str(tmp_path / "nonexistent"))
+    assert "amd64.qcow2" in doit(env, "list")
+    doit(env, "clean")
+    failed = doit_status(env, "zynq.img")
+    assert failed.returncode != 0 and "Traceback" not in failed.stdout + failed.stderr
+    assert "not a directory" in failed.stderr + failed.stdout

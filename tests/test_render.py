@@ -82,3 +82,95 @@ def test_template_dir_overrides_and_errors_name_template_and_line(tmp_path: Path
     (tmp_path / "plan9.ini").write_text("{% for x in %}\n")
     with pytest.raises(TemplateError, match=r"plan9.ini:1: "):
         render("amd64.qcow2", template_dir=tmp_path)
+
+
+# -- 9.11: templates that run into errors: one TemplateError naming the template -------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{{ 1 / 0 }}\n", r"plan9\.ini:1: .*division by zero"),
+        ('ok\n{{ "a" + 1 }}\n', r"plan9\.ini:2: .*TypeError"),
+        ('{% include "plan9.ini" %}\n', r"plan9\.ini: .*include each other"),
+    ],
+)
+def test_template_runtime_errors_are_template_errors(tmp_path: Path, text: str,
+                                                     message: str) -> None:
+    (tmp_path / "plan9.ini").write_text(text)
+    with pytest.raises(TemplateError, match=message) as err:
+        render("amd64.qcow2", template_dir=tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_non_utf8_template(tmp_path: Path) -> None:
+    (tmp_path / "plan9.ini").write_bytes(b"ok\ncaf\xe9\n")
+    with pytest.raises(TemplateError, match=r"plan9\.ini:2: not UTF-8"):
+        render("amd64.qcow2", template_dir=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["{{ 1 / 0 }}", '{{ "a" + 1 }}', "{{ nosuch }}", "{% if %}"])
+def test_errors_in_recipe_variable_values(tmp_path: Path, value: str) -> None:
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text(f"extends = \"amd64.qcow2\"\n[vars.plan9]\nbootfile = '{value}'\n")
+    with pytest.raises(TemplateError, match="variable value") as err:
+        render_boot_files(load_recipe(recipe))
+    assert "\n" not in str(err.value)
+
+
+def test_set_values_are_literal() -> None:
+    files = render("amd64.qcow2", sets=["plan9.x={{ 1 / 0 }}", "plan9.y={% raw %}"])
+    assert files["plan9.ini"].endswith("x={{ 1 / 0 }}\ny={% raw %}\n")
+
+
+def test_non_utf8_set_value() -> None:
+    with pytest.raises(TemplateError, match="not UTF-8"):
+        render("amd64.qcow2", sets=["plan9.x=\udcff"])
+
+
+# -- our templates in Python: the same bytes as jinja2 -------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_keys = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)
+_values = st.one_of(_keys, st.just(""), st.lists(_keys, max_size=2),
+                    st.dictionaries(_keys, _keys, max_size=2))
+
+
+def _jinja(template: Path, context: dict[str, object]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    return env.from_string(template.read_text()).render(context)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(plan9=st.dictionaries(_keys, _values, max_size=4), demo=st.booleans(),
+       config=st.dictionaries(_keys, st.one_of(st.dictionaries(_keys, _values, max_size=3),
+                                               _keys), max_size=3),
+       cmdline=st.dictionaries(_keys, _values, max_size=4))
+def test_builtin_templates_render_as_jinja2(plan9: dict[str, object], demo: bool,
+                                            config: dict[str, object],
+                                            cmdline: dict[str, object]) -> None:
+    import hashlib
+
+    from imagebuild.recipe import render as module
+
+    context = {"plan9": plan9, "config": config, "cmdline": cmdline, "demo": demo}
+    for name in ("plan9.ini", "config.txt", "cmdline.txt"):
+        path = module.TEMPLATE_DIR / name
+        builtin = module._BUILTIN[hashlib.sha256(path.read_bytes()).hexdigest()]
+        ours = builtin(context)
+        if ours is not None:  # None: the builtin hands this context to jinja2
+            assert ours == _jinja(path, context), name
+
+
+def test_every_stock_template_has_a_builtin() -> None:
+    import hashlib
+
+    from imagebuild.recipe import render as module
+
+    for path in module.TEMPLATE_DIR.iterdir():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in module._BUILTIN, path.name

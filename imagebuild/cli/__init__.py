@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from imagebuild.errors import ImageBuildError
+from imagebuild.errors import ImageBuildError, show_path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,16 +35,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # the reader went away (`| head`): end quietly
+        _silence_stdout()
+        return 0
     except ImageBuildError as err:
-        print(f"imagebuild: {err}", file=sys.stderr)
+        print(f"imagebuild: {_one_line(str(err))}", file=sys.stderr)
         return 1
     except OSError as err:  # unreadable input, unwritable output, disk full
-        where = f"{err.filename}: " if err.filename else ""
+        where = f"{show_path(err.filename)}: " if err.filename else ""
         print(f"imagebuild: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("imagebuild: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except RecursionError:  # input nested deeper than any real one (a last resort)
+        print("imagebuild: input nested too deeply", file=sys.stderr)
         return 1
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: a newline from a file name or a value is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)

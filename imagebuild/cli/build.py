@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
     p.add_argument("target", help="a target from `imagebuild list`, or a recipe .toml file")
     p.add_argument("--root", type=Path,
                    help="9front tree (like /n/src9); default $IMAGEBUILD_ROOT, else the demo root")
-    p.add_argument("-o", "--output", type=Path, help="output file (default out/<name>)")
+    p.add_argument("-o", "--output", type=output_path, help="output file (default out/<name>)")
     p.add_argument("--format", dest="container", choices=("qcow2", "raw"),
                    help="container (default: the recipe's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NS.KEY=VALUE",
@@ -41,13 +41,20 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("customize", help="write a qcow2 overlay that changes the boot partition")
     p.add_argument("base", type=Path, help="base qcow2 image (becomes the backing file)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="overlay to write")
+    p.add_argument("-o", "--output", type=output_path, required=True, help="overlay to write")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FILE.KEY=VALUE",
                    help="set a key in a boot file: plan9.KEY, config.SECTION.KEY, cmdline.KEY")
     p.add_argument("--file", dest="files", action="append", default=[], metavar="NAME=PATH",
                    help="add or replace a file on the boot partition (repeatable)")
     _add_output_flags(p)
     p.set_defaults(handler=run_customize)
+
+
+def output_path(text: str) -> Path:
+    """-o's argparse type: a file name; `DIR/` is a usage error (Path would drop the slash)."""
+    if text.endswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} names a directory; give the image's file name")
+    return Path(text)
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,8 @@ def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = Non
     Raises ImageBuildError (bad input, recipe or layout; nothing written) and
     OSError (the output cannot be written; the target is left as it was).
     """
+    if options.output is not None:
+        check_output(options.output)  # before any work: -o DIR/, a directory, a FIFO
     plan = plan_build(recipe, options)
     check_output(plan.output)
     layout = lay_out(plan)

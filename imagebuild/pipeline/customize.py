@@ -17,7 +17,7 @@ from pathlib import Path
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageBuildError, InputError
-from imagebuild.pipeline.output import atomic_output
+from imagebuild.pipeline.output import atomic_output, check_output
 from imagebuild.pipeline.plan import place_files, read_file_options, source_date_epoch
 from imagebuild.recipe.render import parse_set
 
@@ -115,6 +115,7 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     from imagebuild.fs.fat.format import FatFile, FatVolume, format_fat
     from imagebuild.readback import partitions
 
+    check_output(output)
     if output.resolve() == base.resolve():
         raise InputError(f"{output}: the overlay must not replace its own backing file")
     with open_image(base) as image:

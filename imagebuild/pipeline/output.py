@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from imagebuild.errors import OutputError, show_path
+from imagebuild.errors import ImageBuildError, OutputError, show_path
 
 # errors of a write to the output that carry no file name: disk full, quota, too large
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
@@ -143,6 +143,9 @@ def atomic_output(target: Path | str, *, sync: bool = True) -> Iterator[Path]:
             err.filename == str(tmp) or (err.filename is None and err.errno in WRITE_ERRNOS)
         ):
             raise OutputError(f"{show_path(target)}: {err.strerror or err}") from None
+        if isinstance(err, ImageBuildError) and str(tmp) in str(err):
+            # name the output the user gave, not our temporary file
+            raise type(err)(str(err).replace(str(tmp), show_path(target))) from None
         raise
     finally:
         if previous is not None:

@@ -14,11 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from imagebuild.errors import ImageBuildError, InputError
+from imagebuild.errors import ImageBuildError, InputError, show_path
 from imagebuild.fs.proto import ProtoEntry
 from imagebuild.pipeline.demo import is_demo_root
 from imagebuild.recipe.load import Recipe
 from imagebuild.recipe.render import render_boot_files
+from imagebuild.util.files import read_input
+
+MAX_INPUT_BYTES = 1 << 32  # a --file outside a build (customize): at most 4 GiB, FAT's limit
 
 
 @dataclass
@@ -91,10 +94,13 @@ def source_date_epoch() -> int | None:
     return int(value)
 
 
-def read_file_options(texts: Sequence[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+def read_file_options(
+    texts: Sequence[str], limit: int = MAX_INPUT_BYTES
+) -> tuple[list[tuple[str, bytes]], list[str]]:
     """--file NAME=PATH options: the (name, data) pairs, and the PATHs that cannot be read.
 
-    Raises InputError for a text that is not NAME=PATH.
+    Raises InputError for a text that is not NAME=PATH (NAME UTF-8, no /), a
+    PATH that is not a regular file or is longer than `limit` bytes.
     """
     files: list[tuple[str, bytes]] = []
     unreadable: list[str] = []
@@ -104,10 +110,12 @@ def read_file_options(texts: Sequence[str]) -> tuple[list[tuple[str, bytes]], li
             raise InputError(
                 f"--file {text!r}: expected NAME=PATH, NAME a file name on the boot partition"
             )
+        if not name.isprintable():
+            raise InputError(f"--file {text!r}: NAME must be printable UTF-8 text")
         try:
-            files.append((name, Path(path).read_bytes()))
+            files.append((name, read_input(path, limit, "--file")))
         except OSError as err:
-            unreadable.append(f"{path} ({err.strerror})")
+            unreadable.append(f"{show_path(path)} ({err.strerror})")
     return files, unreadable
 
 
@@ -132,26 +140,27 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
     recipe, sets = fs_options(recipe, options)
     root = options.root
     if not root.is_dir():
-        raise InputError(f"root {root}: not a directory")
+        raise InputError(f"root {show_path(root)}: not a directory")
     container = options.container or recipe.format
     if container not in ("qcow2", "raw"):
         raise InputError(f"--format {container!r}: expected qcow2 or raw")
+    size = recipe.image_size(container)
 
     contents: dict[str, bytes] = {}
     missing: list[str] = []
     for rel in recipe.root_inputs():
         path = root / rel
         try:
-            contents[rel] = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            missing.append(rel)
+            contents[rel] = read_input(path, size, "input")  # no input outgrows the image
+        except (FileNotFoundError, NotADirectoryError):
+            missing.append(show_path(rel))
         except OSError as err:
-            missing.append(f"{rel} ({err.strerror})")
-    extra, unreadable = read_file_options(options.files)
+            missing.append(f"{show_path(rel)} ({err.strerror})")
+    extra, unreadable = read_file_options(options.files, size)
     missing += unreadable
     if missing:
         raise InputError(
-            f"{recipe.name}: missing inputs under {root}: {', '.join(missing)}"
+            f"{recipe.name}: missing inputs under {show_path(root)}: {', '.join(missing)}"
         )
 
     demo = is_demo_root(root)
@@ -173,7 +182,7 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         recipe=recipe,
         root=root,
         container=container,
-        size=recipe.image_size(container),
+        size=size,
         output=output,
         demo=demo,
         timestamp=timestamp if timestamp is not None else int(time.time()),

@@ -103,7 +103,11 @@ def lay_out(plan: BuildPlan) -> DiskLayout:
         fdisk.fdisk_auto(parts)
     else:
         script = "".join(line + "\n" for line in recipe.fdisk)
-        fdisk.fdisk_script(parts, script, source=f"{recipe.path} layout.fdisk")
+        try:
+            fdisk.fdisk_script(parts, script, source=f"{recipe.path} layout.fdisk")
+        except RecursionError:  # the expression parser recurses per parenthesis
+            raise LayoutError(f"{show_path(recipe.path)}: key 'layout.fdisk': an expression "
+                              f"nested too deeply") from None
 
     record.step = "prep"
     with _naming(recipe, "layout.prep"):
