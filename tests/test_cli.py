@@ -146,10 +146,10 @@ def test_fs_tree_too_big_for_the_partition(tmp_path: Path, root: Path) -> None:
 def test_proto_error_names_file_and_line(tmp_path: Path, root: Path) -> None:
     r = copy_root(root, tmp_path / "root")
     proto = r / "sys/lib/sysconfig/proto/distproto"
-    proto.write_text(proto.read_text() + "nosuchdir\td775\n")
+    proto.write_text(proto.read_text() + "nosuchfile\t664\n")
     out = tmp_path / "x.img"
-    proc = imagebuild("build", "zynq.img", "--root", r, "-o", out)
-    assert_one_line_error(proc, "distproto:", "nosuchdir")
+    proc = imagebuild("build", "zynq.img", "--root", r, "-o", out, "--strict")
+    assert_one_line_error(proc, "distproto:", "nosuchfile")
     assert not out.exists()
 
 

@@ -290,7 +290,8 @@ def test_directory_listed_twice_is_enumerated_twice(tmp_path: Path, src: Path) -
         ("lib d775\n\ta - - - rel/path\n", r"proto:2: relative source path 'rel/path'"),
         ("lib d775", r"proto:1: last line has no newline"),
         ("lib\0 d775\n", r"proto:1: null bytes in proto"),
-        ("nowhere d775\n\t+\n", r"proto:1: /nowhere: source .* does not exist"),
+        ("nowhere d775\n\t+\n", r"proto:2: /nowhere: can't open source directory"),
+        ("nowhere 664\n", r"proto:1: /nowhere: source .* does not exist"),
     ],
 )
 def test_errors_name_proto_file_and_line(
@@ -445,3 +446,39 @@ def test_symlinked_files_and_directories_are_followed(tmp_path: Path, src: Path)
     entries = {e.path: e for e in read_proto([proto(tmp_path, "lib d775\n\t+\n")], src)}
     assert entries["/lib/alias"].length == 1 and not entries["/lib/alias"].is_dir
     assert entries["/lib/tz"].is_dir and "/lib/tz/EST" in entries
+
+
+# -- missing sources (a git checkout: no empty directories, no built binaries) --------------
+
+
+def test_missing_directories_are_made_empty_with_the_proto_mode_and_owner(
+    tmp_path: Path, src: Path
+) -> None:
+    p = proto(tmp_path, "run d555 sys sys\nmail d775\n\tbox d775\n\t\tglenda d700 glenda glenda\n")
+    os.utime(p, (1_650_000_000, 1_650_000_000))
+    entries = read_proto([p], src)
+    assert [(e.path, oct(e.mode), e.uid, e.gid, e.missing, e.length) for e in entries] == [
+        ("/run", oct(DMDIR | 0o555), "sys", "sys", True, 0),
+        ("/mail", oct(DMDIR | 0o775), None, None, True, 0),
+        ("/mail/box", oct(DMDIR | 0o775), None, None, True, 0),
+        ("/mail/box/glenda", oct(DMDIR | 0o700), "glenda", "glenda", True, 0),
+    ]
+    assert {e.mtime for e in entries} == {1_650_000_000}  # the proto's: reproducible
+
+
+def test_missing_files_are_collected_and_their_lines_skipped(tmp_path: Path, src: Path) -> None:
+    from imagebuild.fs.proto import MissingSource, missing_summary
+
+    text = "lib d775\n\tgone\n\t\tdeeper\n\ta\n386 d775\n\t9bootpxe\n"
+    left_out: list[MissingSource] = []
+    entries = read_proto([proto(tmp_path, text)], src, on_missing=left_out.append)
+    assert paths(entries) == ["/lib", "/lib/a", "/386"]
+    assert [(m.origin.rsplit("/", 1)[-1], m.path) for m in left_out] == [
+        ("proto:2", "/lib/gone"),
+        ("proto:6", "/386/9bootpxe"),
+    ]
+    summary = missing_summary(left_out * 6, limit=3).splitlines()
+    assert summary[0].startswith("warning: 12 files named in the protos do not exist")
+    assert summary[1].endswith("proto:2: /lib/gone: source " + str(src / "lib/gone")
+                               + " does not exist")
+    assert summary[-1] == "  ... and 9 more" and len(summary) == 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("--file", dest="files", action="append", default=[], metavar="NAME=PATH",
                    help="add or replace a file on the boot partition (repeatable)")
     p.add_argument("--template-dir", type=Path, help="directory whose templates override ours")
+    p.add_argument("--strict", action="store_true",
+                   help="a file the protos name that does not exist is an error, not a warning")
     p.add_argument("--no-fs", dest="fs", action="store_false",
                    help="leave the fs partition empty (a boot-only image)")
     p.add_argument("--fs", dest="fs_type", choices=("hjfs", "gefs", "cwfs"),
@@ -86,7 +89,7 @@ def run_build(args: argparse.Namespace) -> int:
     root = resolve_root(args.root)
     options = BuildOptions(root=root, output=args.output, container=args.container,
                            sets=args.sets, files=args.files, template_dir=args.template_dir,
-                           fs=args.fs, fs_type=args.fs_type)
+                           fs=args.fs, fs_type=args.fs_type, strict=args.strict)
     title = f"building {recipe.name} from {root}"
     if is_demo_root(root):
         title += " (demo root: generated stand-ins, the image will not boot 9front)"
@@ -94,6 +97,10 @@ def run_build(args: argparse.Namespace) -> int:
         plan = build(recipe, options, progress)
     if not args.quiet:
         print_layout(inspect_image(plan.output), plain=args.plain)
+    if plan.missing_sources:
+        from imagebuild.fs.proto import missing_summary
+
+        print(missing_summary(plan.missing_sources), file=sys.stderr)
     return 0
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from imagebuild.errors import ImageBuildError, InputError, show_path
-from imagebuild.fs.proto import ProtoEntry
+from imagebuild.fs.proto import MissingSource, ProtoEntry
 from imagebuild.pipeline.demo import is_demo_root
 from imagebuild.recipe.load import Recipe
 from imagebuild.recipe.render import render_boot_files
@@ -43,6 +43,7 @@ class BuildOptions:
     timestamp: int | None = None
     fs: bool = True
     fs_type: str | None = None  # --fs: another file server than the recipe's
+    strict: bool = False  # --strict: a missing proto source is an error
 
 
 def fs_options(recipe: Recipe, options: BuildOptions) -> tuple[Recipe, list[str]]:
@@ -79,6 +80,7 @@ class BuildPlan:
     raw_writes: list[tuple[str, int, bytes]]  # (root path, byte offset, data)
     pinned_time: int | None = None  # SOURCE_DATE_EPOCH (or --timestamp): hjfs's clock
     fs_entries: list[ProtoEntry] | None = None  # None: no fs written
+    missing_sources: list[MissingSource] = field(default_factory=list)  # left out, as mkfs does
 
 
 def source_date_epoch() -> int | None:
@@ -177,7 +179,12 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
 
     timestamp = options.timestamp if options.timestamp is not None else source_date_epoch()
     output = options.output or Path("out") / recipe.output_name(container)
-    fs_entries = fs_tree(recipe, root) if options.fs and recipe.fs.type != "none" else None
+    left_out: list[MissingSource] = []
+    fs_entries = (
+        fs_tree(recipe, root, None if options.strict or recipe.fs.strict else left_out)
+        if options.fs and recipe.fs.type != "none"
+        else None
+    )
     return BuildPlan(
         recipe=recipe,
         root=root,
@@ -192,13 +199,17 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         raw_writes=[(w.file, w.offset, contents[w.file]) for w in recipe.raw_writes],
         pinned_time=timestamp,
         fs_entries=fs_entries,
+        missing_sources=left_out,
     )
 
 
-def fs_tree(recipe: Recipe, root: Path) -> list[ProtoEntry]:
+def fs_tree(
+    recipe: Recipe, root: Path, missing: list[MissingSource] | None = None
+) -> list[ProtoEntry]:
     """The files `mk binds` + `disk/mkfs <{cat $proto $bootproto}` would copy, in order.
 
-    Raises ProtoError (an ImageBuildError) naming the proto file and line.
+    Raises ProtoError (an ImageBuildError) naming the proto file and line; a
+    missing source too, unless `missing` collects them (mkfs warns and goes on).
     """
     from imagebuild.fs.proto import read_proto
 
@@ -211,4 +222,5 @@ def fs_tree(recipe: Recipe, root: Path) -> list[ProtoEntry]:
     return read_proto(
         [root / p for p in recipe.fs.protos], root, binds=binds,
         variables={"objtype": recipe.objtype},
+        on_missing=None if missing is None else missing.append,
     )

@@ -70,6 +70,7 @@ FS: dict[str, Key] = {
     "binds": Key(dict, {}, "fs path -> root directory or list of them (a union)"),
     "git_bind": Key(str, None, 'where a git checkout tree goes ("" for nowhere)'),
     "disk": Key(str, "sdC0", "sd(3) name of the disk on the booted machine (cwfs's config)"),
+    "strict": Key(bool, False, "a source the protos name that does not exist is an error"),
 }
 RAW_WRITE: dict[str, Key] = {
     "file": Key(str, REQUIRED, "root path of the file"),

@@ -57,6 +57,7 @@ class FsSpec:
     binds: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(MKFILE_BINDS))
     git_bind: str | None = MKFILE_GIT_BIND  # where the tree goes if it has a .git
     disk: str = "sdC0"  # sd(3) name of the disk on the booted machine (cwfs's config)
+    strict: bool = False  # a missing proto source is an error, not a warning
 
 
 @dataclass(frozen=True)
@@ -360,4 +361,4 @@ def _fs_spec(path: Path, table: dict[str, Any]) -> FsSpec:
     disk = _get(table, keys.FS, "disk")
     if not SD_NAME.fullmatch(disk):
         raise RecipeError(f"{path}: key 'fs.disk' must be an sd(3) name such as sdC0, not {disk!r}")
-    return FsSpec(kind, protos, binds, git_bind or None, disk)
+    return FsSpec(kind, protos, binds, git_bind or None, disk, _get(table, keys.FS, "strict"))

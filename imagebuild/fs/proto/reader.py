@@ -1,222 +1,27 @@
-"""Proto files: the file lists disk/mkfs copies into a new file system (libdisk's rdproto).
-
-A proto file lists one file per line, indented under its directory:
-
-    name  mode  uid  gid  source
-
-Indentation counts a space as 1 and a tab as 8; a line more indented than a
-directory names a file inside it.  `mode` is `[d][a][l]NNN` (octal) or `-`;
-`uid`, `gid` and `source` may be `-` or left out; `$name` in the name, mode,
-uid or gid field is replaced by a variable (mkfs reads the environment: the
-dist protos use `$objtype`).  A `+` or `*` as the first entry under a
-directory copies the source directory's contents: `+` recursively, `*` only
-its files.  A line containing `=` sets an option (`mode=`, `uid=`, `gid=`,
-`skip=REGEX`) for the lines that follow at its indentation and deeper.
-
-This module reads protos exactly as sys/src/libdisk/proto.c (2024) does:
-`read_proto` concatenates its files like `cat $proto $bootproto | disk/mkfs`
-and yields the entries in the order mkfs creates them.  Where mkfs only warns
-(a missing source file, a bad mode, an unknown option, an undefined
-variable) we raise ProtoError naming the proto file and line instead.
-
-Sources are looked up under a source root (mkfs -s), through optional binds
-that replace or union subtrees (the dist mkfile's `mk binds`).
-"""
+"""libdisk's rdproto(): one pass over the concatenated proto lines, yielding ProtoEntry values."""
 
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from imagebuild.errors import ImageBuildError
-
-# Plan 9 Dir.mode bits (libc.h).
-DMDIR = 0x80000000
-DMAPPEND = 0x40000000
-DMEXCL = 0x20000000
-DMTMP = 0x04000000
-MODE_MASK = 0xFFFFFFFF  # Dir.mode is a 32-bit ulong
-NO_MODE = MODE_MASK  # getmode()'s ~0: the proto gave no mode
-
-PROTO_LINE_MAX = 8 * 1024  # Brdline() cannot return longer lines
-
-
-class ProtoError(ImageBuildError):
-    """A proto file is malformed or names a source that cannot be used."""
-
-
-@dataclass(frozen=True)
-class ProtoEntry:
-    """One file or directory mkfs would create, with the Dir it would pass to create/wstat.
-
-    `uid`/`gid` are None when neither the proto line nor a `uid=`/`gid=`
-    option names an owner (mkfs would use the source file's owner; the hjfs
-    writer uses its default owner).  `mtime` and `length` are the source's
-    as stat(2) reports them.
-    """
-
-    path: str
-    mode: int
-    uid: str | None
-    gid: str | None
-    source: Path
-    mtime: int
-    length: int
-    origin: str = ""
-
-    @property
-    def is_dir(self) -> bool:
-        return bool(self.mode & DMDIR)
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-
-# -- paths --------------------------------------------------------------------------------------
-
-
-def cleanname(path: str) -> str:
-    """Plan 9 cleanname(2): drop empty and `.` elements, fold `..`, keep a leading `/`."""
-    rooted = path.startswith("/")
-    out: list[str] = []
-    for elem in path.split("/"):
-        if elem in ("", "."):
-            continue
-        if elem == "..":
-            if out and out[-1] != "..":
-                out.pop()
-                continue
-            if rooted:
-                continue
-        out.append(elem)
-    joined = "/".join(out)
-    if rooted:
-        return "/" + joined
-    return joined or "."
-
-
-def _mkpath(prefix: str, elem: str) -> str:
-    return cleanname(f"{prefix}/{elem}")
-
-
-class SourceTree:
-    """The source root (mkfs -s) as seen through binds.
-
-    `binds` maps a path of the source tree (as the new file system names it,
-    e.g. "/cfg") to a directory that replaces it (`bind new old`) or to a
-    list of directories searched in order (a union: `bind -a new old` is
-    `[root/old, new]`).  The longest matching bind wins; inside it, a name is
-    found in the first member that has it, and a directory listing is every
-    member's names, first occurrence first (Plan 9's union read lists
-    duplicates, but mkfs then finds the first member's file up to date).
-    """
-
-    def __init__(
-        self, root: Path, binds: Mapping[str, Path | Sequence[Path]] | None = None
-    ) -> None:
-        self.root = Path(root)
-        self.binds: dict[str, list[Path]] = {}
-        for where, what in (binds or {}).items():
-            key = cleanname("/" + where)
-            members = (
-                [Path(what)] if isinstance(what, str | os.PathLike) else [Path(p) for p in what]
-            )
-            if not members:
-                raise ProtoError(f"bind {where}: no directories to bind")
-            self.binds[key] = members
-
-    def candidates(self, path: str) -> list[Path]:
-        """Real paths that may hold `path` (a rooted path of the source tree), in lookup order."""
-        path = cleanname("/" + path)
-        best = ""
-        for key in self.binds:
-            if (path == key or path.startswith(key.rstrip("/") + "/")) and len(key) > len(best):
-                best = key
-        if not best:
-            return [self.root / path.lstrip("/")]
-        rest = path[len(best) :].lstrip("/")
-        return [member / rest if rest else member for member in self.binds[best]]
-
-    def lookup(self, path: str) -> Path | None:
-        for candidate in self.candidates(path):
-            if os.path.lexists(candidate):
-                return candidate
-        return None
-
-    def listdir(self, path: str) -> list[str]:
-        """Names in directory `path`, sorted per member (the order a real dirread gives is the
-        source file server's; sorting is the reproducible choice), union members in order."""
-        path = cleanname("/" + path)
-        names: list[str] = []
-        seen: set[str] = set()
-        for candidate in self.candidates(path):
-            if not candidate.is_dir():
-                continue
-            for name in sorted(os.listdir(candidate)):
-                if name not in seen:
-                    seen.add(name)
-                    names.append(name)
-        # bind points directly below `path` show up even where the tree has no such name
-        # (the mkfile makes /n/src9/usr with aux/stub before binding over it).
-        for key in sorted(self.binds):
-            name = posixpath.basename(key)
-            if key != "/" and posixpath.dirname(key) == path and name not in seen:
-                seen.add(name)
-                names.append(name)
-        return names
-
-
-# -- Plan 9 regular expressions -------------------------------------------------------------------
-
-
-def plan9_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a regexp(6) pattern (as regcomp does) into a Python search pattern.
-
-    regexp(6) has `. * + ? | ( ) [ ] ^ $` and `\\c` for a literal c; braces
-    and Python's backslash classes mean nothing special there.
-    """
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        c = pattern[i]
-        if c == "\\" and i + 1 < n:
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-                out.append(c)
-            elif c in "[&~|":
-                out.append("\\" + c)
-            else:
-                out.append(c)
-        elif c == "[":
-            in_class = True
-            out.append(c)
-            if pattern[i + 1 : i + 2] == "^":
-                out.append("^")
-                i += 1
-            if pattern[i + 1 : i + 2] == "]":  # a leading ] is literal
-                out.append("\\]")
-                i += 1
-        elif c in "{}":
-            out.append("\\" + c)
-        else:
-            out.append(c)
-        i += 1
-    try:
-        return re.compile("".join(out))
-    except re.error as e:
-        raise ValueError(str(e)) from None
-
+from imagebuild.fs.proto.entry import (
+    DMAPPEND,
+    DMDIR,
+    DMEXCL,
+    MODE_MASK,
+    NO_MODE,
+    PROTO_LINE_MAX,
+    MissingSource,
+    ProtoEntry,
+    ProtoError,
+)
+from imagebuild.fs.proto.modes import parse_mode_option, plan9_regex
+from imagebuild.fs.proto.source import SourceTree, cleanname, mkpath
 
 # -- the reader (libdisk proto.c) -----------------------------------------------------------------
 
@@ -250,6 +55,7 @@ class _File:
 class _Line:
     text: str
     origin: str
+    mtime: int = 0  # the proto file's: the mtime of a directory made without a source
 
 
 @dataclass
@@ -262,60 +68,6 @@ class _SourceDir:
     ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino): a directory met again is a loop
 
 
-def parse_mode_option(spec: str, mask: int, mode: int) -> tuple[int, int] | None:
-    """proto.c parsemode(): apply a `mode=` option to (mask, mode); None if malformed.
-
-    `[ugoa]*[-+=][rwxalt]*` changes the named permission bits (and the
-    append, exclusive and temporary bits); a leading octal number sets the
-    rw bits outright and forgets earlier options.
-    """
-    op = ""
-    setall = False
-    newmode = 0
-    newmask = DMAPPEND | DMEXCL | DMTMP
-    if spec and spec[0] in "01234567":
-        digits = re.match(r"[0-7]+", spec)
-        assert digits is not None
-        newmask = 0o666
-        newmode = int(digits.group(0), 8) & MODE_MASK
-        op = "="
-        letters = "!"  # proto.c points its cursor at the string "!"
-    else:
-        i = 0
-        while i < len(spec) and not op:
-            c = spec[i]
-            if c in "-+=":
-                op = c
-            elif c in _WHO_BITS:
-                newmask |= _WHO_BITS[c]
-            else:
-                return None
-            i += 1
-        if i == 0:  # an empty spec
-            newmask |= 0o666
-        letters = spec[i:]
-    for c in letters:
-        if c == "!":
-            setall = True
-        elif c in _WHAT_BITS:
-            newmode |= _WHAT_BITS[c]
-        else:
-            return None
-    if op in ("+", "-"):
-        newmask &= newmode
-    if op == "-":
-        newmode = ~newmode & MODE_MASK
-    if setall:
-        mask = 0
-    mask |= newmask
-    mode = (mode & ~newmask) | (newmode & newmask)
-    return mask & MODE_MASK, mode & MODE_MASK
-
-
-_WHO_BITS = {"a": 0o666, "u": 0o600, "g": 0o060, "o": 0o006}
-_WHAT_BITS = {"r": 0o444, "w": 0o222, "x": 0o111, "a": DMAPPEND, "l": DMEXCL, "t": DMTMP}
-
-
 class _ProtoReader:
     """rdproto()'s Mkaux: one pass over the concatenated proto lines."""
 
@@ -326,12 +78,14 @@ class _ProtoReader:
         variables: Mapping[str, str],
         cwd: Path | None,
         emit: Callable[[ProtoEntry], None],
+        on_missing: Callable[[MissingSource], None] | None,
     ) -> None:
         self.lines = lines
         self.tree = tree
         self.variables = variables
         self.cwd = cwd
         self.emit = emit
+        self.on_missing = on_missing  # None: a missing source is an error
         self.pos = 0  # next line to read
         self.indent = 0
         self.origin = "?"
@@ -437,7 +191,7 @@ class _ProtoReader:
                 continue
             break
         name, text = self.field(text)
-        new = _mkpath(parent.new, name)
+        new = mkpath(parent.new, name)
         elem = new.rsplit("/", 1)[-1]
         mode, text = self.getmode(text)
         uid, text = self.field(text)
@@ -491,6 +245,9 @@ class _ProtoReader:
 
     def mktree(self, me: _File, recursive: bool) -> None:
         directory = self.source_of(me)
+        if not os.path.exists(directory) and self.on_missing is not None:
+            self.on_missing(MissingSource(self.origin, f"{me.new or '/'}/{me.elem}", directory))
+            return
         if not directory.is_dir():
             raise self.fail(f"{me.new or '/'}: can't open source directory {directory}")
         ident = self.stat(directory, me.new or "/").ident
@@ -507,9 +264,9 @@ class _ProtoReader:
             if self.opt is not None and self.opt.skip is not None and self.opt.skip.search(name):
                 continue
             child = _File(
-                _mkpath(me.new, name),
+                mkpath(me.new, name),
                 name,
-                _mkpath(me.old, name) if me.old is not None else None,
+                mkpath(me.old, name) if me.old is not None else None,
                 me.uid,
                 me.gid,
                 me.mode,
@@ -532,12 +289,34 @@ class _ProtoReader:
             ) from None
 
     def mkfile(self, f: _File) -> bool:
+        """proto.c mkfile(): copy one line's file; a missing source is warned about and its
+        deeper lines skipped (skipdir), except a `d` line's, made as an empty directory."""
         source = self.source_of(f)
-        if not os.path.lexists(source):
-            raise self.fail(f"{f.new}: source {source} does not exist")
+        if not os.path.exists(source):
+            if f.mode != NO_MODE and f.mode & DMDIR:
+                made = _SourceDir(DMDIR, self.lines[self.pos - 1].mtime, 0)
+                return self.copyfile(f, source, made, permonly=False, missing=True)
+            if self.on_missing is None:
+                if os.path.lexists(source):
+                    self.stat(source, f.new)  # a dangling link: stat names the problem
+                raise self.fail(f"{f.new}: source {source} does not exist")
+            self.on_missing(MissingSource(self.origin, f.new, source))
+            self.skipdir()
+            return False
         return self.copyfile(f, source, self.stat(source, f.new), permonly=False)
 
-    def copyfile(self, f: _File, source: Path, d: _SourceDir, *, permonly: bool) -> bool:
+    def skipdir(self) -> None:
+        """proto.c skipdir(): pass over the lines deeper than the current one."""
+        level = self.indent
+        while self.getline() is not None:
+            if self.indent <= level:
+                self.popopt()
+                self.unread()
+                return
+
+    def copyfile(
+        self, f: _File, source: Path, d: _SourceDir, *, permonly: bool, missing: bool = False
+    ) -> bool:
         o = self.opt
         uid = f.uid if f.uid != "-" else (o.uid if o is not None else None)
         gid = f.gid if f.gid != "-" else (o.gid if o is not None else None)
@@ -563,6 +342,7 @@ class _ProtoReader:
                 mtime=d.mtime,
                 length=d.length if not mode & DMDIR else 0,
                 origin=self.origin,
+                missing=missing,
             )
         )
         return bool(mode & DMDIR)
@@ -576,6 +356,7 @@ def _read_lines(paths: Sequence[Path]) -> list[_Line]:
     for path in paths:
         try:
             raw = Path(path).read_bytes()
+            mtime = int(os.stat(path).st_mtime)
         except OSError as e:
             raise ProtoError(f"{path}: can't open proto: {e.strerror}") from None
         try:
@@ -586,7 +367,7 @@ def _read_lines(paths: Sequence[Path]) -> list[_Line]:
             origin = pending_origin or f"{path}:{number}"
             if "\0" in chunk:
                 raise ProtoError(f"{origin}: null bytes in proto")
-            lines.append(_Line(pending + chunk, origin))
+            lines.append(_Line(pending + chunk, origin, mtime))
             pending, pending_origin = "", ""
         # the text after the last newline continues into the next file, as with cat
         last = lines.pop()
@@ -606,6 +387,7 @@ def read_proto(
     binds: Mapping[str, Path | Sequence[Path]] | None = None,
     variables: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    on_missing: Callable[[MissingSource], None] | None = None,
 ) -> list[ProtoEntry]:
     """Read protos (concatenated, as `cat a b | mkfs` does) against a source root.
 
@@ -613,6 +395,13 @@ def read_proto(
     `+` and `*` expanded.  `binds` overlays source subtrees (see SourceTree);
     `variables` supplies `$name` values (e.g. {"objtype": "amd64"}); `cwd`
     resolves source paths that don't start with `/`.
+
+    A directory line with a `d` mode whose source does not exist yields an
+    entry with `missing=True` (made empty, with the proto file's mtime; a
+    git checkout holds no empty directories).  Any other missing source raises ProtoError naming the
+    proto file and line, unless `on_missing` is given: then, as disk/mkfs
+    warns and goes on, it is called with a MissingSource and the line (with
+    the lines below it) is skipped.  Raises ProtoError for malformed protos.
     """
     if not Path(source_root).is_dir():
         raise ProtoError(f"source root {source_root}: not a directory")
@@ -623,21 +412,25 @@ def read_proto(
         variables or {},
         cwd,
         entries.append,
+        on_missing,
     )
     root = _File(new="", elem="", old=None, uid="-", gid="-", mode=NO_MODE)
     reader.domkfs(root, -1)
     return entries
 
 
-__all__ = [
-    "DMAPPEND",
-    "DMDIR",
-    "DMEXCL",
-    "DMTMP",
-    "ProtoEntry",
-    "ProtoError",
-    "SourceTree",
-    "cleanname",
-    "plan9_regex",
-    "read_proto",
-]
+def missing_summary(missing: Sequence[MissingSource], limit: int = 10) -> str:
+    """A few lines for the end of a build: how many sources were missing, the first `limit`."""
+    count = len(missing)
+    lines = [
+        f"warning: {count} file{'s' if count != 1 else ''} named in the protos "
+        f"{'do' if count != 1 else 'does'} not exist and {'were' if count != 1 else 'was'} "
+        "left out, as disk/mkfs leaves them (--strict or [fs] strict = true: an error)"
+    ]
+    lines += [f"  {m}" for m in missing[:limit]]
+    if count > limit:
+        lines.append(f"  ... and {count - limit} more")
+    return "\n".join(lines)
+
+
+__all__ = ["missing_summary", "read_proto"]
