@@ -89,12 +89,18 @@ def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
     Keys: path, format, virtual_size, file_size, disk_usage (bytes), qcow2
     (header fields), mbr (mbr_table rows), plan9 (name, start, end sectors),
     fs (hjfs summary), fat (per FAT partition: fat_bits, cluster_size, files),
-    problems (lines, when a partition cannot be read).  `verify`: see
+    problems (lines, when a partition cannot be read), unreadable (the error, when
+    the backing file of an overlay is missing: only its header is shown).  `verify`: see
     mbr_table.  Raises ImageFormatError and OSError naming the image.
     """
+    from imagebuild.container.qcow2.backing import BackingFileMissing
     from imagebuild.partition.prep import read_table
 
-    with open_image(path) as image:
+    try:
+        opened = open_image(path)
+    except BackingFileMissing as err:
+        return _header_only(path, err)
+    with opened as image:
         disk = BlockDevice(image.storage, name=path.name)
         info: dict[str, Any] = {
             "path": str(path),
@@ -130,6 +136,18 @@ def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
                 except ImageBuildError as err:
                     info.setdefault("problems", []).append(f"{name}: {err}")
         return info
+
+
+def _header_only(path: Path, err: Exception) -> dict[str, Any]:
+    """What inspect can show of an overlay whose backing file is missing: its own header,
+    as qemu-img info does; `unreadable` holds the error."""
+    from imagebuild.container.qcow2.image import Qcow2Image
+
+    with Qcow2Image.open(path, backing=False) as image:
+        return {"path": str(path), "format": "qcow2", "virtual_size": image.size,
+                "file_size": path.stat().st_size, "disk_usage": _allocated_size(path),
+                "qcow2": image.info(), "mbr": [], "fat": [], "problems": [str(err)],
+                "unreadable": str(err)}
 
 
 def _allocated_size(path: Path) -> int:

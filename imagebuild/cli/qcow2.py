@@ -56,7 +56,9 @@ def register(sub: Any) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.container.qcow2.backing import file_id, missing_backing, resolve_backing
+    from imagebuild.container.qcow2.image import Qcow2Image, refuse_output_in_chain
+    from imagebuild.pipeline.output import atomic_output
     from imagebuild.util.sizes import parse_size
 
     size = parse_size(args.size, "size") if args.size is not None else None
@@ -65,8 +67,14 @@ def _create(args: argparse.Namespace) -> int:
         from imagebuild.errors import InputError
 
         raise InputError("--backing-format needs --backing")
-    with Qcow2Image.create(args.file, size, cluster_size=cluster, backing_file=args.backing,
-                           backing_format=args.backing_format) as image:
+    if args.backing:
+        resolved = resolve_backing(args.file, args.backing)
+        if file_id(resolved) is None:
+            raise missing_backing(args.file, args.backing, resolved)
+        refuse_output_in_chain(args.file, resolved)
+    with atomic_output(args.file) as tmp, Qcow2Image.create(
+            tmp, size, cluster_size=cluster, backing_file=args.backing,
+            backing_format=args.backing_format) as image:
         print(f"Formatting '{args.file}', fmt=qcow2 cluster_size={image.cluster_size} "
               f"size={image.size}"
               + (f" backing_file={args.backing}" if args.backing else ""))
@@ -74,7 +82,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from imagebuild.container.qcow2.tools import format_info, info
+    from imagebuild.container.qcow2.info import format_info, info
 
     found = info(args.file)
     print(json.dumps(found, indent=4) if args.output == "json" else format_info(found), end="")

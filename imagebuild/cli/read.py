@@ -55,6 +55,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         from imagebuild.cli.report import print_layout
 
         print_layout(info, plain=args.plain)
+    if "unreadable" in info:  # an overlay whose backing file is missing: header only
+        print(f"imagebuild: {info['unreadable']}", file=sys.stderr)
+        return 1
     return 0
 
 

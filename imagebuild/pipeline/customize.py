@@ -111,13 +111,14 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     Raises InputError (output would replace base, bad --set/--file), ImageBuildError
     (no boot partition) and ImageFormatError for an unreadable base.
     """
-    from imagebuild.container.qcow2.image import Qcow2Image, open_image
+    from imagebuild.container.qcow2.image import Qcow2Image, open_image, refuse_output_in_chain
     from imagebuild.fs.fat.format import FatFile, FatVolume, format_fat
     from imagebuild.readback import partitions
 
     check_output(output)
     if output.resolve() == base.resolve():
         raise InputError(f"{output}: the overlay must not replace its own backing file")
+    refuse_output_in_chain(output, base)  # nor any file its backing chain reads
     with open_image(base) as image:
         base_format = image.format
         disk = BlockDevice(image.storage, name=base.name)

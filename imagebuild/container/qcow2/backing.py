@@ -13,12 +13,45 @@ bdrv_open_backing_file), docs/interop/qcow2.txt ("Header": backing_file_offset).
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 from imagebuild.container.qcow2.format import MAGIC
+from imagebuild.errors import ImageBuildError
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
 
 MAX_CHAIN_DEPTH = 32
+
+
+class BackingFileMissing(ImageBuildError):
+    """An image names a backing file that does not exist (the message names both)."""
+
+
+class Layer(Protocol):
+    """An open image in a chain: its descriptor (RawFile, Qcow2Image)."""
+
+    def fileno(self) -> int:
+        """The open file's descriptor."""
+        ...
+
+
+def chain_ids(image: Layer) -> set[FileId]:
+    """(device, inode) of `image` and of every file in its open backing chain."""
+    ids: set[FileId] = set()
+    layer: Layer | None = image
+    while layer is not None:
+        ids.add(fd_id(layer.fileno()))
+        layer = getattr(layer, "backing", None)  # a raw file ends the chain
+    return ids
+
+
+def missing_backing(image_path: str, name: str, resolved: str) -> BackingFileMissing:
+    """The error for image `image_path` whose backing file `name` is not at `resolved`."""
+    where = "" if resolved == name else f" (looked for {resolved})"
+    return BackingFileMissing(
+        f"{image_path}: backing file {name!r} not found{where}; the overlay is unreadable "
+        f"until it is there (qcow2 info shows the header)"
+    )
 
 
 def resolve_backing(image_path: str, name: str) -> str:

@@ -16,9 +16,16 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from imagebuild.container.qcow2.backing import fd_id, resolve_backing
+from imagebuild.container.qcow2.backing import (
+    chain_ids,
+    fd_id,
+    file_id,
+    missing_backing,
+    resolve_backing,
+)
 from imagebuild.container.qcow2.format import (
     EXT_BACKING_FORMAT,
+    FEATURE_TABLE_MIN_CLUSTER,
     INCOMPAT_DIRTY,
     MAX_BACKING_FILE_NAME,
     MAX_CLUSTER_BITS,
@@ -37,7 +44,12 @@ from imagebuild.container.qcow2.header import (
 )
 from imagebuild.container.qcow2.hostfile import HostFile
 from imagebuild.disk.device import RawFile
-from imagebuild.errors import ImageBuildError, OutOfRangeError, UnsupportedImageError
+from imagebuild.errors import (
+    ImageBuildError,
+    InputError,
+    OutOfRangeError,
+    UnsupportedImageError,
+)
 
 if TYPE_CHECKING:
     from imagebuild.container.qcow2.image import Qcow2Image
@@ -55,17 +67,29 @@ def create_image(cls: type[Qcow2Image], path: str | os.PathLike[str], size: int 
         raise UnsupportedImageError(
             f"{name}: cluster size {cluster_size} (must be a power of two, 512 B..2 MiB)"
         )
+    # QEMU leaves the optional feature name table out of clusters of 4 KiB and less:
+    # with 512-byte clusters it would leave 8 bytes for a backing file name.
+    extensions = [feature_table_extension()] if cluster_size > FEATURE_TABLE_MIN_CLUSTER else []
     header = Qcow2Header(version=3, cluster_bits=bits, refcount_order=refcount_order,
-                         extensions=[feature_table_extension()])
+                         extensions=extensions)
     backing: Qcow2Image | RawFile | None = None
     if backing_file is not None:
         backing_name = os.fspath(backing_file)
         if len(backing_name.encode()) > MAX_BACKING_FILE_NAME:
             raise UnsupportedImageError(f"{name}: backing file name longer than 1023 bytes")
         resolved = resolve_backing(name, backing_name)
+        if file_id(resolved) is None:
+            raise missing_backing(name, backing_name, resolved)
         backing = open_backing(resolved, backing_format)
         if backing_format is None:
             backing_format = backing.format
+        out = file_id(name)
+        if out is not None and out in chain_ids(backing):
+            backing.close()
+            raise InputError(
+                f"{name}: is {backing_name!r} or a file in its backing chain; creating it "
+                f"would destroy data the new image reads through that chain"
+            )
         if size is None:
             size = backing.size
         header.backing_file = backing_name

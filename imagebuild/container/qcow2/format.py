@@ -83,6 +83,7 @@ EXT_CRYPTO = 0x0537BE77
 EXT_DATA_FILE = 0x44415441
 # qcow2.txt "Header extensions" and "Feature name table".
 EXTENSION_HEADER = Layout("header extension", ">", [("type", "I"), ("length", "I")])
+FEATURE_TABLE_MIN_CLUSTER = 4096  # QEMU writes the table only into larger clusters
 FEATURE_NAME_ENTRY = Layout("feature name table entry", ">", [
     ("type", "B"), ("bit_number", "B"), ("feature_name", "46s"),
 ])

@@ -40,8 +40,10 @@ from imagebuild.container.qcow2 import codec
 from imagebuild.container.qcow2.backing import (
     MAX_CHAIN_DEPTH,
     FileId,
+    chain_ids,
     fd_id,
     file_id,
+    missing_backing,
     resolve_backing,
     sniff_format,
 )
@@ -68,11 +70,13 @@ from imagebuild.container.qcow2.write import write_compressed, write_guest
 from imagebuild.disk.device import RawFile
 from imagebuild.errors import (
     ImageFormatError,
+    InputError,
     ReadOnlyImageError,
     UnsupportedImageError,
 )
 
-__all__ = ["Qcow2Image", "open_image"]
+__all__ = ["Qcow2Image", "open_image", "refuse_output_in_chain"]
+
 
 class Qcow2Image:
     """A QCOW2 image file.  Use `create()` or `open()`; close() (or `with`) when done.
@@ -111,11 +115,16 @@ class Qcow2Image:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, writable: bool = False, sync: bool = True,
-             rebuild: bool = True, _chain: frozenset[FileId] = frozenset()) -> Qcow2Image:
+             rebuild: bool = True, backing: bool = True,
+             _chain: frozenset[FileId] = frozenset()) -> Qcow2Image:
         """Open an existing image (and its backing chain, read-only).
 
         Opening a dirty image for writing rebuilds its refcounts first, unless
-        `rebuild` is False (check(repair=...) does that itself).  Raises
+        `rebuild` is False (check(repair=...) does that itself).  With
+        `backing=False` the chain is left closed (`.backing` stays None): for
+        reading the header of an overlay whose backing file is missing, as
+        `qemu-img info` does; guest reads then see zeros where the chain would
+        answer.  Raises BackingFileMissing (naming the overlay),
         OSError, ImageFormatError (a malformed header or table),
         UnsupportedImageError (features we do not implement; writing to an
         image marked corrupt or holding snapshots).
@@ -132,7 +141,7 @@ class Qcow2Image:
             os.close(fd)
             raise
         try:
-            image._load(rebuild)
+            image._load(rebuild, backing)
         except BaseException:
             image._abandon()
             raise
@@ -158,7 +167,7 @@ class Qcow2Image:
                             sync=sync, refcount_order=refcount_order,
                             open_backing=lambda name, fmt: open_image(name, format=fmt))
 
-    def _load(self, rebuild: bool) -> None:
+    def _load(self, rebuild: bool, backing: bool) -> None:
         header = self.header
         name = self.path
         self.map.load()
@@ -168,7 +177,7 @@ class Qcow2Image:
             table = self.host.pread(min(most, self.host.size - header.snapshots_offset),
                                     header.snapshots_offset)
             self.snapshots, _ = parse_snapshots(table, header.nb_snapshots, name)
-        if header.backing_file:
+        if header.backing_file and backing:
             self._open_backing(header.backing_file)
         if not self.writable:
             return
@@ -197,7 +206,9 @@ class Qcow2Image:
         name = self.path
         resolved = resolve_backing(name, backing_name)
         found = file_id(resolved)
-        if found is not None and found in self.chain:
+        if found is None:
+            raise missing_backing(name, backing_name, resolved)
+        if found in self.chain:
             raise ImageFormatError(f"{name}: backing file {backing_name!r} forms a loop")
         if len(self.chain) > MAX_CHAIN_DEPTH:
             raise UnsupportedImageError(f"{name}: backing chain deeper than 32 images")
@@ -220,6 +231,10 @@ class Qcow2Image:
     def file_size(self) -> int:
         """The host file's size in bytes."""
         return self.host.size
+
+    def fileno(self) -> int:
+        """The image file's descriptor."""
+        return self.host.fd
 
     @property
     def storage(self) -> DataView:
@@ -366,6 +381,27 @@ class Qcow2Image:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def refuse_output_in_chain(output: str | os.PathLike[str],
+                           base: str | os.PathLike[str]) -> None:
+    """Raise InputError when `output` is the file `base` or any file in its backing chain.
+
+    Files are compared by device and inode, so another name (a symlink, a hard
+    link, `../dir/x`) for the same file is caught too.  Writing such an output
+    (customize A -> B, then B -> A) would destroy what the new image reads.
+    Does nothing when `output` does not exist yet.
+    """
+    out = file_id(output)
+    if out is None:
+        return
+    with open_image(base) as image:
+        ids = chain_ids(image)
+    if out in ids:
+        raise InputError(
+            f"{os.fspath(output)}: is {os.fspath(base)!r} or a file in its backing chain; "
+            f"writing it would destroy data the new image reads through that chain"
+        )
 
 
 def open_image(path: str | os.PathLike[str], *, writable: bool = False,

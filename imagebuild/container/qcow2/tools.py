@@ -10,87 +10,21 @@ qapi/block-core.json (ImageInfo, ImageInfoSpecificQCow2, MapEntry).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from imagebuild.container.qcow2.backing import full_backing_name
 from imagebuild.container.qcow2.format import (
-    COMPAT_LAZY_REFCOUNTS,
-    COMPRESSION_NAMES,
     DEFAULT_CLUSTER_SIZE,
-    INCOMPAT_CORRUPT,
-    INCOMPAT_DIRTY,
-    INCOMPAT_EXTL2,
 )
 from imagebuild.container.qcow2.hostfile import is_zero
 from imagebuild.container.qcow2.image import Qcow2Image, open_image
 from imagebuild.container.qcow2.mapping import ClusterKind
 from imagebuild.disk.device import RawFile
 from imagebuild.errors import ImageBuildError, UnsupportedImageError
-from imagebuild.util.sizes import format_size
 
 CHUNK = 8 << 20  # bytes per read/write while converting
-
-
-# -- info --------------------------------------------------------------------------------------
-def info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """`qemu-img info --output=json` for a qcow2 or raw image."""
-    name = os.fspath(path)
-    image = open_image(name)
-    try:
-        actual = os.stat(name).st_blocks * 512
-        if isinstance(image, RawFile):
-            return {"virtual-size": image.size, "filename": name, "format": "raw",
-                    "actual-size": actual, "dirty-flag": False}
-        header = image.header
-        data: dict[str, Any] = {"compat": "1.1" if header.version >= 3 else "0.10",
-                                "compression-type": COMPRESSION_NAMES[header.compression_type]}
-        if header.version >= 3:
-            data["lazy-refcounts"] = bool(header.compatible_features & COMPAT_LAZY_REFCOUNTS)
-        data["refcount-bits"] = 1 << header.refcount_order
-        if header.version >= 3:
-            data["corrupt"] = bool(header.incompatible_features & INCOMPAT_CORRUPT)
-            data["extended-l2"] = bool(header.incompatible_features & INCOMPAT_EXTL2)
-        out: dict[str, Any] = {}
-        if header.backing_file and header.backing_format:
-            out["backing-filename-format"] = header.backing_format
-        out.update({"virtual-size": image.size, "filename": name,
-                    "cluster-size": image.cluster_size, "format": "qcow2",
-                    "actual-size": actual,
-                    "format-specific": {"type": "qcow2", "data": data}})
-        if header.backing_file:
-            out["full-backing-filename"] = full_backing_name(name, header.backing_file)
-            out["backing-filename"] = header.backing_file
-        out["dirty-flag"] = bool(header.incompatible_features & INCOMPAT_DIRTY)
-        return out
-    finally:
-        image.close()
-
-
-def format_info(found: dict[str, Any]) -> str:
-    """`qemu-img info` human output."""
-    lines = [f"image: {found['filename']}", f"file format: {found['format']}",
-             f"virtual size: {format_size(found['virtual-size'])} "
-             f"({found['virtual-size']} bytes)",
-             f"disk size: {format_size(found['actual-size'])}"]
-    if "cluster-size" in found:
-        lines.append(f"cluster_size: {found['cluster-size']}")
-    if "backing-filename" in found:
-        name = found["backing-filename"]
-        full = found["full-backing-filename"]
-        lines.append(f"backing file: {name}" + (f" (actual path: {full})" if full != name else ""))
-    if "backing-filename-format" in found:
-        lines.append(f"backing file format: {found['backing-filename-format']}")
-    specific = found.get("format-specific")
-    if specific:
-        lines.append("Format specific information:")
-        for key, value in specific["data"].items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            lines.append(f"    {key.replace('-', ' ')}: {text}")
-    return "\n".join(lines) + "\n"
 
 
 # -- map ---------------------------------------------------------------------------------------
@@ -215,22 +149,6 @@ def data_extents(image: Qcow2Image | RawFile) -> Iterator[tuple[int, int]]:
         yield run_start, run_end - run_start
 
 
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[str]:
-    """A temp file beside `path`, renamed over it on success and removed on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
             output_format: str = "qcow2", compress: bool = False,
             cluster_size: int = DEFAULT_CLUSTER_SIZE) -> None:
@@ -245,8 +163,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     if compress and output_format != "qcow2":
         source.close()
         raise ImageBuildError(f"{target}: compression (-c) needs output format qcow2")
+    from imagebuild.pipeline.output import atomic_output
+
     try:
-        with _atomic_output(target) as tmp:
+        with atomic_output(target) as tmp:
             if output_format == "raw":
                 _convert_to_raw(source, tmp)
             else:
@@ -255,18 +175,34 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         source.close()
 
 
-def _chunks(image: Qcow2Image | RawFile, align: int) -> Iterator[tuple[int, bytes]]:
+def aligned_ranges(image: Qcow2Image | RawFile, align: int) -> Iterator[tuple[int, int]]:
+    """(start, end) byte ranges covering every data extent, widened to multiples of
+    `align` and merged where widening makes them touch or overlap: each aligned
+    block (cluster) lies in exactly one range, however many extents share it."""
+    run_start = run_end = -1
     for start, length in data_extents(image):
         first = start // align * align
         end = min(image.size, -(-(start + length) // align) * align)
+        if first <= run_end:
+            run_end = max(run_end, end)
+            continue
+        if run_end > run_start:
+            yield run_start, run_end
+        run_start, run_end = first, end
+    if run_end > run_start:
+        yield run_start, run_end
+
+
+def _chunks(image: Qcow2Image | RawFile, align: int) -> Iterator[tuple[int, bytes]]:
+    for first, end in aligned_ranges(image, align):
         for pos in range(first, end, CHUNK):
             n = min(CHUNK, end - pos)
             yield pos, image.pread(n, pos)
 
 
-def _convert_to_raw(source: Qcow2Image | RawFile, tmp: str) -> None:
+def _convert_to_raw(source: Qcow2Image | RawFile, tmp: os.PathLike[str]) -> None:
     block = 65536
-    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, source.size)
         for pos, data in _chunks(source, block):
@@ -280,7 +216,7 @@ def _convert_to_raw(source: Qcow2Image | RawFile, tmp: str) -> None:
         os.close(fd)
 
 
-def _convert_to_qcow2(source: Qcow2Image | RawFile, tmp: str, compress: bool,
+def _convert_to_qcow2(source: Qcow2Image | RawFile, tmp: os.PathLike[str], compress: bool,
                       cluster_size: int) -> None:
     with Qcow2Image.create(tmp, source.size, cluster_size=cluster_size) as out:
         for pos, data in _chunks(source, cluster_size):
