@@ -121,6 +121,13 @@ def test_metrohash_agrees_with_the_independent_one(data: bytes, seed: int) -> No
     assert metrohash64_1(data, seed) == metro64(data, seed)
 
 
+def test_batched_block_hashes_equal_single_ones() -> None:
+    from imagebuild.fs.gefs.hash import blkhash, blkhash_many
+
+    blocks = [rand(BLKSZ, i) for i in range(9)] + [bytes(BLKSZ), b"\xff" * BLKSZ]
+    assert blkhash_many(blocks) == [blkhash(b) for b in blocks] == [metro64(b) for b in blocks]
+
+
 # -- ream -------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from imagebuild.errors import LayoutError
-from imagebuild.fs.gefs.hash import blkhash
+from imagebuild.fs.gefs.hash import blkhash_many
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
     DMAPPEND,
@@ -79,6 +79,9 @@ class Dataset:
         return e
 
 
+HASH_BATCH = 256  # data blocks hashed together (hash.blkhash_many)
+
+
 def parse_users(text: bytes) -> dict[str, int]:
     """user.c parseusers(), the first pass: name -> id; raises LayoutError on a bad line."""
     users: dict[str, int] = {}
@@ -131,6 +134,7 @@ class GefsServer:
         self.nextqid = nextqid
         self.datasets: dict[str, Dataset] = {}
         self.users: dict[str, int] = {}
+        self._unhashed: list[tuple[Dataset, bytes, int, bytes]] = []  # (ds, Kdat key, addr, blk)
 
     def uid(self, name: str) -> int | None:
         return self.users.get(name)
@@ -171,15 +175,25 @@ class GefsServer:
             # writeb(): a write reaching the end of a block allocates from the arena's bottom
             addr = self._alloc(e.dir.qid, (index + 1) * BLKSZ <= length)
             self._put(addr, blk)
-            ds.extra[dat_key(e.dir.qid, index * BLKSZ)] = Bptr(addr, blkhash(blk), ds.gen).pack()
+            self._unhashed.append((ds, dat_key(e.dir.qid, index * BLKSZ), addr, blk))
+            if len(self._unhashed) >= HASH_BATCH:
+                self.flush()
         if writes:
             e.dir.length = max(e.dir.length, length)
             e.dir.mtime = self.now_ns
             e.dir.muid = uid
             e.dir.vers += writes
 
+    def flush(self) -> None:
+        """Hash the data blocks written since the last flush and store their Kdat pointers."""
+        pending, self._unhashed = self._unhashed, []
+        hashes = blkhash_many([blk for _, _, _, blk in pending])
+        for (ds, key, addr, _), h in zip(pending, hashes, strict=True):
+            ds.extra[key] = Bptr(addr, h, ds.gen).pack()
+
     def truncate(self, ds: Dataset, e: Entry, uid: int) -> list[Bptr]:
         """fsopen(OTRUNC): length 0, muid; returns the data blocks dropped."""
+        self.flush()
         dropped = []
         prefix = dat_key(e.dir.qid, 0)[:9]
         for k in [k for k in ds.extra if k[:9] == prefix]:

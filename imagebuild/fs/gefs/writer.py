@@ -174,6 +174,7 @@ class GefsBuilder:
     # -- sync ------------------------------------------------------------------------------
     def commit(self) -> Ream:
         """Write the datasets' trees, the snapshot tree, and free what nothing references."""
+        self.server.flush()
         r = self.ream
         alloc = lambda: r.alloc.alloc(False)  # noqa: E731
         put = r.blocks.__setitem__
