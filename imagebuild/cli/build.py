@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
                    help="a file the protos name that does not exist is an error, not a warning")
     p.add_argument("--no-fs", dest="fs", action="store_false",
                    help="leave the fs partition empty (a boot-only image)")
+    p.add_argument("--no-lint", dest="lint", action="store_false",
+                   help="build even when the boot FAT breaks a rule of 9front's loader")
     p.add_argument("--fs", dest="fs_type", choices=("hjfs", "gefs", "cwfs"),
                    help="file server for the fs partition (default: the recipe's fs.type); "
                         "cwfs names its disk from fs.disk, e.g. --set fs.disk=sdF0")
@@ -89,7 +91,8 @@ def run_build(args: argparse.Namespace) -> int:
     root = resolve_root(args.root)
     options = BuildOptions(root=root, output=args.output, container=args.container,
                            sets=args.sets, files=args.files, template_dir=args.template_dir,
-                           fs=args.fs, fs_type=args.fs_type, strict=args.strict)
+                           fs=args.fs, fs_type=args.fs_type, strict=args.strict,
+                           lint=args.lint)
     title = f"building {recipe.name} from {root}"
     if is_demo_root(root):
         title += " (demo root: generated stand-ins, the image will not boot 9front)"

@@ -42,6 +42,7 @@ class BuildOptions:
     template_dir: Path | None = None
     timestamp: int | None = None
     fs: bool = True
+    lint: bool = True  # False (--no-lint): skip the boot-chain lint (imagebuild.boot)
     fs_type: str | None = None  # --fs: another file server than the recipe's
     strict: bool = False  # --strict: a missing proto source is an error
 
@@ -176,6 +177,11 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         else:
             fat_files.append((PurePosixPath(entry).name, contents[entry]))
     place_files(fat_files, extra)  # --file replaces a file of that name, else appends
+    if options.lint:
+        from imagebuild.boot.pc import carries_loader, check_boot_fat
+
+        if carries_loader(fat_files):
+            check_boot_fat(fat_files, f"{recipe.name} {recipe.fat_partition}")
 
     timestamp = options.timestamp if options.timestamp is not None else source_date_epoch()
     output = options.output or Path("out") / recipe.output_name(container)

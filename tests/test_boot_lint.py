@@ -1,0 +1,140 @@
+"""The boot-chain lint (imagebuild.boot.pc): one test per rule of 9front's PC loader.
+
+Each rule's source is named in a comment: 9front sys/src/boot/pc/{fat.c,sub.c,mem.h}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagebuild.boot.pc import (
+    BOOTARGSLEN,
+    BOOTFILE_MAX,
+    BootLintError,
+    carries_loader,
+    check_boot_fat,
+    read_config,
+    visible_names,
+)
+from imagebuild.disk.device import BlockDevice, BytesStorage
+from imagebuild.fs.fat.format import FatFile, FatVolume, format_fat
+
+KERNEL = b"\0" * 100
+STOCK = [("9bootfat", b"\xeb\x3c"), ("plan9.ini", b"bootfile=9pc64\nconsole=0\n"),
+         ("9pc64", KERNEL)]
+
+
+def fat(ini: bytes, *extra: tuple[str, bytes]) -> list[tuple[str, bytes]]:
+    return [("9bootfat", b"\xeb\x3c"), ("plan9.ini", ini), ("9pc64", KERNEL), *extra]
+
+
+def test_stock_files_pass() -> None:
+    check_boot_fat(STOCK, "amd64.qcow2 9fat")
+    assert carries_loader(STOCK)
+    assert not carries_loader([("plan9.ini", b"bootfile=9pcnone\n")])  # no 9bootfat: no rule
+
+
+def test_bootfile_must_name_a_file_on_the_fat() -> None:
+    # fat.c start(): fatwalk(&fi, &fat, kern) fails -> print("not found"), prompt again
+    with pytest.raises(BootLintError, match=r"bootfile=9pcnone: no such file on the boot FAT"):
+        check_boot_fat(fat(b"bootfile=9pcnone\n"), "amd64.qcow2 9fat")
+
+
+def test_bootfile_is_compared_in_lower_case() -> None:
+    # fat.c dirname(): 'A'..'Z' become 'a'..'z'; fatwalk(): memcmp(name, path, j) byte for byte
+    with pytest.raises(BootLintError, match=r"bootfile=9PC64: 9bootfat compares lower-case 8\.3 "
+                                            r"names .*write bootfile=9pc64"):
+        check_boot_fat(fat(b"bootfile=9PC64\n"), "x")
+    # the device part before the last '!' is not part of the path (sub.c configure)
+    with pytest.raises(BootLintError, match=r"write bootfile=sdC0!9fat!9pc64$"):
+        check_boot_fat(fat(b"bootfile=sdC0!9fat!9PC64\n"), "x")
+    check_boot_fat(fat(b"bootfile=sdC0!9fat!9pc64\n"), "x")
+    check_boot_fat(fat(b"bootfile=/9pc64\n"), "x")  # fatwalk skips leading '/'
+
+
+def test_a_long_named_kernel_is_seen_only_as_its_alias() -> None:
+    # fat.c dirname(): `if(d->attr == 0x0F ...) return -1` - long-name slots are skipped
+    files = fat(b"bootfile=9pc64-custom\n", ("9pc64-custom", KERNEL))
+    with pytest.raises(BootLintError, match=r"'9pc64-custom' has a long name.*sees '9pc64-~1'"):
+        check_boot_fat(files, "x")
+
+
+def test_alias_names_match_what_format_writes() -> None:
+    # the names the lint says 9bootfat sees are the 8.3 names format stores, lower-cased
+    names = ["9bootfat", "plan9.ini", "9pc64-custom", "Kernel Two", "9pc64"]
+    disk = BlockDevice(BytesStorage((63 + 20000) * 512), name="data")
+    dev = disk.slice(63, 63 + 20000, "9fat")
+    format_fat(dev, [FatFile(n, b"x") for n in names])
+    stored = {e.short_name.lower() for e in FatVolume(dev).listdir()}
+    assert set(visible_names(names)) == stored
+
+
+def test_bootfile_longer_than_the_loader_path_buffer() -> None:
+    # fat.c start(): char path[Maxpath] (Maxpath = 64); sub.c getconf() copies the value
+    # and its NUL there without a bound
+    assert BOOTFILE_MAX == 63
+    ok = "d!" * 27 + "9pc64"  # 59 bytes
+    check_boot_fat(fat(f"bootfile={ok}\n".encode()), "x")
+    too_long = "d!" * 30 + "9pc64"  # 65 bytes
+    with pytest.raises(BootLintError, match=r"65 bytes; 9bootfat copies it into a 64-byte path"):
+        check_boot_fat(fat(f"bootfile={too_long}\n".encode()), "x")
+    exact = "d!" * 29 + "9pc64"  # 63 bytes: fits with its NUL
+    check_boot_fat(fat(f"bootfile={exact}\n".encode()), "x")
+    with pytest.raises(BootLintError, match=r"64 bytes"):
+        check_boot_fat(fat(f"bootfile=d{exact}\n".encode()), "x")
+
+
+def test_plan9_ini_larger_than_the_configuration_area() -> None:
+    # sub.c: BOOTARGSLEN = 4096-0x200-BOOTLINELEN; configure() stores key=value lines there
+    # and readline() reads each raw line at confend+1, neither bounds-checked
+    line = b"x" * 70 + b"=" + b"v" * 29 + b"\n"  # 100 bytes stored per line, distinct keys
+    lines = [b"k%03d" % i + line[4:] for i in range(40)]
+    ini = b"bootfile=9pc64\n" + b"".join(lines)
+    with pytest.raises(BootLintError, match=rf"holds {BOOTARGSLEN} \(sub\.c configure"):
+        check_boot_fat(fat(ini), "x")
+    check_boot_fat(fat(b"bootfile=9pc64\n" + b"".join(lines[:34])), "x")
+    # a comment is not stored, but read into the area all the same
+    with pytest.raises(BootLintError, match="configuration area"):
+        check_boot_fat(fat(b"bootfile=9pc64\n#" + b"c" * BOOTARGSLEN + b"\n"), "x")
+    # repeated keys replace each other (delconf): only the last counts
+    check_boot_fat(fat(b"bootfile=9pc64\n" + b"console=0\n" * 1000), "x")
+
+
+def test_last_line_without_a_line_end_is_never_read() -> None:
+    # sub.c readline(): `else if(read(f, p, 1) <= 0) return 0;` drops an unterminated line
+    with pytest.raises(BootLintError, match=r"last line 'bootfile=9pc64' has no line end"):
+        check_boot_fat(fat(b"console=0\nbootfile=9pc64"), "x")
+    check_boot_fat(fat(b"bootfile=9pc64\n# trailing comment"), "x")
+
+
+def test_read_config_follows_configure() -> None:
+    # sub.c configure(): [blocks] other than [common] are skipped, `boot` ends the file,
+    # delconf() deletes the first line starting with the key (a prefix match)
+    config = read_config(b"  a=1\r\n[menu]\nb=2\n[common]\nbootfile=x\n;c=3\nbootfile=y\n"
+                         b"boot\nd=4\n")
+    assert config.lines == ("a=1", "bootfile=y")
+    assert config.get("bootfile") == "y"
+    assert read_config(b"bootfile=x\nboot=1\n").lines == ("boot=1",)  # 'boot' deleted bootfile
+    assert read_config(b"a=1\nclear\nb=2\n").lines == ("b=2",)
+
+
+def test_build_refuses_and_no_lint_builds(root: Path, tmp_path: Path, sde: int) -> None:
+    from imagebuild.cli import main
+
+    out = tmp_path / "x.qcow2"
+    args = ["build", "amd64.qcow2", "--root", str(root), "--no-fs", "-q", "-o", str(out),
+            "--set", "plan9.bootfile=9pcnone"]
+    assert main(args) == 1
+    assert not out.exists()  # refused before the first byte
+    assert main([*args, "--no-lint"]) == 0
+    assert out.exists()
+
+
+def test_stock_recipes_pass_the_lint(root: Path) -> None:
+    from imagebuild.pipeline.build import BuildOptions, plan_build
+    from imagebuild.recipe.load import list_recipes, load_recipe
+
+    for name in list_recipes():
+        plan_build(load_recipe(name), BuildOptions(root=root, fs=False))
