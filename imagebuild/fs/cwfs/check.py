@@ -296,8 +296,10 @@ def fsck(fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = 
                         f"{h.roraddr}")  # fmt: skip
     main = _Checker("main", vol.main, sb, cw=True)
     main.run(h.cwraddr)
+    # fresh blocks (Cdirty) must be in the tree or on the free list; a rewritten block a
+    # dump moved elsewhere (Cwrite, like the previous superblock) may be neither
     dirty = (a for a in range(main.fstart, main.fsize)
-             if (s := vol.main.slot(a)) is not None and s[1] in (Cdirty, Cwrite))  # fmt: skip
+             if (s := vol.main.slot(a)) is not None and s[1] == Cdirty)  # fmt: skip
     main.missing(dirty)
     problems += main.problems
     if other is not None and vol.other is not None:

@@ -1,6 +1,9 @@
 """cwfs as the FileServer disk/mkfs talks to: 9P requests on the main file system's FileTree.
 
-A fid is a tree Node (the Dentry's block and slot, and its parent).  Names of
+A fid names a file by its path, resolved at each request: a dump between two
+requests moves directory blocks (cw.c rewalk() redoes open files' walks for
+the same reason).  Before each create or write we dump when the cache could
+not take the next cwgrow() (dump.py).  Names of
 users go through cwfs's table (uidgid.c strtouid()); where cwfs would store -2
 for a name it does not know (and show it as "none"), we refuse, so that every
 owner the proto names reads back.  A wstat ends a file's writes (mkfs renames
@@ -13,8 +16,15 @@ from dataclasses import dataclass
 
 from imagebuild.errors import LayoutError
 from imagebuild.fs.api import FsRefused, Wstat
+from imagebuild.fs.cwfs.dump import Dump, needs_dump
 from imagebuild.fs.cwfs.tree import FileTree, Node
 from imagebuild.fs.cwfs.users import UserTable
+from imagebuild.fs.cwfs.volume import CwVolume
+
+
+@dataclass
+class Fid:
+    path: str
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,7 @@ class CwfsServer:
         self.tree = tree
         self.users = users
         self.uid = 0  # none, until attach
+        self.dumps = 0
 
     def _id(self, name: str) -> int:
         uid = self.users.strtouid(name)
@@ -41,7 +52,21 @@ class CwfsServer:
     def attach(self, user: str) -> None:
         self.uid = self._id(user)
 
-    def walk(self, path: str) -> Node | None:
+    def node(self, fid: Fid) -> Node:
+        node = self._walk(fid.path)
+        if node is None:
+            raise FsRefused(f"{fid.path}: file does not exist")
+        return node
+
+    def walk(self, path: str) -> Fid | None:
+        return Fid(path) if self._walk(path) is not None else None
+
+    def _maybe_dump(self) -> None:
+        if isinstance(self.tree.v, CwVolume) and needs_dump(self.tree.v):
+            Dump(self.tree).run(self.tree.now)
+            self.dumps += 1
+
+    def _walk(self, path: str) -> Node | None:
         node = self.tree.root
         for elem in [p for p in path.split("/") if p]:
             if not self.tree.get(node).is_dir:
@@ -52,22 +77,26 @@ class CwfsServer:
             node = child
         return node
 
-    def stat(self, fid: Node) -> CwfsFileStat:
-        d = self.tree.get(fid)
+    def stat(self, fid: Fid) -> CwfsFileStat:
+        d = self.tree.get(self.node(fid))
         return CwfsFileStat(d.is_dir, d.mtime & 0xFFFFFFFF)
 
-    def create(self, parent: Node, name: str, perm: int) -> Node:
+    def create(self, parent: Fid, name: str, perm: int) -> Fid:
+        self._maybe_dump()
+        bname = name.encode("utf-8", "surrogateescape")
         try:
-            return self.tree.create(parent, name.encode("utf-8", "surrogateescape"), perm, self.uid)
+            self.tree.create(self.node(parent), bname, perm, self.uid)
+            return Fid(parent.path.rstrip("/") + "/" + name)
         except FileExistsError:
             raise FsRefused("file exists") from None
         except LayoutError as e:
             raise FsRefused(str(e)) from None
 
-    def write(self, fid: Node, offset: int, data: bytes | memoryview) -> None:
-        self.tree.write(fid, offset, bytes(data), self.uid)
+    def write(self, fid: Fid, offset: int, data: bytes | memoryview) -> None:
+        self._maybe_dump()
+        self.tree.write(self.node(fid), offset, bytes(data), self.uid)
 
-    def wstat(self, fid: Node, change: Wstat) -> None:
+    def wstat(self, fid: Fid, change: Wstat) -> None:
         self.tree.close()
         mtime = change.mtime
         if mtime is not None:
@@ -76,9 +105,11 @@ class CwfsServer:
         name = None if change.name is None else change.name.encode("utf-8", "surrogateescape")
         try:
             self.tree.wstat(
-                fid, self.uid, name=name, mode=change.mode, mtime=mtime,
+                self.node(fid), self.uid, name=name, mode=change.mode, mtime=mtime,
                 owner=None if not change.uid else self._id(change.uid),
                 group=None if not change.gid else self._id(change.gid),
             )  # fmt: skip
         except FileExistsError:
             raise FsRefused("file exists") from None
+        if change.name is not None:
+            fid.path = fid.path.rsplit("/", 1)[0] + "/" + change.name

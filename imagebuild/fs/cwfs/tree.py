@@ -95,6 +95,13 @@ def name_problem(name: bytes) -> str | None:
     return None
 
 
+@dataclass
+class _DirInfo:
+    node: Node
+    names: dict[bytes, Node]
+    free: int  # the first free slot number (slot + block * DIRPERBUF)
+
+
 class FileTree:
     """The 9P-level operations on one file system, at a fixed clock `now`."""
 
@@ -103,6 +110,7 @@ class FileTree:
         self.now = now
         self.root = Node(root_addr, 0)
         self.pending: dict[int, bytearray] = {}  # data blocks still being filled
+        self.dirs: dict[int, _DirInfo] = {}  # by the directory's qid path
         self.open_indirect: set[int] = set()
 
     # -- Dentry access --------------------------------------------------------------------------
@@ -215,11 +223,37 @@ class FileTree:
                     out.append((Node(addr, slot + a * DIRPERBUF, node), e))
         return out
 
+    def _dir(self, node: Node) -> _DirInfo:
+        """The names in a directory and its first free slot, from one scan, then kept."""
+        d = self.get(node)
+        info = self.dirs.get(d.qpath)
+        if info is None or info.node != node:
+            info = _DirInfo(node, {}, self._next_free(d, 0))
+            for child, e in self.entries(node):
+                info.names[e.name] = child
+            self.dirs[d.qpath] = info
+        return info
+
+    def _next_free(self, d: Dentry, start: int) -> int:
+        """The first unallocated slot number at or after `start` (one past the last block's
+        slots when every slot is taken)."""
+        a = start // DIRPERBUF
+        while True:
+            addr = self.rel2abs(d, a, 0)
+            if not addr:
+                return a * DIRPERBUF
+            block = self.v.block(addr)
+            for slot in range(start % DIRPERBUF if a == start // DIRPERBUF else 0, DIRPERBUF):
+                if not dentry_at(block, slot).allocated:
+                    return a * DIRPERBUF + slot
+            a += 1
+
+    def forget_dirs(self) -> None:
+        """Drop the directory index (block addresses moved, as after a dump)."""
+        self.dirs.clear()
+
     def lookup(self, node: Node, name: bytes) -> Node | None:
-        for child, e in self.entries(node):
-            if e.name == name:
-                return child
-        return None
+        return self._dir(node).names.get(name)
 
     def walk(self, path: str) -> Node:
         node = self.root
@@ -241,24 +275,11 @@ class FileTree:
         if not d.is_dir:
             raise LayoutError(f"cwfs: create {name!r}: parent is not a directory")
         self.accessdir(d, FREAD, uid)
-        addr1, slot1 = 0, 0
-        a = 0
-        while True:
-            addr = self.rel2abs(d, a, 0)
-            if not addr:
-                if addr1:
-                    break
-                addr = self.rel2abs(d, a, Tdir)
-            block = self.v.block(addr)
-            for slot in range(DIRPERBUF):
-                e = dentry_at(block, slot)
-                if not e.allocated:
-                    if not addr1:
-                        addr1, slot1 = addr, slot + a * DIRPERBUF
-                    continue
-                if e.name == name:
-                    raise FileExistsError(name.decode(errors="replace"))
-            a += 1
+        info = self._dir(parent)
+        if name in info.names:
+            raise FileExistsError(name.decode(errors="replace"))
+        slot1 = info.free  # the first free slot, a new block when every slot is taken
+        addr1 = self.rel2abs(d, slot1 // DIRPERBUF, 0) or self.rel2abs(d, slot1 // DIRPERBUF, Tdir)
         path = self.v.qidpathgen()
         if owner is not None:
             nuid, ngid = owner
@@ -282,6 +303,8 @@ class FileTree:
         self.put(node, new)
         self.accessdir(d, FWRITE, uid)
         self.put(parent, d)
+        info.names[name] = node
+        info.free = self._next_free(d, slot1 + 1)
         return node
 
     def write(self, node: Node, offset: int, data: bytes, uid: int) -> None:
@@ -347,6 +370,10 @@ class FileTree:
             d.mode = mkmode9p1(mode)
             d.mtime = mtime
             if rename and name is not None:
+                if node.parent is not None:
+                    names = self._dir(node.parent).names
+                    names.pop(d.name, None)
+                    names[name] = node
                 d.name = name
             d.uid, d.gid = nuid, ngid
             if rename and node.parent is not None:
@@ -384,6 +411,9 @@ class FileTree:
     def remove(self, node: Node, uid: int) -> None:
         """doremove(): the parent's accessdir(), dtrunc(), then a zeroed Dentry."""
         if node.parent is not None:
+            info = self._dir(node.parent)
+            info.names.pop(self.get(node).name, None)
+            info.free = min(info.free, node.slot)
             pd = self.get(node.parent)
             self.accessdir(pd, FWRITE, uid)
             self.put(node.parent, pd)

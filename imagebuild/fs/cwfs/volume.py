@@ -177,6 +177,18 @@ class Volume:
         self.sb.pack_into(block)
         self.dirty(self.sbaddr)
 
+    def flush_block(self, addr: int) -> None:
+        """Write one changed metadata block to the device (putbuf); it stays in memory."""
+        self.changed.discard(addr)
+        self.note_write(addr)
+        self.device.pwrite(bytes(self.meta[addr]), self.device_offset(addr))
+
+    def sync(self) -> None:
+        """Write every changed metadata block, the superblock too; keep them in memory."""
+        self.store_super()
+        for addr in sorted(self.changed):
+            self.flush_block(addr)
+
     def finish(self) -> None:
         """Write every metadata block still in memory."""
         self.store_super()
@@ -255,11 +267,25 @@ class CwVolume(Volume):
 
     def state(self, waddr: int) -> int:
         hit = self.where.get(waddr)
-        return self.buckets[hit[0]].entry[hit[1]].state if hit else Cnone
+        if hit is None:
+            return Cnone
+        c = self.buckets[hit[0]].entry[hit[1]]
+        return c.state if c.waddr == waddr else Cnone
 
     def device_offset(self, addr: int) -> int:
         _, entry = self.where[addr]
         return self.cache.slot_addr(addr, entry, self.newcache) * RBUFSIZE
+
+    def block(self, addr: int) -> bytearray:
+        """cwio(Oread): memory, else the cache slot, else (no longer cached) the worm."""
+        b = self.meta.get(addr)
+        if b is None:
+            if self.state(addr) == Cnone:
+                b = bytearray(self.worm.pread(RBUFSIZE, addr * RBUFSIZE))
+            else:
+                b = bytearray(self.device.pread(RBUFSIZE, self.device_offset(addr)))
+            self.meta[addr] = b
+        return b
 
     def note_write(self, addr: int) -> None:
         c = self.centry(addr)
