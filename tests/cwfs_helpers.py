@@ -15,6 +15,7 @@ Tbuck 7, Tcache 9, Tconfig 10, Tdir 11, Tind1..Tind4 12..15.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 BS = 16384
@@ -58,11 +59,20 @@ def entry(block: bytes, slot: int) -> Entry:
     return Entry(name, uid, gid, mode, muid, qpath, qvers, size, direct, indirect, atime, mtime)
 
 
-class Image:
-    """The main file system of raw fscache and fsworm partition bytes."""
+Source = bytes | Callable[[int, int], bytes]  # the bytes, or read(offset, size)
 
-    def __init__(self, cache: bytes, worm: bytes) -> None:
-        self.cache, self.worm = cache, worm
+
+def _reader(src: Source) -> Callable[[int, int], bytes]:
+    if isinstance(src, bytes):
+        return lambda off, n: src[off : off + n]
+    return src
+
+
+class Image:
+    """The main file system of the fscache and fsworm partitions (bytes or read functions)."""
+
+    def __init__(self, cache: Source, worm: Source) -> None:
+        self.cread, self.wread = _reader(cache), _reader(worm)
         hdr = self.cblock(2)
         assert tag_of(hdr) == (T_CACHE, 2)
         (self.maddr, self.msize, self.caddr, self.csize, self.fsize, self.wsize, self.wmax,
@@ -79,13 +89,13 @@ class Image:
                     self.slots[waddr] = (self.caddr + bn + i * self.msize, state)
 
     def cblock(self, n: int) -> bytes:
-        return self.cache[n * BS : (n + 1) * BS]
+        return self.cread(n * BS, BS)
 
     def block(self, waddr: int) -> bytes:
         hit = self.slots.get(waddr)
         if hit:
             return self.cblock(hit[0])
-        return self.worm[waddr * BS : (waddr + 1) * BS]
+        return self.wread(waddr * BS, BS)
 
     def tagged(self, addr: int, tag: int, path: int) -> bytes:
         b = self.block(addr)

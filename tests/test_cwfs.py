@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cwfs_helpers as h
 import pytest
+from cwfs_helpers import entry
 
 from imagebuild.disk.device import BlockDevice, BytesStorage
 from imagebuild.errors import LayoutError
@@ -204,12 +205,35 @@ def test_reproducible_with_source_date_epoch(tmp_path: Path) -> None:
     assert images[0] == images[1]
 
 
-def test_cache_too_small_for_the_tree_is_a_layout_error(tmp_path: Path) -> None:
-    big = tmp_path / "big"
-    big.write_bytes(random.Random(5).randbytes(3 * MB))
-    entries = [ProtoEntry("/big", 0o644, "sys", "sys", big, SDE, 3 * MB)]
-    with pytest.raises(LayoutError, match="cache"):
-        ream_and_populate(_disk(cache_mb=3, worm_mb=40), entries, timestamp=SDE)
+def test_a_tree_larger_than_the_cache_is_dumped_to_the_worm(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    entries = [ProtoEntry("/d", DMDIR | 0o775, "sys", "sys", tmp_path, SDE, 0)]
+    for i in range(250):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(rng.randbytes(rng.randrange(0, 400_000)))
+        entries.append(ProtoEntry(f"/d/f{i}", 0o644, "sys", "sys", f, SDE - i, f.stat().st_size))
+    parts = _disk(cache_mb=40, worm_mb=150)
+    ream_and_populate(parts, entries, timestamp=SDE)
+    assert fsck(parts["fscache"], parts["fsworm"], parts["other"]) == []
+    img = h.Image(_raw(parts["fscache"]), _raw(parts["fsworm"]))
+    assert img.sbaddr != 2  # each dump writes the superblock to the address the last reserved
+    tree = img.tree()
+    for e in entries[1:]:
+        assert img.data(tree[e.path]) == e.source.read_bytes(), e.path
+    # the dump file system: /2023/1114 holds the root as it was frozen
+    ro = entry(img.tagged(img.roraddr, h.T_DIR, 1), 0)
+    (year,) = img.children(ro)
+    (day,) = img.children(year)
+    assert (year.name, day.name) == ("2023", "1114")
+    assert {c.name for c in img.children(day)} >= {"adm", "usr", "d"}
+
+
+def test_cache_and_worm_too_small_are_layout_errors() -> None:
+    with pytest.raises(LayoutError, match="too small"):
+        ream_and_populate(_disk(cache_mb=1, worm_mb=40), [], timestamp=SDE)
+    parts = _disk(worm_mb=0)
+    with pytest.raises(LayoutError, match="fsworm"):
+        ream_and_populate(parts, [], timestamp=SDE)
 
 
 def test_unknown_owner_is_a_layout_error(tmp_path: Path) -> None:
