@@ -28,13 +28,14 @@ def mbr_table(disk: BlockDevice, *, verify: bool = False) -> list[dict[str, Any]
     (it cannot report an msdos type byte); raises LayoutError where it does not.
     """
     from imagebuild.partition.dostable import read_mbr, read_partitions
-    from imagebuild.partition.parted_check import verify_with_libparted
     from imagebuild.partition.sector0 import SECTOR, has_magic
 
     if not has_magic(disk.pread(SECTOR, 0)):
         return []
     entries = read_mbr(disk)
     if verify:
+        from imagebuild.partition.parted_check import verify_with_libparted
+
         verify_with_libparted(disk, entries)
     rows = [(slot + 1, e, e.lba, e.size) for slot, e in enumerate(entries) if e.used]
     logical = [p for p in read_partitions(disk) if not p.primary]
@@ -83,7 +84,7 @@ def partitions(disk: BlockDevice) -> PartFS:
     return parts
 
 
-def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
+def inspect_image(path: Path, *, verify: bool = False, fs: bool = True) -> dict[str, Any]:
     """Everything we can read from the image, as plain data (for tables and --json).
 
     Keys: path, format, virtual_size, file_size, disk_usage (bytes), qcow2
@@ -91,7 +92,8 @@ def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
     fs (hjfs summary), fat (per FAT partition: fat_bits, cluster_size, files),
     problems (lines, when a partition cannot be read), unreadable (the error, when
     the backing file of an overlay is missing: only its header is shown).  `verify`: see
-    mbr_table.  Raises ImageFormatError and OSError naming the image.
+    mbr_table.  `fs` False skips the fs partition (a build that wrote none).
+    Raises ImageFormatError and OSError naming the image.
     """
     from imagebuild.container.qcow2.backing import BackingFileMissing
     from imagebuild.partition.prep import read_table
@@ -118,12 +120,12 @@ def inspect_image(path: Path, *, verify: bool = False) -> dict[str, Any]:
             info["plan9"] = [
                 {"name": p.name, "start": p.start, "end": p.end} for p in read_table(parts["plan9"])
             ]
-        if "fs" in parts:
+        if fs and "fs" in parts:
             try:
                 info["fs"] = _fs_info(parts["fs"])
             except ImageBuildError as err:
                 info.setdefault("problems", []).append(f"fs: {err}")
-        elif "fscache" in parts and "fsworm" in parts:
+        elif fs and "fscache" in parts and "fsworm" in parts:
             try:
                 info["fs"] = _cwfs_info(parts)
             except ImageBuildError as err:

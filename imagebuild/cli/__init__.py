@@ -1,6 +1,8 @@
-"""The `imagebuild` command.  Each subcommand lives in a cmd_*.py module that
-registers its arguments; heavy libraries are imported only by the command that
-runs, so `imagebuild --help` and `imagebuild qcow2 info` start fast."""
+"""The `imagebuild` command.  Each verb group lives in a module of this package
+that registers its verbs (build.py: build, list, demo-root, customize;
+read.py: inspect, cat, ls, fsck; qcow2.py: qcow2).  Only the group of the
+verb given is imported, and heavy libraries only by the command that runs, so
+every command starts fast."""
 
 from __future__ import annotations
 
@@ -13,25 +15,34 @@ from imagebuild.errors import ImageBuildError, show_path
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of every verb (each verb group module registers its own)."""
-    from imagebuild.cli import build as cmd_build
-    from imagebuild.cli import qcow2 as cmd_qcow2
-    from imagebuild.cli import read as cmd_inspect
+GROUPS = ("build", "read", "qcow2")  # modules of imagebuild.cli, in --help order
+# verb -> its group, so only that module is imported; a verb not listed loads every group
+VERB_GROUPS = {"build": "build", "list": "build", "demo-root": "build", "customize": "build",
+               "inspect": "read", "cat": "read", "ls": "read", "fsck": "read",
+               "qcow2": "qcow2"}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argparse parser: the verbs of the group `argv` names, else of every group."""
+    import importlib
 
     parser = argparse.ArgumentParser(
         prog="imagebuild", description="Build 9front distribution disk images."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cmd_build, cmd_inspect, cmd_qcow2):
-        module.register(sub)
+    verb = next((a for a in (argv or ()) if not a.startswith("-")), None)
+    groups = [VERB_GROUPS[verb]] if verb in VERB_GROUPS else GROUPS
+    for group in groups:
+        importlib.import_module(f"imagebuild.cli.{group}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv`; the exit status: 0, 1 (an error, one line on
     stderr), 2 (usage), 130 (interrupted)."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:

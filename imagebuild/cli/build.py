@@ -63,6 +63,8 @@ def output_path(text: str) -> Path:
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sync", action="store_true",
+                   help="fsync the image before it replaces the target (qemu-img does not)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
 
@@ -91,15 +93,16 @@ def run_build(args: argparse.Namespace) -> int:
     root = resolve_root(args.root)
     options = BuildOptions(root=root, output=args.output, container=args.container,
                            sets=args.sets, files=args.files, template_dir=args.template_dir,
-                           fs=args.fs, fs_type=args.fs_type, strict=args.strict,
-                           lint=args.lint)
+                           fs=args.fs, sync=args.sync, fs_type=args.fs_type,
+                           strict=args.strict, lint=args.lint)
     title = f"building {recipe.name} from {root}"
     if is_demo_root(root):
         title += " (demo root: generated stand-ins, the image will not boot 9front)"
     with build_progress(title, quiet=args.quiet, plain=args.plain) as progress:
         plan = build(recipe, options, progress)
     if not args.quiet:
-        print_layout(inspect_image(plan.output), plain=args.plain)
+        print_layout(inspect_image(plan.output, fs=plan.fs_entries is not None),
+                     plain=args.plain)
     if plan.missing_sources:
         from imagebuild.fs.proto import missing_summary
 
@@ -133,7 +136,7 @@ def run_customize(args: argparse.Namespace) -> int:
     from imagebuild.pipeline.customize import customize
     from imagebuild.readback import inspect_image
 
-    customize(args.base, args.output, sets=args.sets, files=args.files)
+    customize(args.base, args.output, sets=args.sets, files=args.files, sync=args.sync)
     if not args.quiet:
         print_layout(inspect_image(args.output), plain=args.plain)
     return 0

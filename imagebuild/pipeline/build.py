@@ -33,11 +33,11 @@ def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = Non
     plan = plan_build(recipe, options)
     check_output(plan.output)
     layout = lay_out(plan)
-    with atomic_output(plan.output) as tmp:
+    with atomic_output(plan.output, sync=options.sync) as tmp:
         if plan.container == "qcow2":
             from imagebuild.container.qcow2.image import Qcow2Image
 
-            with Qcow2Image.create(tmp, plan.size) as image:
+            with Qcow2Image.create(tmp, plan.size, sync=options.sync) as image:
                 write_image(plan, image.data, progress, layout)
         else:
             with RawFile.create(tmp, plan.size) as raw:

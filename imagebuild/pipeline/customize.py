@@ -105,7 +105,8 @@ def edit_files(files: list[tuple[str, bytes]], sets: Sequence[str], adds: Sequen
     place_files(files, extra)
 
 
-def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str]) -> None:
+def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[str],
+              sync: bool = False) -> None:
     """Write `output`, a qcow2 overlay of `base` with --set/--file edits to the boot partition.
 
     Raises InputError (output would replace base, bad --set/--file), ImageBuildError
@@ -140,8 +141,8 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     edit_files(content, sets, files)
 
     backing = os.path.relpath(base.resolve(), output.resolve().parent)
-    with atomic_output(output) as tmp, Qcow2Image.create(
-        tmp, size, backing_file=backing, backing_format=base_format
+    with atomic_output(output, sync=sync) as tmp, Qcow2Image.create(
+        tmp, size, backing_file=backing, backing_format=base_format, sync=sync
     ) as overlay:
         overlay.skip_unchanged = True  # rewriting what BASE already holds allocates nothing
         view = BlockDevice(overlay.data, name=output.name)

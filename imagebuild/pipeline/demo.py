@@ -9,7 +9,6 @@ Every build from it says so, and plan9.ini carries a comment saying so.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from imagebuild.recipe.load import list_recipes, load_recipe
@@ -107,6 +106,8 @@ def demo_pbs() -> bytes:
 
 def _stand_in(path: str, size: int) -> bytes:
     """Deterministic filler named after the file it stands in for."""
+    import hashlib
+
     header = f"imagebuild demo stand-in for {path}; not the real file\n".encode()
     out = bytearray(header)
     block = hashlib.sha256(path.encode()).digest()

@@ -1,8 +1,9 @@
 """Atomic output: the one way every verb writes a file the user named.
 
 The image is written to a temporary file beside the target
-(`.NAME.PID.tmp`), fsynced, given the target's mode and renamed over the
-target only when everything succeeded; on any failure, exception or SIGTERM
+(`.NAME.PID.tmp`), fsynced when asked (as `qemu-img` does not by default),
+given the target's mode and renamed over the target only when everything
+succeeded; on any failure, exception or SIGTERM
 the temporary file is removed and the target is left as it was.  A build
 killed with SIGKILL cannot clean up; the next `atomic_output` for the same
 target removes the temporaries whose process is gone.
@@ -95,11 +96,11 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
 
 
 @contextmanager
-def atomic_output(target: Path | str, *, sync: bool = True) -> Iterator[Path]:
+def atomic_output(target: Path | str, *, sync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it becomes `target`.
 
     The caller creates and writes the temporary file.  On success it is
-    fsynced (unless `sync` is False), given the replaced file's mode or, for
+    fsynced (when `sync`), given the replaced file's mode or, for
     a new file, 0666 & ~umask, and renamed over `target`.  On any exception
     (and SIGTERM, turned into KeyboardInterrupt in the main thread) it is
     removed and the exception goes on.  Errors writing it are reported as

@@ -13,13 +13,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from imagebuild.errors import ImageBuildError, InputError, show_path
-from imagebuild.fs.proto import MissingSource, ProtoEntry
 from imagebuild.pipeline.demo import is_demo_root
 from imagebuild.recipe.load import Recipe
 from imagebuild.recipe.render import render_boot_files
 from imagebuild.util.files import read_input
+
+if TYPE_CHECKING:
+    from imagebuild.fs.proto import MissingSource, ProtoEntry
 
 MAX_INPUT_BYTES = 1 << 32  # a --file outside a build (customize): at most 4 GiB, FAT's limit
 
@@ -31,7 +34,8 @@ class BuildOptions:
     `container` is "qcow2" or "raw" (None: the recipe's); `files` are
     NAME=PATH texts (add or replace a boot-partition file); `timestamp` is
     Unix seconds for the FAT times and hjfs's clock (None: SOURCE_DATE_EPOCH
-    when set, else now); `fs` False leaves the fs partition empty.
+    when set, else now); `fs` False leaves the fs partition empty; `sync`
+    fsyncs the image before the rename (qemu-img does not by default).
     """
 
     root: Path
@@ -45,6 +49,7 @@ class BuildOptions:
     lint: bool = True  # False (--no-lint): skip the boot-chain lint (imagebuild.boot)
     fs_type: str | None = None  # --fs: another file server than the recipe's
     strict: bool = False  # --strict: a missing proto source is an error
+    sync: bool = False  # --sync: fsync the image before it replaces the target
 
 
 def fs_options(recipe: Recipe, options: BuildOptions) -> tuple[Recipe, list[str]]:

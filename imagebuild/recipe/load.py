@@ -13,7 +13,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,9 @@ from imagebuild.recipe.keys import Key
 from imagebuild.util.files import read_input
 
 # The stock recipes ship inside the package (imagebuild/recipes/*.toml), so a wheel has them.
-RECIPE_DIR = Path(str(resources.files("imagebuild").joinpath("recipes")))
+# (a path beside the code rather than importlib.resources, which costs start-up; the
+# package is always installed as files)
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPE_SUFFIX = ".toml"
 MAX_EXTENDS_DEPTH = 8
 

@@ -17,8 +17,8 @@ bytes).  Every failure is a TemplateError naming the template and line.
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -162,12 +162,19 @@ def render_boot_files(
                 f"{recipe.path}: template {template_name!r} for {name} not found in {where}"
             )
         path, source = found
-        builtin = _BUILTIN.get(hashlib.sha256(source.encode()).hexdigest())
+        builtin = _BUILTIN.get(template_key(source))
         text = builtin(context) if builtin is not None else None
         if text is None:
             text = jinja.render(path, template_name, source, context, name)
         rendered[name] = text.encode("utf-8", errors="surrogateescape")
     return rendered
+
+
+def template_key(source: str) -> tuple[int, int]:
+    """(length, CRC-32) of a template's UTF-8 text: how our own templates are recognised
+    (zlib is loaded already; hashlib would add to every start)."""
+    data = source.encode("utf-8", errors="surrogateescape")
+    return len(data), zlib.crc32(data)
 
 
 class _Jinja:
@@ -255,7 +262,7 @@ def _expand(jinja: _Jinja, value: Any, base: Mapping[str, Any]) -> Any:
 
 
 # -- our templates, in Python ----------------------------------------------------------------
-# Each returns exactly what jinja2 renders from the template file of that sha256, or None
+# Each returns exactly what jinja2 renders from the template file of that key, or None
 # when the context is not the plain shape it expects (then jinja2 renders, errors included).
 
 
@@ -294,8 +301,8 @@ def _cmdline_txt(context: Mapping[str, Any]) -> str | None:
     return " ".join(f"{k}={v}" for k, v in pairs) + "\n"
 
 
-_BUILTIN: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
-    "704b55f87cb0907a86bb864fe3ef2997ff66b7162aaeccaef37c74523b969918": _plan9_ini,
-    "ece1a701eea29772e2d1e20e7dd9cee500057a19ee5acbd71969ca5fef20ec86": _config_txt,
-    "08a008955ee071113c8242be7091db880c8ffffc1e803beffb8fed96750961ac": _cmdline_txt,
+_BUILTIN: dict[tuple[int, int], Callable[[Mapping[str, Any]], str | None]] = {
+    (369, 3206041817): _plan9_ini,  # templates/plan9.ini
+    (237, 406512472): _config_txt,  # templates/config.txt
+    (171, 1443757393): _cmdline_txt,  # templates/cmdline.txt
 }
