@@ -1,7 +1,14 @@
-"""QCOW2 engine benchmark: sequential write/read vs a raw file, random writes, create, RSS.
+"""QCOW2 engine benchmark: sequential write/read vs a raw file, random writes, create, RSS,
+and `qcow2 convert` / `convert -c` against `qemu-img convert` / `convert -c`.
 
     .venv/bin/python bench/qcow2_bench.py            # full run (1 GiB, 64 GiB image)
     .venv/bin/python bench/qcow2_bench.py --quick    # 128 MiB, a few seconds
+    .venv/bin/python bench/qcow2_bench.py --convert  # only the convert comparison
+
+The convert rows time both commands as a user runs them (process start-up
+included), interleaved (the order alternates every round), and print the
+median of --convert-rounds runs, the ratio ours/qemu-img, the CPUs and the
+load average before and after.
 
 Files go to a temporary directory (--dir to choose; it needs ~2x --seq-size free).
 The sequential ratios compare the data view with os.pwrite/os.pread of the same
@@ -14,6 +21,9 @@ import argparse
 import os
 import random
 import resource
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +50,15 @@ def main() -> None:
     parser.add_argument("--random-ops", type=int, default=None, help="random writes (4000)")
     parser.add_argument("--dir", default=None, help="where to put the scratch files")
     parser.add_argument("--rounds", type=int, default=3, help="best of N for sequential runs")
+    parser.add_argument("--convert", action="store_true", help="only the convert comparison")
+    parser.add_argument("--convert-size", default=None, help="convert input (default 1G)")
+    parser.add_argument("--compress-size", default=None,
+                        help="convert -c input (default 64M)")
+    parser.add_argument("--convert-rounds", type=int, default=5, help="median of N (>= 5)")
     args = parser.parse_args()
+    if args.convert:
+        convert_bench(args)
+        return
     seq = parse_size(args.seq_size or ("128M" if args.quick else "1G"))
     chunk = parse_size(args.chunk)
     rand_size = parse_size(args.random_image or ("4G" if args.quick else "64G"))
@@ -132,6 +150,75 @@ def main() -> None:
           f"{rand_ops / t_rand:.0f} ops/s ({rand_ops} ops incl. create and close)")
     print(f"create 2 TiB image: {t_create * 1000:.1f} ms, {format_size(big_size)} file")
     print(f"peak RSS: {format_size(rss)}")
+    convert_bench(args)
+
+
+def _holey_raw(path: Path, size: int, seed: int) -> None:
+    """Half data, half holes: 4 MiB of data at the start of every 8 MiB, whose bytes are
+    random nibbles (deflate makes them ~55 %), so -c has real work."""
+    rng = random.Random(seed)
+    nibbles = bytes(range(16)) * 16
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for at in range(0, size, 8 << 20):
+            f.seek(at)
+            f.write(rng.randbytes(min(4 << 20, size - at)).translate(nibbles))
+
+
+def _run(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one command."""
+    Path(argv[-1]).unlink(missing_ok=True)  # both tools start without an output to replace
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def convert_bench(args: argparse.Namespace) -> None:
+    """`imagebuild qcow2 convert [-c]` vs `qemu-img convert [-c]`, interleaved medians."""
+    if shutil.which("qemu-img") is None:
+        print("convert: qemu-img not found, skipped")
+        return
+    ours = [str(Path(sys.executable).with_name("imagebuild")), "qcow2", "convert"]
+    size = parse_size(args.convert_size or ("128M" if args.quick else "1G"))
+    csize = parse_size(args.compress_size or ("32M" if args.quick else "64M"))
+    rounds = max(5, args.convert_rounds)
+    # what an installed command gets: byte-compiled modules (PYTHONDONTWRITEBYTECODE
+    # would otherwise recompile every module at every start)
+    import compileall
+
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "imagebuild"),
+                           quiet=1)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="qcow2-convert-") as tmp:
+        d = Path(tmp)
+        plain, small = d / "in.raw", d / "small.raw"
+        _holey_raw(plain, size, 1)
+        _holey_raw(small, csize, 2)
+        cases = [("convert -O qcow2", plain, []), ("convert -c -O qcow2", small, ["-c"])]
+        for label, src, flags in cases:
+            times: dict[str, list[float]] = {"ours": [], "qemu": []}
+            cpu: dict[str, list[float]] = {"ours": [], "qemu": []}
+            commands = {"ours": [*ours, *flags, "-O", "qcow2", str(src), str(d / "o.qcow2")],
+                        "qemu": ["qemu-img", "convert", *flags, "-f", "raw", "-O", "qcow2",
+                                 str(src), str(d / "q.qcow2")]}
+            for r in range(rounds):
+                order = ("ours", "qemu") if r % 2 == 0 else ("qemu", "ours")
+                for who in order:
+                    wall, used = _run(commands[who])
+                    times[who].append(wall)
+                    cpu[who].append(used)
+            med = {who: statistics.median(times[who]) for who in times}
+            med_cpu = {who: statistics.median(cpu[who]) for who in cpu}
+            print(f"{label} {format_size(src.stat().st_size)} (half holes): "
+                  f"ours {med['ours']:.3f} s, qemu-img {med['qemu']:.3f} s, "
+                  f"ratio {med['ours'] / med['qemu']:.2f}; CPU ours {med_cpu['ours']:.3f} s, "
+                  f"qemu-img {med_cpu['qemu']:.3f} s (median of {rounds}, interleaved)")
+    load_after = os.getloadavg()
+    print(f"convert machine: {os.cpu_count()} CPUs, load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
 
 
 if __name__ == "__main__":

@@ -231,3 +231,55 @@ def test_qcow2_info_of_v2_image_with_snapshot_like_qemu(
     code, out, _ = run(capsys, "qcow2", "info", "--output", "json", str(path))
     assert code == 0
     assert json.loads(out) == json.loads(qemu_img("info", "--output=json", path).stdout)
+
+
+# -- convert: threads and durability ----------------------------------------------------------
+def _mixed_raw(path: Path, size: int, seed: int) -> None:
+    """Holes, compressible and incompressible runs, unaligned extents."""
+    rng = random.Random(seed)
+    nibbles = bytes(range(16)) * 16
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for _ in range(40):
+            at = rng.randrange(size - 300_000)
+            n = rng.randrange(1, 300_000)
+            data = rng.randbytes(n)
+            f.seek(at)
+            f.write(data if rng.random() < 0.3 else data.translate(nibbles))
+
+
+def test_qcow2_convert_compress_threads_write_the_same_bytes(tmp_path: Path) -> None:
+    from imagebuild.container.qcow2.convert import convert
+
+    raw = tmp_path / "in.raw"
+    _mixed_raw(raw, 24 * MiB, 7)
+    outputs = []
+    for workers in (1, 2, 8):
+        out = tmp_path / f"c{workers}.qcow2"
+        convert(raw, out, compress=True, workers=workers)
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert_qemu_clean(tmp_path / "c8.qcow2")
+    qemu_compare(tmp_path / "c8.qcow2", raw)
+    flat = tmp_path / "flat.raw"
+    convert(tmp_path / "c8.qcow2", flat, output_format="raw")
+    assert flat.read_bytes() == raw.read_bytes()
+
+
+def test_qcow2_convert_fsyncs_only_when_asked(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu-img convert's default cache mode (unsafe) never fsyncs; -t/--sync does."""
+    raw = tmp_path / "in.raw"
+    _mixed_raw(raw, 4 * MiB, 8)
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    for argv, synced in ((["-O", "qcow2"], False), (["-O", "raw"], False),
+                         (["-c", "-O", "qcow2"], False), (["--sync", "-O", "qcow2"], True),
+                         (["-t", "writeback", "-O", "raw"], True)):
+        calls.clear()
+        out = tmp_path / "out.img"
+        assert main(["qcow2", "convert", *argv, str(raw), str(out)]) == 0
+        assert bool(calls) == synced, argv
+        fmt = "raw" if "raw" in argv else "qcow2"
+        qemu_compare(out, raw, fmt_a=fmt)

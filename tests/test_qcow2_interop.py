@@ -27,9 +27,10 @@ from qcow2_helpers import (
 )
 
 from imagebuild.container.qcow2.check import check
+from imagebuild.container.qcow2.convert import convert
 from imagebuild.container.qcow2.image import Qcow2Image, open_image
 from imagebuild.container.qcow2.info import info
-from imagebuild.container.qcow2.tools import convert, map_image
+from imagebuild.container.qcow2.tools import map_image
 
 pytestmark = needs_qemu_img
 

@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
     v.add_argument("-O", dest="output_format", choices=("raw", "qcow2"), default="qcow2")
     v.add_argument("-c", dest="compress", action="store_true", help="compress (qcow2 output)")
     v.add_argument("--cluster-size", default="64K")
+    v.add_argument("-t", dest="cache", default="unsafe",
+                   choices=("unsafe", "writeback", "writethrough", "none", "directsync"),
+                   help="output cache mode as qemu-img's: unsafe (default) writes no fsync; "
+                   "any other mode fsyncs the output before it replaces FILE")
+    v.add_argument("--sync", dest="cache", action="store_const", const="writeback",
+                   help="fsync the output before it replaces FILE (same as -t writeback)")
     v.set_defaults(handler=_convert)
 
     m = verbs.add_parser("map", help="allocated extents like qemu-img map")
@@ -108,11 +114,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from imagebuild.container.qcow2.tools import convert
+    from imagebuild.container.qcow2.convert import convert
     from imagebuild.util.sizes import parse_size
 
     convert(args.input, args.output, output_format=args.output_format,
-            compress=args.compress, cluster_size=parse_size(args.cluster_size, "--cluster-size"))
+            compress=args.compress, cluster_size=parse_size(args.cluster_size, "--cluster-size"),
+            sync=args.cache != "unsafe")
     return 0
 
 

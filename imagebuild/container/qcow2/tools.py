@@ -1,4 +1,4 @@
-"""qemu-img's info, map and convert for qcow2 and raw images.
+"""qemu-img's map for qcow2 and raw images.
 
 Output dictionaries use qemu-img's JSON field names (`qemu-img info
 --output=json`, `qemu-img map --output=json`) so scripts can switch between
@@ -15,16 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from imagebuild.container.qcow2.backing import full_backing_name
-from imagebuild.container.qcow2.format import (
-    DEFAULT_CLUSTER_SIZE,
-)
-from imagebuild.container.qcow2.hostfile import is_zero
 from imagebuild.container.qcow2.image import Qcow2Image, open_image
 from imagebuild.container.qcow2.mapping import ClusterKind
 from imagebuild.disk.device import RawFile
-from imagebuild.errors import ImageBuildError, UnsupportedImageError
-
-CHUNK = 8 << 20  # bytes per read/write while converting
 
 
 # -- map ---------------------------------------------------------------------------------------
@@ -130,101 +123,3 @@ def _layer_names(path: str) -> list[str]:
     finally:
         image.close()
     return names
-
-
-# -- convert -----------------------------------------------------------------------------------
-def data_extents(image: Qcow2Image | RawFile) -> Iterator[tuple[int, int]]:
-    """(start, length) of the guest ranges that may hold non-zero data, through the chain."""
-    run_start = run_end = -1
-    for e in map_image(image):
-        if not e["data"]:
-            continue
-        if e["start"] == run_end:
-            run_end += e["length"]
-            continue
-        if run_end > run_start:
-            yield run_start, run_end - run_start
-        run_start, run_end = e["start"], e["start"] + e["length"]
-    if run_end > run_start:
-        yield run_start, run_end - run_start
-
-
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-            output_format: str = "qcow2", compress: bool = False,
-            cluster_size: int = DEFAULT_CLUSTER_SIZE) -> None:
-    """`qemu-img convert [-c] -O FORMAT SRC DST`: the guest data of SRC (and its backing
-    chain) into a standalone DST; raw output is sparse, qcow2 output allocates only
-    non-zero clusters (compressed with -c)."""
-    source = open_image(src)
-    target = os.fspath(dst)
-    if output_format not in ("qcow2", "raw"):
-        source.close()
-        raise UnsupportedImageError(f"{target}: output format {output_format!r} (qcow2 or raw)")
-    if compress and output_format != "qcow2":
-        source.close()
-        raise ImageBuildError(f"{target}: compression (-c) needs output format qcow2")
-    from imagebuild.pipeline.output import atomic_output
-
-    try:
-        with atomic_output(target) as tmp:
-            if output_format == "raw":
-                _convert_to_raw(source, tmp)
-            else:
-                _convert_to_qcow2(source, tmp, compress, cluster_size)
-    finally:
-        source.close()
-
-
-def aligned_ranges(image: Qcow2Image | RawFile, align: int) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges covering every data extent, widened to multiples of
-    `align` and merged where widening makes them touch or overlap: each aligned
-    block (cluster) lies in exactly one range, however many extents share it."""
-    run_start = run_end = -1
-    for start, length in data_extents(image):
-        first = start // align * align
-        end = min(image.size, -(-(start + length) // align) * align)
-        if first <= run_end:
-            run_end = max(run_end, end)
-            continue
-        if run_end > run_start:
-            yield run_start, run_end
-        run_start, run_end = first, end
-    if run_end > run_start:
-        yield run_start, run_end
-
-
-def _chunks(image: Qcow2Image | RawFile, align: int) -> Iterator[tuple[int, bytes]]:
-    for first, end in aligned_ranges(image, align):
-        for pos in range(first, end, CHUNK):
-            n = min(CHUNK, end - pos)
-            yield pos, image.pread(n, pos)
-
-
-def _convert_to_raw(source: Qcow2Image | RawFile, tmp: os.PathLike[str]) -> None:
-    block = 65536
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.ftruncate(fd, source.size)
-        for pos, data in _chunks(source, block):
-            view = memoryview(data)
-            for at in range(0, len(view), block):
-                piece = view[at : at + block]
-                if not is_zero(piece):
-                    os.pwrite(fd, piece, pos + at)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _convert_to_qcow2(source: Qcow2Image | RawFile, tmp: os.PathLike[str], compress: bool,
-                      cluster_size: int) -> None:
-    with Qcow2Image.create(tmp, source.size, cluster_size=cluster_size) as out:
-        for pos, data in _chunks(source, cluster_size):
-            if not compress:
-                out.pwrite(data, pos)
-                continue
-            view = memoryview(data)
-            for at in range(0, len(view), cluster_size):
-                piece = view[at : at + cluster_size]
-                if not is_zero(piece):
-                    out.write_compressed((pos + at) // cluster_size, bytes(piece))

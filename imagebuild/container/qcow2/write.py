@@ -110,6 +110,29 @@ def write_guest(image: Qcow2Image, data: memoryview, offset: int, skip_unchanged
     return n
 
 
+def write_new_clusters(image: Qcow2Image, data: memoryview, offset: int) -> None:
+    """`write_guest` for guest clusters never written before in an image without a backing
+    file (the converter's case): non-zero clusters go out in runs, zero ones are skipped.
+
+    `offset` must be cluster aligned.  The result is byte for byte what
+    `write_guest` makes of the same call, without its per-cluster lookups.
+    """
+    image.require_writable()
+    bits = image.cluster_bits
+    cs = image.cluster_size
+    if offset & (cs - 1) or offset + len(data) > image.size or image.backing is not None:
+        raise ImageBuildError(f"{image.path}: write_new_clusters needs an aligned range "
+                              f"inside the disk of an image without a backing file")
+    fresh: list[tuple[int, Buffer, int]] = []
+    first = offset >> bits
+    for i, at in enumerate(range(0, len(data), cs)):
+        piece = data[at : at + cs]
+        if not is_zero(piece):
+            fresh.append((first + i, piece, 0))
+    _write_fresh(image, fresh)
+    image.maybe_trim_cache()
+
+
 def write_compressed(image: Qcow2Image, guest_cluster: int, data: bytes | memoryview,
                      packed: bytes | None) -> None:
     """Store guest cluster `guest_cluster` as `packed` (its deflated `data`, from
