@@ -290,7 +290,7 @@ def test_directory_listed_twice_is_enumerated_twice(tmp_path: Path, src: Path) -
         ("lib d775\n\ta - - - rel/path\n", r"proto:2: relative source path 'rel/path'"),
         ("lib d775", r"proto:1: last line has no newline"),
         ("lib\0 d775\n", r"proto:1: null bytes in proto"),
-        ("nowhere d775\n\t+\n", r"proto:2: /nowhere: can't open source directory"),
+        ("nowhere d775\n\t+\n", r"proto:2: /nowhere/\+: source directory .* does not exist"),
         ("nowhere 664\n", r"proto:1: /nowhere: source .* does not exist"),
     ],
 )

@@ -245,8 +245,11 @@ class _ProtoReader:
 
     def mktree(self, me: _File, recursive: bool) -> None:
         directory = self.source_of(me)
-        if not os.path.exists(directory) and self.on_missing is not None:
-            self.on_missing(MissingSource(self.origin, f"{me.new or '/'}/{me.elem}", directory))
+        if not os.path.exists(directory):
+            label = f"{me.new or '/'}/{me.elem}"
+            if self.on_missing is None:
+                raise self.fail(f"{label}: source directory {directory} does not exist")
+            self.on_missing(MissingSource(self.origin, label, directory))
             return
         if not directory.is_dir():
             raise self.fail(f"{me.new or '/'}: can't open source directory {directory}")
