@@ -235,21 +235,29 @@ def _partition(path: Path, part: str) -> Iterator[BlockDevice]:
 
 def cat(path: Path, spec: str) -> bytes:
     """`9fat:plan9.ini` or `fs:/lib/ndb/local` -> the file's bytes."""
+    return b"".join(cat_stream(path, spec))
+
+
+def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
+    """The file's bytes in pieces; an hjfs file is streamed block by block (bounded memory)."""
     part, file = _split_spec(path, spec)
     with _cwfs_volume(path, part) as cw:
         if cw is not None:
-            return bytes(cw.read(file))
+            yield bytes(cw.read(file))
+            return
     with _partition(path, part) as device:
         if part in FS_PARTITIONS:
             from imagebuild.fs.hjfs import HjfsVolume
 
             gefs = _gefs(device)
             if gefs is not None:
-                return bytes(gefs.read(file))
-            return HjfsVolume(device).read(file)
+                yield bytes(gefs.read(file))
+                return
+            yield from HjfsVolume(device).iter_read(file)
+            return
         from imagebuild.fs.fat.format import FatVolume
 
-        return FatVolume(device).read(file)
+        yield FatVolume(device).read(file)
 
 
 def listing(path: Path, spec: str) -> list[dict[str, Any]]:

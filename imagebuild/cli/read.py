@@ -63,9 +63,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_cat(args: argparse.Namespace) -> int:
     """`imagebuild cat`: the file's bytes on stdout."""
-    from imagebuild.readback import cat
+    from imagebuild.readback import cat_stream
 
-    sys.stdout.buffer.write(cat(args.image, args.file))
+    for chunk in cat_stream(args.image, args.file):  # hjfs files stream: bounded memory
+        sys.stdout.buffer.write(chunk)
     return 0
 
 

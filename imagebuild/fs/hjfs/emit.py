@@ -46,7 +46,12 @@ def emit_file_blocks(out: RunWriter, numbers: Sequence[int], piece: Piece) -> No
 
 
 def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """(first index, length) of each run where both `numbers` and `touched` count up by one."""
+    """(first index, length) of each run where both `numbers` and `touched` count up by one.
+
+    None for empty lists: a read piece that is all zero touches no block.
+    """
+    if not numbers:
+        return
     breaks = [
         k
         for k in range(1, len(numbers))

@@ -89,6 +89,11 @@ def is_hjfs(dev: BlockDevice) -> bool:
         return False
 
 
+READ_BLOCKS = 256  # iter_read's pieces: up to 256 blocks (about 1 MiB)
+# the largest file getblk can address: direct blocks, then 1 to NINDIRECT levels of indirection
+MAX_FILE_BLOCKS = NDIRECT + sum(OFFPERBLK**k for k in range(1, NINDIRECT + 1))
+
+
 class HjfsVolume:
     """Read access to an hjfs file system on a block device (e.g. the fs partition)."""
 
@@ -150,10 +155,19 @@ class HjfsVolume:
         return self.sb.root, 0
 
     def entries_at(self, blk: int, deind: int) -> Iterator[tuple[Dentry, int, int]]:
-        """A directory's allocated entries in on-disk order, with their locations."""
+        """A directory's allocated entries in on-disk order, with their locations.
+
+        Raises ImageFormatError for a directory of more blocks than the
+        partition has (a corrupt size would make the walk endless).
+        """
         d = self.dentry_at(blk, deind)
         if not d.is_dir:
             raise HjfsError(f"{d.name.decode(errors='replace')}: not a directory")
+        if d.size > self.sb.size:
+            raise ImageFormatError(
+                f"{self.dev.name}: directory {d.name.decode(errors='replace')!r} (block {blk} "
+                f"entry {deind}) has {d.size} blocks, the partition {self.sb.size}"
+            )
         for i in range(d.size):
             b = self.getblk(d, i)
             if b == 0:
@@ -182,7 +196,7 @@ class HjfsVolume:
         """The user table from /adm/users, or hjfs's built-in one without it (readusers())."""
         if self._users is None:
             try:
-                self._users = UserTable.parse(self.read("/adm/users"))
+                self._users = UserTable.parse(self.read("/adm/users", limit=self.sb.size * RBLOCK))
             except HjfsError:
                 self._users = UserTable(default_users())
         return self._users
@@ -222,25 +236,98 @@ class HjfsVolume:
     def scandir(self, path: str = "/") -> list[HjfsStat]:
         return [self._stat(d, (b, j)) for d, b, j in self.entries_at(*self.locate(path))]
 
-    def read(self, path: str) -> bytes:
-        """A file's bytes (chanread(): holes read as zeros)."""
+    def read(self, path: str, limit: int | None = None) -> bytes:
+        """A file's bytes (chanread(): holes read as zeros), all at once.
+
+        ImageFormatError if the file is longer than `limit` bytes; use
+        iter_read for files that may not fit in memory.
+        """
         d = self.dentry(path)
+        if limit is not None and d.size > limit:
+            raise ImageFormatError(
+                f"{self.dev.name}: {path}: size {d.size} bytes is more than the partition holds"
+            )
+        return b"".join(self._iter_dentry(d, path))
+
+    def iter_read(self, path: str) -> Iterator[bytes]:
+        """A file's bytes in pieces of at most READ_BLOCKS blocks, holes as zeros (streaming).
+
+        Raises HjfsError for a directory, ImageFormatError for a size past
+        the largest file hjfs can address or a bad block pointer.
+        """
+        return self._iter_dentry(self.dentry(path), path)
+
+    def _iter_dentry(self, d: Dentry, path: str) -> Iterator[bytes]:
         if d.is_dir:
             raise HjfsError(f"{path}: is a directory")
-        out = bytearray()
-        for i in range(d.blocks):
-            b = self.getblk(d, i)
-            out += self.typed_block(b, TRAW)[1:] if b else bytes(RBLOCK)
-        del out[d.size :]
-        return bytes(out)
+        if d.blocks > MAX_FILE_BLOCKS:
+            raise ImageFormatError(
+                f"{self.dev.name}: {path}: size {d.size} bytes is past the largest hjfs file"
+            )
+        return self._blocks_of(d)
+
+    def _blocks_of(self, d: Dentry) -> Iterator[bytes]:
+        remaining = d.size
+        i = 0
+        while remaining > 0:
+            n = min(READ_BLOCKS, d.blocks - i)
+            numbers = [self.getblk(d, i + k) for k in range(n)]
+            out = bytearray()
+            k = 0
+            while k < n:  # consecutive device blocks are read with one pread
+                b = numbers[k]
+                run = 1
+                while k + run < n and b and numbers[k + run] == b + run:
+                    run += 1
+                if b == 0:
+                    out += bytes(RBLOCK)
+                else:
+                    if not self.sb.fend <= b or b + run > self.sb.size:
+                        raise ImageFormatError(
+                            f"{self.dev.name}: block {b} outside the file system"
+                        )
+                    data = self.dev.pread(run * BLOCK, b * BLOCK)
+                    for r in range(run):
+                        block = data[r * BLOCK : (r + 1) * BLOCK]
+                        if block[0] != TRAW:
+                            raise ImageFormatError(
+                                f"{self.dev.name}: block {b + r} has type {_label(block[0])}, "
+                                f"expected {_label(TRAW)}"
+                            )
+                        out += block[1:]
+                k += run
+            del out[remaining:]
+            remaining -= len(out)
+            i += n
+            yield bytes(out)
 
     def walk(self, path: str = "/") -> Iterator[tuple[str, HjfsStat]]:
-        """Every entry below `path`, depth first in on-disk order, with its full path."""
-        for st in self.scandir(path):
-            full = path.rstrip("/") + "/" + st.name
+        """Every entry below `path`, depth first in on-disk order, with its full path.
+
+        Iterative; raises ImageFormatError when a directory is reached twice
+        (a loop in the image) instead of walking forever.
+        """
+        start = self.locate(path)
+        seen = {start}
+        stack = [(path.rstrip("/"), iter(self.entries_at(*start)))]
+        while stack:
+            prefix, entries = stack[-1]
+            item = next(entries, None)
+            if item is None:
+                stack.pop()
+                continue
+            d, b, j = item
+            st = self._stat(d, (b, j))
+            full = prefix + "/" + st.name
             yield full, st
             if st.is_dir:
-                yield from self.walk(full)
+                if (b, j) in seen:
+                    raise ImageFormatError(
+                        f"{self.dev.name}: {full}: directory reached twice (a loop at "
+                        f"block {b} entry {j})"
+                    )
+                seen.add((b, j))
+                stack.append((full, iter(self.entries_at(b, j))))
 
     def refs(self) -> list[int]:
         """Every block's stored reference count (index = block number), sentinels included."""
@@ -300,7 +387,22 @@ class _Checker:
         return data
 
     def check_entry(self, d: Dentry, path: str, *, root: bool = False) -> None:
-        """One allocated directory entry: name, qid, and the blocks hanging from it."""
+        """One allocated entry and everything below it, depth first in on-disk order.
+
+        Iterative (a stack of the entries being checked): no recursion on
+        image data; a directory block reached twice is reported by reach().
+        """
+        stack = [self._check_one(d, path, root)]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+            else:
+                stack.append(self._check_one(child[0], child[1], False))
+
+    def _check_one(self, d: Dentry, path: str, root: bool) -> Iterator[tuple[Dentry, str]]:
+        """One allocated directory entry: name, qid, and the blocks hanging from it; yields
+        the allocated entries of its directory blocks for the caller to check in turn."""
         problem = name_problem(d.name)
         if problem and not root:
             self.problem(f"{path}: bad name {d.name!r}: {problem}")
@@ -322,18 +424,58 @@ class _Checker:
         for b in d.ib:
             if b:
                 self.expected[b] += 1
+        if d.is_dir and span > self.sb.size:
+            self.problem(f"{path}: directory of {span} blocks, the partition has {self.sb.size}")
+            return
+        if span > MAX_FILE_BLOCKS:
+            self.problem(f"{path}: size {d.size} bytes is past the largest hjfs file")
+            return
         # follow every block of the entry in file order
-        for i in range(span):
-            where = indirect_path(i)
-            b = d.db[i] if where is None else self.indirect_target(d, path, i)
-            if b == 0:
-                if d.is_dir:
+        if d.is_dir:
+            for i in range(span):
+                where = indirect_path(i)
+                b = d.db[i] if where is None else self.indirect_target(d, path, i)
+                if b == 0:
                     self.problem(f"{path}: directory block {i} is missing")
-                continue
-            data = self.reach(b, data_type, f"{path} block {i}")
-            if data is not None and d.is_dir:
-                self.check_directory(data, path)
+                    continue
+                data = self.reach(b, data_type, f"{path} block {i}")
+                if data is not None:
+                    yield from self.check_directory(data, path)
+        else:
+            for i, b in self.file_pointers(d, path, span):
+                self.reach(b, data_type, f"{path} block {i}")
         self.check_indirect_extent(d, path, span)
+
+    def file_pointers(self, d: Dentry, path: str, span: int) -> Iterator[tuple[int, int]]:
+        """(file block, device block) of every non-zero pointer below `span`, ascending.
+
+        Walks the pointer tree rather than every file block, so a sparse
+        file of any size costs only the blocks it has.
+        """
+        for i in range(min(NDIRECT, span)):
+            if d.db[i]:
+                yield i, d.db[i]
+        base, per = NDIRECT, 1
+        for level in range(NINDIRECT):
+            per *= OFFPERBLK  # file blocks below one pointer of ib[level]
+            if d.ib[level] and base < span:
+                # (block, depth left, first file block, file blocks per offset), deepest last
+                stack = [(d.ib[level], level, base, per // OFFPERBLK)]
+                while stack:
+                    b, depth, first, each = stack.pop()
+                    offsets = self.indir(b, f"{path} indirect level {level} depth {level - depth}")
+                    if offsets is None:
+                        continue
+                    below = []
+                    for k, off in enumerate(offsets):
+                        start = first + k * each
+                        if off and start < span:
+                            if depth == 0:
+                                yield start, off
+                            else:
+                                below.append((off, depth - 1, start, each // OFFPERBLK))
+                    stack.extend(reversed(below))
+            base += per
 
     def indirect_target(self, d: Dentry, path: str, i: int) -> int:
         where = indirect_path(i)
@@ -376,7 +518,8 @@ class _Checker:
                 self.problem(f"{path}: indirect block {d.ib[level]} lies past its size")
             base += per
 
-    def check_directory(self, data: bytes, path: str) -> None:
+    def check_directory(self, data: bytes, path: str) -> Iterator[tuple[Dentry, str]]:
+        """A directory block's entries: duplicate names reported, allocated ones yielded."""
         names: set[bytes] = set()
         for child in unpack_dentries(data):
             if not child.mode & (DALLOC | DGONE):
@@ -387,7 +530,7 @@ class _Checker:
                 self.problem(f"{full}: name appears twice in {path}")
             names.add(child.name)
             if child.mode & DALLOC:
-                self.check_entry(child, full)
+                yield child, full
 
     def run(self) -> list[str]:
         sb = self.sb
