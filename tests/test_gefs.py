@@ -327,3 +327,50 @@ def test_bulk_copy_leaves_what_mkfs_writes_leave(built: tuple[bytes, Path, list]
             s.pwrite(blk, addr)
         images.append(bytes(s.buffer))
     assert images[0] == images[1]
+
+
+def test_leaked_block_is_a_warning() -> None:
+    from imagebuild.fs.gefs.writer import GefsBuilder
+
+    s = BytesStorage(SIZE)
+    b = GefsBuilder(SIZE, now=T, put_data=lambda a, blk: s.pwrite(blk, a))
+    b.install()
+    r = b.commit()
+    stray = r.alloc.alloc(False)  # allocated in the log, referenced by nothing
+    for addr, blk in r.final_blocks().items():
+        s.pwrite(blk, addr)
+    res = fsck(GefsVolume(s.pread, s.size))
+    assert res.clean
+    assert any(f"first {stray:#x}" in w for w in res.warnings), res.warnings
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_corrupt_metadata_raises_only_image_errors(data: st.DataObject) -> None:
+    from imagebuild.errors import ImageBuildError
+
+    base = _small_image()
+    meta = [a for a in range(0, len(base), BLKSZ) if base[a : a + BLKSZ].strip(b"\0")]
+    img = bytearray(base)
+    addr = data.draw(st.sampled_from(meta))
+    for _ in range(data.draw(st.integers(1, 20))):
+        img[addr + data.draw(st.integers(0, 300))] = data.draw(st.integers(0, 255))
+    b = bytes(img)
+    try:
+        vol = _volume(b)
+        fsck(vol)
+        for label in vol.labels():
+            list(vol.walk(label=label))
+    except ImageBuildError:
+        pass
+
+
+_SMALL: list[bytes] = []
+
+
+def _small_image() -> bytes:
+    if not _SMALL:
+        s = BytesStorage(SIZE)
+        ream_and_populate(s, [], timestamp=T)
+        _SMALL.append(bytes(s.buffer))
+    return _SMALL[0]

@@ -27,6 +27,7 @@ checkdlist(); blk.c readblk(), loadlog(); load.c loadarena().
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from imagebuild.fs.gefs.hash import blkhash, bufhash
@@ -63,7 +64,7 @@ from imagebuild.fs.gefs.layout import (
     unpack_node,
     up_key,
 )
-from imagebuild.fs.gefs.reader import GefsVolume
+from imagebuild.fs.gefs.reader import MAX_HEIGHT, GefsVolume
 
 MISREAMED_ADM = (
     "adm root backlink stored under Kup(0), not Kup(1) (reamed by gefs before July 2024)"
@@ -186,22 +187,29 @@ class _Checker:
         self.vol = vol
         self.res = CheckResult()
         self.arenas = [replay_arena(vol, i, self.res.errors) for i in range(len(vol.sb.arenas))]
-        self.free_blocks: set[int] = set()
-        for a in self.arenas:
-            for o, n in a.free:
-                self.free_blocks.update(range(o, o + n, BLKSZ))
+        # free ranges of all arenas, sorted: (start, end) looked up by bisection
+        ranges = sorted((o, o + n) for a in self.arenas for o, n in a.free)
+        self.free_starts = [o for o, _ in ranges]
+        self.free_ends = [e for _, e in ranges]
         self.accounted: set[int] = set()
+
+    def is_free(self, addr: int) -> bool:
+        i = bisect_right(self.free_starts, addr) - 1
+        return i >= 0 and addr < self.free_ends[i]
 
     def err(self, msg: str) -> None:
         self.res.errors.append(msg)
 
     def use(self, addr: int, what: str) -> None:
-        if addr in self.free_blocks:
+        if self.is_free(addr):
             self.err(f"{what}: freed block in use: {addr:#x}")
         self.accounted.add(addr)
 
     # -- check.c checktree -------------------------------------------------------------
     def tree(self, name: str, root: Bptr, ht: int) -> None:
+        if not 0 < ht <= MAX_HEIGHT:
+            self.err(f"{name}: tree height {ht} (at most {MAX_HEIGHT})")
+            return
         seen: set[int] = set()
         self._node(name, root, ht - 1, None, None, seen, is_root=True)
 
@@ -390,17 +398,29 @@ class _Checker:
         for a in self.arenas:
             lo = a.hdaddr + 2 * BLKSZ
             hi = a.hdaddr + a.size
-            free = {b for o, n in a.free for b in range(o, o + n, BLKSZ)}
-            leaked = [b for b in range(lo, hi, BLKSZ) if b not in free and b not in self.accounted]
             allocated += a.used
-            if leaked:
+            inside = (hi - lo) // BLKSZ - sum(n for _, n in a.free) // BLKSZ
+            known = sum(1 for b in self.accounted if lo <= b < hi and not self.is_free(b))
+            if inside > known:
                 self.res.warnings.append(
-                    f"arena at {a.hdaddr:#x}: {len(leaked)} allocated blocks nothing references"
-                    f" (first {leaked[0]:#x})")
+                    f"arena at {a.hdaddr:#x}: {inside - known} allocated blocks nothing "
+                    f"references (first {self._first_leak(a, lo, hi):#x})")
         self.res.blocks_used = allocated // BLKSZ
         self.res.blocks_total = sum(a.size for a in self.arenas) // BLKSZ
         _ = label_value_parts
         return self.res
+
+
+    def _first_leak(self, a: ArenaState, lo: int, hi: int) -> int:
+        """The lowest allocated block of [lo, hi) nothing accounts for (walks allocated runs)."""
+        pos = lo
+        for o, n in [*a.free, [hi, 0]]:
+            while pos < min(o, hi):
+                if pos not in self.accounted:
+                    return pos
+                pos += BLKSZ
+            pos = max(pos, o + n)
+        return -1
 
 
 def fsck(vol: GefsVolume) -> CheckResult:

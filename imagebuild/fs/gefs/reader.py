@@ -62,6 +62,10 @@ from imagebuild.fs.gefs.layout import (
 Pread = Callable[[int, int], bytes]
 
 
+# 32 arenas of 4 TiB hold 2**33 blocks; pivots have two children or more
+MAX_HEIGHT = 40
+
+
 class GefsError(ImageBuildError):
     """A path that is missing, or a file where a directory is wanted (and the reverse)."""
 
@@ -89,7 +93,10 @@ def statupdate(val: bytes, msg: bytes) -> bytes:
               (OWATIME, 8, "atime"), (OWUID, 4, "uid"), (OWGID, 4, "gid"), (OWMUID, 4, "muid"))
     for bit, n, name in fields:
         if op & bit:
-            v = int.from_bytes(msg[p : p + n], "big", signed=name in ("uid", "gid", "muid"))
+            if p + n > len(msg):
+                raise GefsFormatError("gefs: malformed wstat message")
+            signed = name in ("uid", "gid", "muid", "atime", "mtime")
+            v = int.from_bytes(msg[p : p + n], "big", signed=signed)
             setattr(d, name, v)
             if name == "mode":
                 d.qtype = (v >> 24) & 0xFF
@@ -109,6 +116,8 @@ def apply_msg(kvs: dict[bytes, bytes], op: int, key: bytes, val: bytes) -> None:
         if key in kvs:
             kvs[key] = statupdate(kvs[key], val)
     elif op in (ORELINK, OREPREV):
+        if len(val) != 10:
+            raise GefsFormatError("gefs: malformed relink message")
         if key in kvs:
             t = TreeRec.unpack(kvs[key])
             link = struct.unpack_from(">q", val, 0)[0]
@@ -174,7 +183,11 @@ class GefsVolume:
         for a in (addr, addr + BLKSZ):  # load.c loadarena(): h0, else h1
             blk = self.block(a)
             if blkhash(blk) == h:
-                return ArenaHdr.from_block(blk)
+                hdr = ArenaHdr.from_block(blk)
+                if not (hdr.size >= BLKSZ and addr + hdr.size + 2 * BLKSZ <= self.size
+                        and 0 <= hdr.used <= hdr.size):
+                    raise GefsFormatError(f"gefs: arena at {addr:#x}: size {hdr.size} out of range")
+                return hdr
         raise GefsFormatError(f"gefs: arena at {addr:#x}: both headers are corrupt")
 
     def node(self, bp: Bptr) -> Node:
@@ -182,12 +195,17 @@ class GefsVolume:
 
     def tree_kvs(self, root: Bptr, ht: int) -> dict[bytes, bytes]:
         """Every effective key/value of the tree at `root`, messages applied, in key order."""
-        out = self._subtree(root, ht, 0)
+        if not 0 < ht <= MAX_HEIGHT:
+            raise GefsFormatError(f"gefs: tree height {ht} (at most {MAX_HEIGHT})")
+        out = self._subtree(root, ht, 0, set())
         return dict(sorted(out.items()))
 
-    def _subtree(self, bp: Bptr, ht: int, depth: int) -> dict[bytes, bytes]:
+    def _subtree(self, bp: Bptr, ht: int, depth: int, seen: set[int]) -> dict[bytes, bytes]:
         if depth >= ht:
             raise GefsFormatError(f"gefs: tree deeper than its height {ht}")
+        if bp.addr in seen:
+            raise GefsFormatError(f"gefs: block {bp.addr:#x} appears twice in one tree")
+        seen.add(bp.addr)
         n = self.node(bp)
         if n.btype == TLEAF:
             if depth != ht - 1:
@@ -195,7 +213,7 @@ class GefsVolume:
             return dict(n.vals)
         kvs: dict[bytes, bytes] = {}
         for _, v in n.vals:
-            kvs.update(self._subtree(Bptr.unpack(v), ht, depth + 1))
+            kvs.update(self._subtree(Bptr.unpack(v), ht, depth + 1, seen))
         for m in n.msgs:
             apply_msg(kvs, m.op, m.key, m.val)
         return kvs
@@ -350,8 +368,13 @@ class _Dataset:
         if self.root is None:
             return
         stack = [("/", self.root)]
+        seen: set[int] = set()
         while stack:
             path, d = stack.pop()
+            if d.qtype & QTDIR:
+                if d.qid in seen:
+                    raise GefsFormatError(f"gefs: {path}: directory qid {d.qid} appears twice")
+                seen.add(d.qid)
             yield path, self._stat(path.rpartition("/")[2] or "/", d)
             if d.qtype & QTDIR:
                 for name, c in sorted(self.children.get(d.qid, {}).items(), reverse=True):
