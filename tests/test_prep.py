@@ -451,3 +451,37 @@ def test_fdisk_type_name_with_a_space_needs_quotes() -> None:
         PartFS(parts.disk), "t p1 'xenix usr'\nw\n", blank=False
     )
     assert entries[0].type == 0x03  # XENIX USR
+
+
+def test_non_utf8_table_is_a_format_error_for_every_reader(
+    built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """9.9: one byte that is not UTF-8 in sector 1 of the plan9 partition: one line, exit 1."""
+    import shutil
+
+    from imagebuild.cli import main
+    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.disk.device import BlockDevice
+    from imagebuild.partition.dostable import read_mbr
+    from imagebuild.partition.sector0 import TYPE_PLAN9
+
+    image = tmp_path / "bad.qcow2"
+    shutil.copyfile(built["amd64.qcow2"], image)
+    with Qcow2Image.open(image, writable=True) as qcow:
+        disk = BlockDevice(qcow.data, name=image.name)
+        plan9 = next(e for e in read_mbr(disk) if e.type == TYPE_PLAN9)
+        table = (plan9.lba + 1) * 512
+        assert disk.pread(9, table) == b"part 9fat"
+        disk.pwrite(b"\xff", table + 5)
+    for argv in (["inspect", str(image)], ["ls", str(image), "9fat:/"],
+                 ["cat", str(image), "9fat:plan9.ini"], ["fsck", str(image)],
+                 ["customize", str(image), "-o", str(tmp_path / "c.qcow2")]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err == ("imagebuild: bad.qcow2 plan9: partition table: byte 0xff at offset 5 "
+                       "of sector 1 is not UTF-8\n"), argv
+    assert not (tmp_path / "c.qcow2").exists()
+    # prep's own reading (strict=False) keeps going, as prep does
+    with Qcow2Image.open(image) as qcow:
+        sector = BlockDevice(qcow.data).pread(512, table)
+    assert [p.name for p in unpack_table(sector, strict=False)] == ["\ufffdfat", "nvram", "fs"]

@@ -106,11 +106,21 @@ def unpack_table(
 
     No table (the sector does not start with `part`) reads as [].  With
     strict=False a malformed line is skipped as prep skips it (numbers are
-    their numeric prefix); with strict=True it raises ImageFormatError, and so
-    do partitions past `secs` or overlapping.  A name used twice always raises
+    their numeric prefix) and bytes that are not UTF-8 read as U+FFFD; with
+    strict=True each raises ImageFormatError naming `where`, and so do
+    partitions past `secs` or overlapping.  A name used twice always raises
     (prep refuses to go on).
     """
-    text = sector.split(b"\0", 1)[0].decode("utf-8", errors="strict" if strict else "replace")
+    raw = sector.split(b"\0", 1)[0]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if strict:
+            raise ImageFormatError(
+                f"{where}: partition table: byte {raw[err.start]:#04x} at offset {err.start} "
+                f"of sector {TABLE_SECTOR} is not UTF-8"
+            ) from None
+        text = raw.decode("utf-8", errors="replace")  # prep keeps the bytes; names show U+FFFD
     if not text.startswith("part"):
         return []
     found: list[Plan9Partition] = []
@@ -151,11 +161,15 @@ def _whole_number(text: str) -> bool:
 
 
 def read_table(dev: BlockDevice, *, strict: bool = True) -> list[Plan9Partition]:
-    """The Plan 9 partition table in sector 1 of `dev`, sorted by start as prep keeps it."""
+    """The Plan 9 partition table in sector 1 of `dev`, sorted by start as prep keeps it.
+
+    Errors (see unpack_table) name the whole disk and the partition.
+    """
     if dev.secs <= TABLE_SECTOR:
         return []
+    where = dev.name if dev.whole is dev else f"{dev.whole.name} {dev.name}"
     parts = unpack_table(
-        dev.read_sectors(TABLE_SECTOR), secs=dev.secs, strict=strict, where=dev.name
+        dev.read_sectors(TABLE_SECTOR), secs=dev.secs, strict=strict, where=where
     )
     return sorted(parts, key=lambda p: p.start)
 
