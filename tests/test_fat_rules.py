@@ -307,3 +307,35 @@ def test_fat_progress_reports_every_write() -> None:
     # boot sector, files (5 clusters + 1 cluster, one run), 2 FATs + root: bytes so far
     tables = (2 * params.fat_sectors + params.root_dir_sectors) * 512
     assert seen == [512, 512 + 6 * 1024, 512 + 6 * 1024 + tables]
+
+
+def test_recipe_with_no_fat_files_builds_prints_and_inspects(
+    root: Path, tmp_path: Path, sde: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """9.14: `fat.files = []` is a valid recipe: the plain layout printout and inspect list
+    an empty FAT, and fsck.fat and mtools read it."""
+    from imagebuild.cli import main
+
+    recipe = tmp_path / "empty.toml"
+    recipe.write_text('extends = "amd64.qcow2"\ndescription = "no FAT files"\n'
+                      "[fat]\nfiles = []\n")
+    image = tmp_path / "empty.img"
+    assert main(["build", str(recipe), "--root", str(root), "--no-fs", "--format", "raw",
+                 "--plain", "-o", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "9fat: FAT16, 4096 B clusters:\n  file  bytes  modified\n" in out
+    assert main(["inspect", str(image)]) == 0
+    assert "9fat: FAT16" in capsys.readouterr().out
+    offset = 63 * 512  # fdisk -baw: the plan9 partition one track in; 9fat at its sector 0
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+    listing = subprocess.run(["mdir", "-b", "-i", f"{image}@@{offset}", "::/"], env=env,
+                             capture_output=True, text=True)
+    assert listing.returncode == 0 and listing.stdout.strip() == "", listing
+    with open(image, "rb") as f:
+        f.seek(offset)
+        fat = f.read(204800 * 512)
+    part = tmp_path / "9fat.img"
+    part.write_bytes(fat)
+    from tests.test_fat_format import LABEL_MESSAGE, fsck
+
+    assert fsck(part) == LABEL_MESSAGE  # format's label quirk only (docs/fat.md)

@@ -76,7 +76,7 @@ def print_layout(info: dict[str, Any], *, plain: bool) -> None:
     if not use_rich(plain):
         for title, columns, rows in sections:
             print(f"{title}:")
-            widths = [max(len(str(c)), *(len(str(r[i])) for r in rows))
+            widths = [max([len(str(c)), *(len(str(r[i])) for r in rows)])  # rows may be []
                       for i, c in enumerate(columns)]
             print("  " + "  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
             for row in rows:
