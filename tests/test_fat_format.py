@@ -197,3 +197,50 @@ def test_fat_4096_byte_sectors(tmp_path: Path) -> None:
     assert fsck(image) == LABEL_MESSAGE
     volume = FatVolume(part)
     assert [volume.read(f.name) for f in MKFILE_FILES[:4]] == [f.data for f in MKFILE_FILES[:4]]
+
+
+FAT32_FORMAT_FINDINGS = (
+    "There is no backup boot sector.",
+    "  Auto-creating backup boot block.",
+    "Created backup of boot sector in sector 1",
+    "FSINFO sector has bad magic number(s):",
+    "  Offset 508: 0x00000000 != expected 0xaa550000",
+    "  Auto-correcting it.",
+)
+
+# 9.7: sizes where format.c's next-wider FAT leaves a cluster count of the narrower width
+# (or where its count never settles), each with its neighbours; docs/fat.md.
+WIDTH_EDGES = [
+    (4129, None), (4130, None), (4137, None), (4140, None), (4141, None), (4149, None),
+    (4150, None),
+    (66070, 1), (66071, 1), (66295, 1), (66640, 1), (66641, 1),
+    (8387745, None), (8387746, None), (8388226, None), (8388227, None),
+]
+
+
+@needs_fsck
+@needs_mtools
+@pytest.mark.parametrize(("secs", "cluster"), WIDTH_EDGES)
+def test_fat_width_always_matches_its_cluster_count(
+    tmp_path: Path, secs: int, cluster: int | None
+) -> None:
+    from imagebuild.fs.fat.layout import width_for
+
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, secs * 512)  # sparse: the FAT is the partition file
+    part = BlockDevice(storage).slice(0, secs, "dos")
+    data = payload(70_000, secs)
+    params = format_fat(part, [FatFile("kernel", data)], timestamp=TIMESTAMP,
+                        cluster_sectors=cluster, xflag=True)
+    storage.close()
+    # the FAT spec's rule (section 3.5), which every reader applies
+    assert params.fat_bits == width_for(params.cluster_count)
+    assert params.total_sectors <= secs
+    assert FatVolume(BlockDevice(RawFile(path)).slice(0, secs, "dos")).read("kernel") \
+        == data
+    findings = fsck(path)
+    if params.is_fat32:  # format's known FAT32 findings (test_fat_independent_readers_agree)
+        findings = [f for f in findings if f not in FAT32_FORMAT_FINDINGS
+                    and not f.startswith("Free cluster summary uninitialized")]
+    assert findings == LABEL_MESSAGE
+    assert mtype(path, "kernel") == data

@@ -292,7 +292,11 @@ def test_fat_width_selection_boundaries() -> None:
     assert plan(4096 + 30, cluster_sectors=1).fat_bits == 12
     assert plan(4200, cluster_sectors=1).fat_bits == 16
     assert plan(66000, cluster_sectors=1).fat_bits == 16
-    assert plan(66200, cluster_sectors=1).fat_bits == 32
+    # format would make 66200 sectors FAT32 with 65176 clusters, which readers take for
+    # FAT16: we keep FAT16, its volume shortened to 65524 clusters (docs/fat.md)
+    twin = plan(66200, cluster_sectors=1)
+    assert (twin.fat_bits, twin.cluster_count, twin.total_sectors) == (16, 65524, 66071)
+    assert plan(66641, cluster_sectors=1).fat_bits == 32
 
 
 def test_fat_label_and_cluster_options() -> None:

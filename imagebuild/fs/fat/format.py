@@ -312,13 +312,14 @@ def _plan_pass(
         reserved_sectors=layout.reserved_sectors,
         fat_count=FAT_COUNT,
         root_entries=0 if is32 else layout.root_entries,
-        total_sectors16=0 if secs >= 1 << 16 else secs,
+        total_sectors16=0 if layout.volume_sectors >= 1 << 16 else layout.volume_sectors,
         media=dtype.media,
         fat_sectors16=0 if is32 else layout.fat_sectors,
         sectors_per_track=dtype.sectors,
         heads=dtype.heads,
         hidden_sectors=hidden_sectors,
-        total_sectors32=secs,  # format writes bigvolsize even when volsize holds the count
+        # format writes bigvolsize even when volsize holds the count
+        total_sectors32=layout.volume_sectors,
         fat_sectors32=layout.fat_sectors if is32 else 0,
         root_cluster=2 if is32 else 0,
         fsinfo_sector=layout.reserved_sectors - 1 if is32 else 0,

@@ -77,6 +77,7 @@ class Layout:
     root_sectors: int
     root_entries: int
     clusters: int  # format's `clusters`: data clusters + the 2 reserved FAT entries
+    volume_sectors: int  # the BPB's total sectors: the partition, unless settle_width shortened it
 
     @property
     def root_start(self) -> int:
@@ -89,6 +90,15 @@ class Layout:
         return self.root_start + self.root_sectors
 
 
+class _Unsettled(FatError):
+    """format's cluster-count iteration alternates forever (format.c: "can't decide")."""
+
+    def __init__(self, message: str, layout: Layout, least: int) -> None:
+        super().__init__(message)
+        self.layout = layout  # the iteration with the larger FAT
+        self.least = least  # the smaller of the counts (+2) it alternates between
+
+
 @dataclass
 class Pass:
     """format.c globals that one run of dosfs() leaves changed for the next."""
@@ -97,52 +107,126 @@ class Pass:
     alias_id: int = 0
 
 
+def _fit_width(reserved: int, volsecs: int, sector_size: int, cluster: int, fat_bits: int
+               ) -> Layout:
+    """dosfs(): the cluster-count iteration for one FAT width (format's `clusters` = count+2)."""
+    entries_per_sector = sector_size // DIR_ENTRY_SIZE
+    clusters = 0
+    i = 0
+    seen: Layout | None = None
+    while True:
+        fat_sectors = cdiv(fat_bits * clusters + 8 * sector_size - 1, 8 * sector_size)
+        root_sectors = volsecs // ROOT_DIR_FRACTION
+        root_entries = root_sectors * entries_per_sector
+        if root_entries > MAX_ROOT_ENTRIES:
+            root_entries = MAX_ROOT_ENTRIES
+            root_sectors = root_entries // entries_per_sector
+        if fat_bits == 32:
+            root_sectors -= root_sectors % cluster
+            if root_sectors <= 0:
+                root_sectors = cluster
+            root_entries = root_sectors * entries_per_sector
+        data = (
+            reserved
+            + FAT_COUNT * fat_sectors
+            + cdiv(root_entries * DIR_ENTRY_SIZE + sector_size - 1, sector_size)
+        )
+        new_clusters = 2 + cdiv(volsecs - data, cluster)
+        layout = Layout(fat_bits, reserved, fat_sectors, root_sectors, root_entries, clusters,
+                        volsecs)
+        if new_clusters == clusters:
+            return layout
+        if i > 10:
+            raise _Unsettled(
+                f"can't decide how many clusters to use ({clusters}? {new_clusters}?)",
+                layout if seen is None or layout.fat_sectors >= seen.fat_sectors else seen,
+                min(clusters, new_clusters),
+            )
+        seen = layout
+        clusters = new_clusters
+        i += 1
+
+
 def fit_layout(
     state: Pass, volsecs: int, sector_size: int, cluster: int, fat_bits: int
 ) -> Layout:
-    """dosfs(): the Tryagain loop over FAT widths and the cluster-count iteration."""
-    entries_per_sector = sector_size // DIR_ENTRY_SIZE
+    """dosfs(): the Tryagain loop over FAT widths, then settle_width (our deviation).
+
+    Raises FatError for a volume too big for FAT32 or a count that never settles.
+    """
+    narrower: Layout | None = None
     while True:
         if fat_bits == 32:
             state.reserved += 1  # for FatInfo (once per pass: see the module doc)
-        clusters = 0
-        i = 0
-        while True:
-            fat_sectors = cdiv(fat_bits * clusters + 8 * sector_size - 1, 8 * sector_size)
-            root_sectors = volsecs // ROOT_DIR_FRACTION
-            root_entries = root_sectors * entries_per_sector
-            if root_entries > MAX_ROOT_ENTRIES:
-                root_entries = MAX_ROOT_ENTRIES
-                root_sectors = root_entries // entries_per_sector
+        try:
+            layout = _fit_width(state.reserved, volsecs, sector_size, cluster, fat_bits)
+        except _Unsettled as err:
+            # format gives up here ("can't decide"); we differ (settle_width's docstring)
+            threshold = {12: FAT12_MAX_CLUSTERS + 3, 16: FAT16_MAX_CLUSTERS + 3}.get(fat_bits)
+            if threshold is not None and err.least >= threshold:
+                narrower, fat_bits = err.layout, 2 * fat_bits if fat_bits == 16 else 16
+                continue  # every count it tries is past this width: on to the next, as format
+            if narrower is None:
+                raise FatError(str(err)) from None
             if fat_bits == 32:
-                root_sectors -= root_sectors % cluster
-                if root_sectors <= 0:
-                    root_sectors = cluster
-                root_entries = root_sectors * entries_per_sector
-            data = (
-                state.reserved
-                + FAT_COUNT * fat_sectors
-                + cdiv(root_entries * DIR_ENTRY_SIZE + sector_size - 1, sector_size)
-            )
-            new_clusters = 2 + cdiv(volsecs - data, cluster)
-            if new_clusters == clusters:
-                break
-            clusters = new_clusters
-            if i > 10:
-                raise FatError(
-                    f"can't decide how many clusters to use ({clusters}? {new_clusters}?)"
-                )
-            i += 1
-        if fat_bits == 12 and clusters >= FAT12_MAX_CLUSTERS + 3:  # 0xff7
-            fat_bits = 16
+                state.reserved -= 1
+            return _shortened(narrower, cluster)
+        if fat_bits == 12 and layout.clusters >= FAT12_MAX_CLUSTERS + 3:  # 0xff7
+            narrower, fat_bits = layout, 16
             continue
-        if fat_bits == 16 and clusters >= FAT16_MAX_CLUSTERS + 3:  # 0xfff7
-            fat_bits = 32
+        if fat_bits == 16 and layout.clusters >= FAT16_MAX_CLUSTERS + 3:  # 0xfff7
+            narrower, fat_bits = layout, 32
             continue
-        if fat_bits == 32 and clusters >= 0xFFFFFF7:
-            raise FatError(f"filesystem too big ({clusters} clusters)")
-        layout = Layout(fat_bits, state.reserved, fat_sectors, root_sectors, root_entries, clusters)
-        return cover_data_area(layout, volsecs, sector_size, cluster)
+        if fat_bits == 32 and layout.clusters >= 0xFFFFFF7:
+            raise FatError(f"filesystem too big ({layout.clusters} clusters)")
+        layout = cover_data_area(layout, volsecs, sector_size, cluster)
+        settled = settle_width(layout, narrower, cluster)
+        if settled is not layout and layout.fat_bits == 32:
+            state.reserved -= 1  # the FAT32 attempt is undone, its FSInfo sector with it
+        return settled
+
+
+def reader_cluster_count(layout: Layout, cluster: int) -> int:
+    """The data clusters a reader counts (the spec's CountofClusters) for `layout`."""
+    first_data = layout.reserved_sectors + FAT_COUNT * layout.fat_sectors
+    if layout.fat_bits != 32:
+        first_data += layout.root_sectors
+    return (layout.volume_sectors - first_data) // cluster
+
+
+def width_for(count: int) -> int:
+    """The FAT width every reader infers from a cluster count (FAT spec, section 3.5)."""
+    if count <= FAT12_MAX_CLUSTERS:
+        return 12
+    return 16 if count <= FAT16_MAX_CLUSTERS else 32
+
+
+def settle_width(layout: Layout, narrower: Layout | None, cluster: int) -> Layout:
+    """Deviation: make the FAT's entry width the one its cluster count implies.
+
+    format moves to a wider FAT when the narrower one's count passes its
+    limit, but the wider FAT takes sectors from the data area: at some sizes
+    (4130-4149 sectors with 1-sector clusters, 66071-66640 with `-c 1`,
+    8387746-8388226 with the default 128) the count falls back under the
+    limit, and every reader (fsck.fat, mtools, 9front's dossrv and 9bootfat)
+    then reads a FAT16 as FAT12 or a FAT32 as FAT16; nearby, the wider
+    count never settles and format gives up.  In both cases we keep the
+    narrower layout format tried first and shorten the volume (the BPB's
+    total sectors) to the most clusters that width may hold; the few
+    sectors left at the partition's end are unused.
+    """
+    count = reader_cluster_count(layout, cluster)
+    if width_for(count) == layout.fat_bits or narrower is None:
+        return layout
+    return _shortened(narrower, cluster)
+
+
+def _shortened(narrower: Layout, cluster: int) -> Layout:
+    """`narrower` (FAT12 or FAT16) with as many clusters as its width may hold, no more."""
+    limit = FAT12_MAX_CLUSTERS if narrower.fat_bits == 12 else FAT16_MAX_CLUSTERS
+    first_data = narrower.reserved_sectors + FAT_COUNT * narrower.fat_sectors
+    first_data += narrower.root_sectors
+    return replace(narrower, clusters=limit + 2, volume_sectors=first_data + limit * cluster)
 
 
 def cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int) -> Layout:
