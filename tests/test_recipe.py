@@ -151,3 +151,13 @@ def test_keys_table_declares_every_key_once() -> None:
     for table in (keys.TOP, keys.LAYOUT, keys.FAT, keys.FS, keys.RAW_WRITE):
         for spec in table.values():
             assert spec.doc and (spec.required or spec.default is not keys.REQUIRED)
+
+
+def test_list_keys_prints_the_table_the_loader_validates_with() -> None:
+    from imagebuild.recipe import keys
+
+    lines = keys.describe()
+    names = [line.split()[0] for line in lines]
+    expected = [p + k for p, table in keys.TABLES.items() for k in table]
+    assert names == expected
+    assert any(line.startswith("fat.reserved") and "1..65535" in line for line in lines)

@@ -91,6 +91,9 @@ def test_wheel_lists_and_builds_every_target_outside_the_checkout(tmp_path: Path
     where = _run(python, "-c", "import imagebuild; print(imagebuild.__file__)", cwd=elsewhere,
                  env=env)
     assert Path(where.strip()).is_relative_to(venv), where  # not the checkout
+    # compiled at install time (pip's default), so PYTHONDONTWRITEBYTECODE costs nothing
+    package = Path(where.strip()).parent
+    assert list((package / "pipeline" / "__pycache__").glob("build.*.pyc"))
 
     _run(imagebuild, "demo-root", "root", cwd=elsewhere, env=env)
     _run(imagebuild, "build", "amd64.qcow2", "--root", "root", "-o", "a.qcow2", "--plain",

@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run_build)
 
     p = sub.add_parser("list", help="list the targets the recipes define")
+    p.add_argument("--keys", action="store_true",
+                   help="list the keys a recipe may use instead: type, default, meaning")
     p.set_defaults(handler=run_list)
 
     p = sub.add_parser("demo-root", help="write the generated demo root (stand-in inputs)")
@@ -112,6 +114,11 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """`imagebuild list`: one line per target (name, output file, description)."""
+    if args.keys:
+        from imagebuild.recipe.keys import describe
+
+        print("\n".join(describe()))
+        return 0
     from imagebuild.recipe.load import list_recipes, load_recipe
 
     for name in list_recipes():

@@ -2,7 +2,7 @@
 
 `load.py` validates a recipe against these tables (unknown keys, missing
 keys, wrong types, values out of range are errors naming file and key) and
-takes defaults from them; the README's key list follows them.
+takes defaults from them; `imagebuild list --keys` prints them (`describe`).
 """
 
 from __future__ import annotations
@@ -76,3 +76,26 @@ RAW_WRITE: dict[str, Key] = {
     "file": Key(str, REQUIRED, "root path of the file"),
     "offset": Key(int, REQUIRED, "byte offset in the image", 0, None),
 }
+
+
+TABLES: dict[str, dict[str, Key]] = {
+    "": TOP, "layout.": LAYOUT, "fat.": FAT, "fs.": FS, "raw_write[].": RAW_WRITE,
+}
+_NAMES = {str: "string", int: "integer", bool: "boolean", list: "list", dict: "table"}
+
+
+def describe() -> list[str]:
+    """One line per key: dotted name, type, default or `required`, bounds, meaning."""
+    lines = []
+    for prefix, table in TABLES.items():
+        for name, key in table.items():
+            kinds = key.type if isinstance(key.type, tuple) else (key.type,)
+            kind = "|".join(_NAMES[k] for k in kinds)
+            if key.choices:
+                kind = "|".join(key.choices)
+            if key.lo is not None:
+                kind += f" {key.lo}..{key.hi if key.hi is not None else ''}"
+            default = ("required" if key.required else
+                       "" if key.default in (None, {}, []) else f"default {key.default!r}")
+            lines.append(f"{prefix + name:<20} {kind:<24} {default:<18} {key.doc}".rstrip())
+    return lines
