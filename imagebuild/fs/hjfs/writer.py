@@ -20,6 +20,7 @@ createroot(), writeusers(), readusers(); conv.c (block packing); dat.h.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from imagebuild.disk.device import BlockDevice
@@ -29,6 +30,7 @@ from imagebuild.fs.hjfs.copy import FILE_KEY, Copier, DryCopier, PlanCopier, Str
 from imagebuild.fs.hjfs.emit import RUN_BYTES, RunWriter, SourceReader, emit_file_blocks
 from imagebuild.fs.hjfs.layout import (
     BLOCK,
+    DEPERBLK,
     RBLOCK,
     REFPERBLK,
     SUPERBLK,
@@ -36,9 +38,12 @@ from imagebuild.fs.hjfs.layout import (
     HjfsSummary,
     Superblock,
     block_of,
+    howmany,
+    indirect_blocks_for,
     pack_dentries,
     pack_indir,
     pack_refs,
+    ref_blocks,
 )
 from imagebuild.fs.hjfs.pieces import Piece
 from imagebuild.fs.hjfs.server import HjfsServer
@@ -158,6 +163,27 @@ class HjfsPlan:
             sources.close()
 
 
+def blocks_bound(entries: Sequence[ProtoEntry], console_lines: int) -> int:
+    """An upper bound of the blocks hjfs needs past its reference counts for `entries`.
+
+    Every file as if it had no holes (holes only save blocks) with its
+    indirect blocks; every directory's entry blocks (DEPERBLK entries each,
+    counting every entry, repeated ones too) with theirs; a margin for the
+    root, /adm/users and each console line.  Cheap: no file is read.
+    """
+    children: Counter[str] = Counter()
+    total = 0
+    for e in entries:
+        children[e.path.rsplit("/", 1)[0] or "/"] += 1
+        if not e.is_dir:
+            n = howmany(e.length)
+            total += n + indirect_blocks_for(n)
+    for count in children.values():
+        n = -(-(count + 4) // DEPERBLK)  # + the entries ream and the console may add
+        total += n + indirect_blocks_for(n)
+    return total + 16 + 8 * console_lines
+
+
 def _replay(
     size_blocks: int,
     entries: Sequence[ProtoEntry],
@@ -230,9 +256,13 @@ def ream_and_populate(
     (the tree does not fit, or hjfs/mkfs refuse an entry) before writing
     anything, InputError for a source that cannot be read.
 
-    A first replay places every file without reading it, as if it had no
-    holes: it raises every error (names, owners, parents, unreadable
-    sources) and, since holes only save blocks, bounds the space needed.
+    When a cheap bound (blocks_bound) shows the tree fits, one replay reads
+    each file once, finds its holes and writes its data as it goes; a
+    refusal then comes after some data was written (the pipeline writes to
+    a temporary file, removed on error).  Otherwise a first replay places
+    every file without reading it, as if it had no holes: it raises every
+    error (names, owners, parents, unreadable sources) and, since holes
+    only save blocks, bounds the space needed.
     If that fits, each file is read once and its data written where that
     replay put it, which is where hjfs puts it unless the file has holes.
     At the first file with a hole a second replay takes over: it places the
@@ -256,9 +286,14 @@ def ream_and_populate(
             mkfs_user=mkfs_user,
         )
 
+    out = RunWriter(dev, progress)
+    if blocks_bound(entries, len(console)) + ref_blocks(size) + SUPERBLK + 1 <= size:
+        # it fits whatever the holes: one replay, each file read once and written at once
+        model = replay(StreamCopier(out, 0))
+        model.write_runs(out)
+        return model.summary()
     dry = DryCopier()
     model = replay(dry)
-    out = RunWriter(dev, progress)
     if not model.fits:
         model = replay(PlanCopier())
         model.check_fits(dev.name)
@@ -270,4 +305,12 @@ def ream_and_populate(
     return model.summary()
 
 
-__all__ = ["DEFAULT_OWNER", "MKFILE_CONSOLE", "MKFS_USER", "HjfsPlan", "plan", "ream_and_populate"]
+__all__ = [
+    "DEFAULT_OWNER",
+    "MKFILE_CONSOLE",
+    "MKFS_USER",
+    "HjfsPlan",
+    "blocks_bound",
+    "plan",
+    "ream_and_populate",
+]

@@ -218,6 +218,10 @@ class _ProtoReader:
             st = os.stat(path)
         except OSError as e:
             raise self.fail(f"{new}: can't stat source {path}: {e.strerror}") from None
+        return self.source_dir(st, new, path)
+
+    def source_dir(self, st: os.stat_result, new: str, path: Path | str) -> _SourceDir:
+        """dirstat()'s answer from a stat(2) result; ProtoError for what is not a file or dir."""
         if stat.S_ISDIR(st.st_mode):
             return _SourceDir(
                 DMDIR | (st.st_mode & 0o777), int(st.st_mtime), 0, (st.st_dev, st.st_ino)
@@ -258,9 +262,50 @@ class _ProtoReader:
             raise self.fail(f"{me.new}: source {directory} contains itself (a symbolic link loop)")
         self.expanding.add(ident)
         try:
-            self.expand(me, recursive, self.listdir(me, directory))
+            relative = me.old is not None and not me.old.startswith("/")
+            rooted = me.old if me.old is not None else me.new
+            if relative or self.tree.plain(rooted):
+                self.expand_plain(me, recursive, directory)
+            else:
+                self.expand(me, recursive, self.listdir(me, directory))
         finally:
             self.expanding.discard(ident)
+
+    def expand_plain(self, me: _File, recursive: bool, directory: Path) -> None:
+        """expand() for a directory whose entries all come from `directory` itself: one
+        scandir and one stat per entry (what expand() finds through lookups and stats)."""
+        try:
+            with os.scandir(directory) as it:
+                found = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise self.fail(
+                f"{me.new or '/'}: can't read source directory {directory}: {e.strerror}"
+            ) from None
+        skip = self.opt.skip if self.opt is not None else None
+        new_prefix = me.new.rstrip("/") + "/"
+        for entry in found:
+            name = entry.name
+            if skip is not None and skip.search(name):
+                continue
+            child = _File(
+                new_prefix + name,
+                name,
+                mkpath(me.old, name) if me.old is not None else None,
+                me.uid,
+                me.gid,
+                me.mode,
+            )
+            try:
+                st = entry.stat()
+            except OSError as e:
+                raise self.fail(
+                    f"{child.new}: can't stat source {entry.path}: {e.strerror}"
+                ) from None
+            info = self.source_dir(st, child.new, entry.path)
+            if info.mode & DMDIR and not recursive:
+                continue  # `*` copies only the files
+            if self.copyfile(child, Path(entry.path), info, permonly=True) and recursive:
+                self.mktree(child, recursive)
 
     def expand(self, me: _File, recursive: bool, names: list[str]) -> None:
         for name in names:

@@ -73,6 +73,13 @@ class SourceTree:
         rest = path[len(best) :].lstrip("/")
         return [member / rest if rest else member for member in self.binds[best]]
 
+    def plain(self, path: str) -> bool:
+        """Whether directory `path` is one real directory with no bind at or below its entries:
+        then an entry `name` in it comes from that directory's `name`, nothing else."""
+        path = cleanname("/" + path)
+        below = path.rstrip("/") + "/"
+        return len(self.candidates(path)) == 1 and not any(k.startswith(below) for k in self.binds)
+
     def lookup(self, path: str) -> Path | None:
         for candidate in self.candidates(path):
             if os.path.lexists(candidate):
