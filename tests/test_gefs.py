@@ -162,6 +162,12 @@ def test_ream_only_is_what_gefs_r_writes() -> None:
     assert typ == 3
     assert ents == [addr | 5, r.geo.asz - 2 * BLKSZ, addr | 4, BLKSZ,
                     (top - BLKSZ) | 1, (top - 2 * BLKSZ) | 1, (top - 3 * BLKSZ) | 1]
+    # arenas ream allocated nothing in keep loadlog()'s cut-off barrier past logsz
+    a2 = r.arenas[2].logs[0][0]
+    log2 = img[a2 : a2 + BLKSZ]
+    assert struct.unpack_from(">HH", log2) == (3, 32)
+    assert struct.unpack_from(">Q", log2, 4)[0] == metro64(log2[36:68])
+    assert log2[68:76] == (3).to_bytes(8, "big") and not log2[76:].strip(b"\0")
     assert fsck(_volume(img)).clean
 
 

@@ -53,6 +53,7 @@ class ArenaModel:
     free: list[list[int]] = field(default_factory=list)  # sorted [off, len]
     loghd_hash: int = U64  # the hash packed into the arena header (stale after ream)
     logs: list[tuple[int, bytearray]] = field(default_factory=list)  # (addr, body), head first
+    residue: dict[int, bytes] = field(default_factory=dict)  # log buffer bytes past the body
 
     # -- free ranges (grabrange/freerange) -------------------------------------------------
     def grab(self, off: int, length: int) -> None:
@@ -123,7 +124,7 @@ class ArenaModel:
         out = []
         for i, (addr, body) in enumerate(self.logs):
             nxt = Bptr(self.logs[i + 1][0], U64, -1) if i + 1 < len(self.logs) else ZB
-            out.append((addr, pack_log(TLOG, bytes(body), nxt)))
+            out.append((addr, pack_log(TLOG, bytes(body), nxt, self.residue.get(addr, b""))))
         return out
 
 

@@ -508,12 +508,18 @@ def decode_log(body: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
-def pack_log(btype: int, body: bytes, chain: Bptr) -> bytes:
-    """A Tlog/Tdlist block: type[2] logsz[2] logh[8] chain[24], then the body."""
+def pack_log(btype: int, body: bytes, chain: Bptr, residue: bytes = b"") -> bytes:
+    """A Tlog/Tdlist block: type[2] logsz[2] logh[8] chain[24], then the body.
+
+    `residue` is what the block's buffer held past the body: gefs rewrites a
+    log block from its in-memory buffer, so entries cut off by loadlog()'s
+    barrier stay on disk after `logsz` (covered by no hash).
+    """
     from imagebuild.fs.gefs.hash import bufhash
 
     head = struct.pack(">HHQ", btype, len(body), bufhash(body)) + chain.pack()
-    return head + body + bytes(BLKSZ - LOGHDSZ - len(body))
+    tail = residue[len(body) :]
+    return head + body + tail + bytes(BLKSZ - LOGHDSZ - len(body) - len(tail))
 
 
 def unpack_log(blk: bytes) -> tuple[int, bytes, int, Bptr]:

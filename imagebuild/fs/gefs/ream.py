@@ -139,6 +139,7 @@ class Ream:
         a.release(addr, asz - 2 * BLKSZ)
         a.grab(addr, BLKSZ)
         a.logs.append((addr, bytearray(body[:32])))
+        a.residue[addr] = body  # the barrier stays in the buffer past logsz
         self.arenas.append(a)
 
     def _leaf(self, kvs: list[tuple[bytes, bytes]], gen: int) -> Bptr:

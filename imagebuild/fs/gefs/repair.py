@@ -29,6 +29,7 @@ from imagebuild.fs.gefs.hash import blkhash
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
     KDLIST,
+    LOGHDSZ,
     TPIVOT,
     ArenaHdr,
     Bptr,
@@ -58,10 +59,11 @@ def _nodes(vol: GefsVolume, bp: Bptr, ht: int) -> list[int]:
     return out
 
 
-def _arena_model(i: int, st: ArenaState) -> ArenaModel:
+def _arena_model(vol: GefsVolume, i: int, st: ArenaState) -> ArenaModel:
     a = ArenaModel(i, st.hdaddr, st.size, st.used, reserve_of(st.size),
                    [list(r) for r in st.free], st.loghash)
     a.logs = [(addr, bytearray(body)) for addr, body in st.logs]
+    a.residue = {addr: vol.block(addr)[LOGHDSZ:] for addr, _ in st.logs}
     return a
 
 
@@ -78,7 +80,7 @@ def repair_adm_backlink(dev: Storage) -> str:
     if others:
         raise LayoutError(f"gefs: not repairing a file system with other problems: {others[0]}")
     errors: list[str] = []
-    arenas = [_arena_model(i, replay_arena(vol, i, errors)) for i in range(len(vol.sb.arenas))]
+    arenas = [_arena_model(vol, i, replay_arena(vol, i, errors)) for i in range(len(vol.sb.arenas))]
     before = [set(m.log_blocks()) for m in arenas]
     alloc = Allocator(arenas)
     new: dict[int, bytes] = {}
