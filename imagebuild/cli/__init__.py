@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from imagebuild.errors import ImageBuildError, show_path
 
@@ -26,15 +27,37 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argparse parser: the verbs of the group `argv` names, else of every group."""
     import importlib
 
-    parser = argparse.ArgumentParser(
-        prog="imagebuild", description="Build 9front distribution disk images."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="imagebuild", description="Build 9front distribution disk images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
     verb = next((a for a in (argv or ()) if not a.startswith("-")), None)
     groups = [VERB_GROUPS[verb]] if verb in VERB_GROUPS else GROUPS
     for group in groups:
         importlib.import_module(f"imagebuild.cli.{group}").register(sub)
     return parser
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width found as shutil would find it: argparse asks
+    shutil, and importing shutil (with bz2, lzma, fnmatch) costs every start."""
+    import os
+
+    try:
+        width = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            width = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1).columns
+        except (OSError, ValueError):
+            width = 80
+    return argparse.HelpFormatter(prog, width=max(width - 2, 20))
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser with _formatter (for the subcommands too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _formatter)
+        super().__init__(*args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

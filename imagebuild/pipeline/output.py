@@ -16,7 +16,6 @@ import errno
 import os
 import signal
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,8 +124,10 @@ def atomic_output(target: Path | str, *, sync: bool = False) -> Iterator[Path]:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
