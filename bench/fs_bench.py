@@ -11,7 +11,9 @@ sync (best of each; neither side syncs its own output):
            starting at 1 MiB) of a QCOW2 image (a raw file with --raw or when the
            QCOW2 engine is unavailable), image closed at the end
   gefs     the same with imagebuild.fs.gefs (ream, installer steps, mkfs -z 16372)
-Prints the times and the ratios hjfs / cp (target: <= 2) and gefs / cp.
+  cwfs     the same with imagebuild.fs.cwfs on fscache/fsworm/other slices (the cache
+           sized to hold the tree, so no dump), installer steps, mkfs -z 16372
+Prints the times and the ratios hjfs / cp (target: <= 2), gefs / cp and cwfs / cp.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imagebuild.disk.device import BlockDevice, RawFile, Storage
-from imagebuild.fs import gefs
+from imagebuild.fs import cwfs, gefs
 from imagebuild.fs.hjfs import ream_and_populate
 from imagebuild.fs.proto import read_proto
 
@@ -141,12 +143,27 @@ def main() -> None:
             finally:
                 close()
 
-        cp_times, hjfs_times, gefs_times = [], [], []
+        def run_cwfs() -> None:
+            storage, close, _ = open_image(image_path, (args.mb * 3 + 96) * MiB, args.raw)
+            try:
+                disk = BlockDevice(storage)
+                cache_end = 2048 + (args.mb * 3 // 2 + 32) * MiB // 512
+                parts = {"fscache": disk.slice(2048, cache_end, "fscache"),
+                         "fsworm": disk.slice(cache_end, disk.secs - 16 * 2048, "fsworm"),
+                         "other": disk.slice(disk.secs - 16 * 2048, disk.secs, "other")}
+                entries = read_proto([work / "proto"], tree)
+                cwfs.ream_and_populate(parts, entries, timestamp=TIMESTAMP)
+            finally:
+                close()
+
+        cp_times, hjfs_times, gefs_times, cwfs_times = [], [], [], []
         for _ in range(args.repeat):  # alternate, so all see the same load on the machine
             cp_times.append(timed(run_cp, reset_cp))
             hjfs_times.append(timed(run_hjfs, reset_image))
             gefs_times.append(timed(run_gefs, reset_image))
+            cwfs_times.append(timed(run_cwfs, reset_image))
         t_cp, t_hjfs, t_gefs = min(cp_times), min(hjfs_times), min(gefs_times)
+        t_cwfs = min(cwfs_times)
         print(f"fs_bench: {nfiles} files, {nbytes / MiB:.0f} MiB, best of {args.repeat}")
         print(f"  cp -r                                   {t_cp * 1000:9.1f} ms")
         print(
@@ -155,7 +172,9 @@ def main() -> None:
         )
         print(f"  gefs ream + mkfs into {kind:5} fs partition {t_gefs * 1000:9.1f} ms")
         print(f"  ratio hjfs / cp                         {t_hjfs / t_cp:9.2f}  (target <= 2)")
+        print(f"  cwfs ream + mkfs into {kind:5} fs partitions {t_cwfs * 1000:8.1f} ms")
         print(f"  ratio gefs / cp                         {t_gefs / t_cp:9.2f}")
+        print(f"  ratio cwfs / cp                         {t_cwfs / t_cp:9.2f}")
 
 
 if __name__ == "__main__":

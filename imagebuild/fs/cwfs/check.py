@@ -119,6 +119,7 @@ class _Checker:
         if self.cw:
             self.amark(self.sb.roraddr, "dump root")
             self.amark(self.sb.next, "next superblock")
+            self.xtag(self.sb.roraddr, Tdir, QPROOT, "dump root")
         block = self.xtag(root_addr, Tdir, QPROOT, "root")
         if block is not None:
             self.amark(root_addr, "root")
