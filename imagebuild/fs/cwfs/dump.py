@@ -53,12 +53,13 @@ from imagebuild.fs.cwfs.tree import FWRITE, FileTree, Node
 from imagebuild.fs.cwfs.volume import CwVolume
 
 NEAR_EMPTY = 8  # a request allocates at most 2 data and 4 indirect blocks
+SLACK = 2  # entries a bucket keeps for Cread blocks rewritten before the grow
 
 
 def needs_dump(v: CwVolume) -> bool:
     """Whether the next cwgrow() could fail: some bucket lacks a reusable (Cnone/Cread) entry
     for the worm addresses it would add.  Only looked at when the free list is nearly empty."""
-    if v.sb.nfree > NEAR_EMPTY:
+    if v.sb.nfree > NEAR_EMPTY or v.room_checked_at == v.cache.fsize:
         return False
     h = v.cache
     need: dict[int, int] = {}
@@ -69,8 +70,9 @@ def needs_dump(v: CwVolume) -> bool:
         if b is None:
             continue
         free = sum(1 for c in b.entry if c.state in (Cnone, Cread))
-        if free < count:
+        if free < count + SLACK:
             return True
+    v.room_checked_at = h.fsize  # the answer holds until the next grow (with SLACK to spare)
     return False
 
 

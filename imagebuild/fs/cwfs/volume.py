@@ -226,6 +226,7 @@ class CwVolume(Volume):
         self.newcache = newcache
         self.buckets: dict[int, Bucket] = {}
         self.where: dict[int, tuple[int, int]] = {}  # waddr -> (bucket, entry)
+        self.room_checked_at = -1  # fsize at which the next grow was last found to fit
 
     # -- the cache map (cw.c getcentry) ---------------------------------------------------------
     def bucket(self, bn: int) -> Bucket:
