@@ -2,11 +2,11 @@
 
 `imagebuild customize BASE -o OUT --set plan9.console=1 --file NAME=PATH`
 writes OUT as a qcow2 overlay whose backing file is BASE.  It reads the boot
-partition's files back, edits them, and formats the partition again with the
-same parameters and boot program through the overlay's skip_unchanged mode:
-clusters whose bytes do not change are not allocated, so the overlay holds a
-few clusters (the edited file's data and the directory) and everything else is
-read through from BASE.
+partition's files back, edits them, and writes only the files that changed
+into the FAT in place (imagebuild.fs.fat.update): the boot sector, other
+files, subdirectories and the volume serial stay as BASE has them, so the
+overlay holds a few clusters (the edited file's data, the directory, a FAT
+sector) and everything else is read through from BASE.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     (no boot partition) and ImageFormatError for an unreadable base.
     """
     from imagebuild.container.qcow2.image import Qcow2Image, open_image, refuse_output_in_chain
-    from imagebuild.fs.fat.format import FatFile, FatVolume, format_fat
+    from imagebuild.fs.fat.format import FatFile, FatVolume
+    from imagebuild.fs.fat.update import update_root_files
     from imagebuild.readback import partitions
 
     check_output(output)
@@ -131,8 +132,6 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
         volume = FatVolume(parts[boot])
         entries = [e for e in volume.listdir("/") if not e.is_dir]
         content = [(e.name, volume.read(e.name)) for e in entries]
-        boot_sector = parts[boot].read_sectors(0)[:510]  # the program, without the signature
-        params = volume.params
         stamp = source_date_epoch()
         timestamp = stamp if stamp is not None else (
             int(entries[0].mtime.timestamp()) if entries else 0
@@ -146,13 +145,5 @@ def customize(base: Path, output: Path, *, sets: Sequence[str], files: Sequence[
     ) as overlay:
         overlay.skip_unchanged = True  # rewriting what BASE already holds allocates nothing
         view = BlockDevice(overlay.data, name=output.name)
-        format_fat(
-            view.slice(start, end, boot),
-            [FatFile(name, data) for name, data in content],
-            pbs=boot_sector,
-            pbs_source=f"{base}:{boot} boot sector",
-            # format's two passes each add one reserved sector on FAT32 (docs/fat.md)
-            reserved=params.reserved_sectors - (2 if params.fat_bits == 32 else 0),
-            label=params.label,
-            timestamp=timestamp,
-        )
+        update_root_files(view.slice(start, end, boot),
+                          [FatFile(name, data) for name, data in content], timestamp=timestamp)

@@ -147,7 +147,8 @@ class _Directory:
         self.names[key] = what
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """FatError unless `name` can be a FAT file name that reads back as itself (docs/fat.md)."""
     what = f"file {name!r}"
     if not name or name in (".", ".."):
         raise FatError(f"{what}: not a usable FAT file name")
@@ -188,12 +189,10 @@ def _add_file(
         raise FatError(
             f"file {name!r}: too many files in root (it holds {root.capacity} entries)"
         )
-    lowered = short.lower()
-    system = lowered == "9load" or lowered.startswith("9boot")
     time, date = time_date
     entry = DirEntry(
         name=field11,
-        attributes=ATTR_SYSTEM if system else 0,
+        attributes=file_attributes(short),
         cluster_high=first_cluster >> 16,
         time=time,
         date=date,
@@ -203,6 +202,12 @@ def _add_file(
     for slot in slots:
         root.entries += slot
     root.entries += entry.pack()
+
+
+def file_attributes(short: str) -> int:
+    """addrname(): DSYSTEM for 9load and 9boot* (by the 8.3 name), else no attribute."""
+    lowered = short.lower()
+    return ATTR_SYSTEM if lowered == "9load" or lowered.startswith("9boot") else 0
 
 
 @dataclass
@@ -269,7 +274,7 @@ def plan_layout(
             f"one sector per {ROOT_DIR_FRACTION}"
         )
     for file in files:
-        _check_name(file.name)
+        check_name(file.name)
         if len(file.data) > MAX_FILE_SIZE:
             raise FatError(f"file {file.name!r} too big ({len(file.data)} bytes)")
 

@@ -143,38 +143,15 @@ class FatVolume:
 
     def _dir_entries(self, raw: bytes, where: str) -> list[FatEntry]:
         entries = []
-        units: list[int] = []
-        expect = 0  # ordinal of the next long-name slot, 0 when none is pending
-        checksum = -1
-        for offset in range(0, len(raw) - DIR_ENTRY_SIZE + 1, DIR_ENTRY_SIZE):
-            first = raw[offset]
-            if first == 0:
-                break
-            if first == FREE_ENTRY:
-                expect = 0
-                continue
-            entry = DirEntry.unpack(raw, offset)
-            if entry.is_long_name_slot:
-                slot = LfnSlot.unpack(raw, offset)
-                ordinal = slot.ordinal & 0x3F
-                if slot.ordinal & LFN_LAST and ordinal:
-                    units, expect, checksum = slot.units(), ordinal - 1, slot.checksum
-                elif expect and ordinal == expect and slot.checksum == checksum:
-                    units, expect = slot.units() + units, expect - 1
-                else:
-                    units, expect, checksum = [], 0, -1
-                continue
-            long_name = None
-            if units and expect == 0 and checksum == lfn_checksum(entry.name):
-                long_name = _decode_units(units)
-            units, expect, checksum = [], 0, -1
+        for record in scan_directory(raw):
+            entry = record.entry
             if entry.attributes & ATTR_VOLUME_LABEL:
                 continue
             short = entry.display_name()
             if short in (".", ".."):
                 continue
             entries.append(FatEntry(
-                name=long_name or short,
+                name=record.long_name or short,
                 short_name=short,
                 size=entry.size,
                 attributes=entry.attributes,
@@ -244,6 +221,57 @@ class FatVolume:
                     raise ImageFormatError(f"{self.source}: directory {path} loops back")
                 seen.add(entry.first_cluster)
                 yield from self._walk(entry, path, seen)
+
+
+@dataclass(frozen=True)
+class DirRecord:
+    """A short entry found in a directory's bytes, with its long name and where both lie.
+
+    `first_slot` and `slot` are 32-byte slot indexes in the directory: its
+    long-name slots (if any) run from first_slot, the short entry is at slot.
+    """
+
+    first_slot: int
+    slot: int
+    long_name: str | None
+    entry: DirEntry
+
+
+def scan_directory(raw: bytes) -> Iterator[DirRecord]:
+    """Every short entry of a directory's bytes (volume labels and dot entries included).
+
+    Stops at the first never-used slot (name[0] == 0); skips deleted ones.
+    A long name counts only when its slots are complete, in order and carry
+    the short name's checksum; orphaned slots are ignored, as every reader does.
+    """
+    units: list[int] = []
+    expect = 0  # ordinal of the next long-name slot, 0 when none is pending
+    checksum = -1
+    start = 0
+    for index in range(len(raw) // DIR_ENTRY_SIZE):
+        offset = index * DIR_ENTRY_SIZE
+        first = raw[offset]
+        if first == 0:
+            return
+        if first == FREE_ENTRY:
+            expect = 0
+            continue
+        entry = DirEntry.unpack(raw, offset)
+        if entry.is_long_name_slot:
+            slot = LfnSlot.unpack(raw, offset)
+            ordinal = slot.ordinal & 0x3F
+            if slot.ordinal & LFN_LAST and ordinal:
+                units, expect, checksum, start = slot.units(), ordinal - 1, slot.checksum, index
+            elif expect and ordinal == expect and slot.checksum == checksum:
+                units, expect = slot.units() + units, expect - 1
+            else:
+                units, expect, checksum = [], 0, -1
+            continue
+        long_name = None
+        if units and expect == 0 and checksum == lfn_checksum(entry.name):
+            long_name = _decode_units(units)
+        yield DirRecord(start if long_name is not None else index, index, long_name, entry)
+        units, expect, checksum = [], 0, -1
 
 
 def _decode_units(units: list[int]) -> str:
