@@ -283,3 +283,65 @@ def test_qcow2_convert_fsyncs_only_when_asked(tmp_path: Path,
         assert bool(calls) == synced, argv
         fmt = "raw" if "raw" in argv else "qcow2"
         qemu_compare(out, raw, fmt_a=fmt)
+
+
+# -- refusal paths the mutation check found untested -------------------------------------------
+def test_qcow2_unknown_incompatible_bit_named_from_the_feature_table(tmp_path: Path) -> None:
+    """qcow2.txt "Feature name table": an unknown incompatible bit is named by the image."""
+    import struct
+
+    from imagebuild.errors import UnsupportedImageError
+
+    path = tmp_path / "f.qcow2"
+    Qcow2Image.create(path, MiB).close()  # 64 KiB clusters: the table is there
+    data = bytearray(path.read_bytes())
+    table = data.index(struct.pack(">BB", 0, 4) + b"extended L2 entries")
+    # rename bit 4's entry into bit 9 "frobnication", then set bit 9
+    data[table : table + 48] = struct.pack(">BB46s", 0, 9, b"frobnication")
+    data[72:80] = struct.pack(">Q", 1 << 9)
+    path.write_bytes(data)
+    with pytest.raises(UnsupportedImageError, match=r"unknown features: frobnication$"):
+        Qcow2Image.open(path)
+    data[72:80] = struct.pack(">Q", (1 << 9) | (1 << 11))
+    path.write_bytes(data)
+    with pytest.raises(UnsupportedImageError, match=r"frobnication, bit 11$"):
+        Qcow2Image.open(path)
+
+
+@pytest.mark.parametrize("size,cluster", [(0, 65536), (MiB, 512), (3 * MiB + 512, 4096)])
+def test_qcow2_new_header_fields_equal_qemu_img(tmp_path: Path, size: int, cluster: int) -> None:
+    """Every header field of a new image as qemu-img create writes it (offsets aside)."""
+    from imagebuild.container.qcow2.header import Qcow2Header
+
+    ours, theirs = tmp_path / "o.qcow2", tmp_path / "q.qcow2"
+    Qcow2Image.create(ours, size, cluster_size=cluster).close()
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}", theirs, str(size))
+    fields = []
+    for path in (ours, theirs):
+        data = path.read_bytes()
+        header = Qcow2Header.unpack(data[:cluster], str(path), len(data))
+        fields.append({k: v for k, v in vars(header).items()
+                       if k not in ("l1_table_offset", "refcount_table_offset",
+                                    "refcount_table_clusters")})
+    assert fields[0] == fields[1]
+    with Qcow2Image.open(ours) as image:  # and it opens again
+        assert image.size == size
+
+
+def test_qcow2_header_filling_the_whole_first_cluster_is_accepted(tmp_path: Path) -> None:
+    """512-byte clusters: 112 header + 16 backing format extension + 8 end = 136 bytes,
+    so a 376-byte backing name fills cluster 0 exactly; one byte more is refused."""
+    from imagebuild.errors import UnsupportedImageError
+
+    sub = tmp_path / ("d" * 200)
+    sub.mkdir()
+    for length, fits in ((376, True), (377, False)):
+        name = f"{sub.name}/" + "b" * (length - len(sub.name) - 1)
+        Qcow2Image.create(tmp_path / name, MiB).close()
+        out = tmp_path / f"o{length}.qcow2"
+        if fits:
+            Qcow2Image.create(out, cluster_size=512, backing_file=name).close()
+            assert_qemu_clean(out)
+        else:
+            with pytest.raises(UnsupportedImageError, match="more than one 512-byte cluster"):
+                Qcow2Image.create(out, cluster_size=512, backing_file=name)
