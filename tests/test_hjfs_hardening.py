@@ -41,14 +41,14 @@ def _build(tmp_path: Path, data: bytes, mb: int = 64) -> tuple[BytesStorage, Pat
     return streamed, src / "f"
 
 
-# -- 9.5: an all-zero read piece (9 565 920 bytes) followed by data -------------------------------
+# -- 9.5: an all-zero read piece (PIECE bytes) followed by data -----------------------------------
 
 
 def test_a_whole_zero_piece_then_a_tail(tmp_path: Path) -> None:
     # the user's report: 9 565 920 zero bytes then `tail` died with IndexError
-    storage, _ = _build(tmp_path, bytes(PIECE) + b"tail\n")
+    storage, _ = _build(tmp_path, bytes(9_565_920) + b"tail\n")
     vol = HjfsVolume(BlockDevice(storage, name="fs"))
-    assert vol.read("/f") == bytes(PIECE) + b"tail\n"
+    assert vol.read("/f") == bytes(9_565_920) + b"tail\n"
     assert fsck(BlockDevice(storage, name="fs")) == []
 
 
@@ -59,7 +59,7 @@ def test_a_whole_zero_piece_then_a_tail(tmp_path: Path) -> None:
     st.integers(-3 * 4095, 3 * 4095),  # where it ends, around the first piece boundary
     st.integers(1, 3 * 4095),  # data after it
 )
-@example(0, 0, 0, 5)  # the report: 9 565 920 zero bytes, then `tail\n`
+@example(0, 0, 0, 5)  # a whole zero piece, then `tail\n`
 def test_zero_runs_across_piece_boundaries(
     tmp_path_factory: pytest.TempPathFactory, seed: int, start: int, end: int, tail: int
 ) -> None:

@@ -18,7 +18,8 @@ from imagebuild.fs.hjfs.pieces import Piece
 from imagebuild.fs.mkfs import open_source, read_exact, zero_pieces
 from imagebuild.util.progress import Progress
 
-RUN_BYTES = 8 << 20  # write in runs of up to this many bytes
+RUN_BYTES = 2 << 20  # write in runs of up to this many bytes
+MAX_GAP = 32  # blocks of zeros a run may bridge to reach the next block
 _RAW_TYPE = bytes((TRAW,))
 
 
@@ -62,10 +63,14 @@ def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int,
 
 
 class RunWriter:
-    """Collects whole blocks at consecutive numbers and writes each run with one pwrite.
+    """Collects whole blocks and writes them in runs of up to RUN_BYTES, each with one pwrite.
 
     A run is kept as the list of its parts and joined when written, so file
-    data is copied once between the read and the write.
+    data is copied once between the read and the write.  A short gap (up to
+    MAX_GAP blocks) before the next block is filled with zeros when nothing
+    at or past it was written yet: the blocks there (directory, indirect
+    blocks) are written later anyway, and whole zero clusters cost nothing
+    in a container that skips them.
     """
 
     def __init__(self, dev: BlockDevice, progress: Progress | None = None) -> None:
@@ -74,6 +79,7 @@ class RunWriter:
         self.parts: list[bytes | memoryview] = []
         self.length = 0  # bytes in parts
         self.start = 0  # the block the run starts at
+        self.high = 0  # one past the highest block put so far
         self.written = 0
 
     def put(self, b: int, block: bytes) -> None:
@@ -89,10 +95,15 @@ class RunWriter:
         self._put_parts(b, parts, len(pieces) * BLOCK)
 
     def _put_parts(self, b: int, parts: list[bytes | memoryview], length: int) -> None:
-        if self.parts and (
-            b != self.start + self.length // BLOCK or self.length + length > RUN_BYTES
-        ):
-            self.flush()
+        if self.parts:
+            end = self.start + self.length // BLOCK
+            gap = b - end
+            if 0 < gap <= MAX_GAP and end == self.high and self.length + length <= RUN_BYTES:
+                self.parts.append(bytes(gap * BLOCK))  # never written: zeros for now
+                self.length += gap * BLOCK
+            elif b != end or self.length + length > RUN_BYTES:
+                self.flush()
+        self.high = max(self.high, b + length // BLOCK)
         if not self.parts:
             self.start = b
         self.parts += parts
@@ -136,4 +147,4 @@ class SourceReader:
             self.index = -1
 
 
-__all__ = ["RUN_BYTES", "Progress", "RunWriter", "SourceReader", "emit_file_blocks"]
+__all__ = ["MAX_GAP", "RUN_BYTES", "Progress", "RunWriter", "SourceReader", "emit_file_blocks"]

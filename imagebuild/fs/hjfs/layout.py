@@ -175,7 +175,7 @@ def unpack_refs(block: bytes) -> list[int]:
 # -- directory entries --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Dentry:
     """A file or directory (dat.h struct Dentry, conv.c order)."""
 

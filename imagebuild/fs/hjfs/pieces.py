@@ -18,8 +18,8 @@ from imagebuild.fs.api import SourceFile
 from imagebuild.fs.hjfs.layout import RBLOCK, howmany
 from imagebuild.fs.mkfs import BUFLEN, open_source, read_exact, zero_pieces
 
-# 4 * lcm(4088, 4095) = 9565920 bytes: a multiple of both the write and the block size.
-PIECE = 4 * (BUFLEN * RBLOCK // 7)
+# lcm(4088, 4095) = 2391480 bytes: a multiple of both the write and the block size.
+PIECE = BUFLEN * RBLOCK // 7
 
 
 class Piece(NamedTuple):

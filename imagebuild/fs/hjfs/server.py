@@ -21,7 +21,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from imagebuild.errors import LayoutError
@@ -58,7 +58,7 @@ Offsets: TypeAlias = "array[int]"
 BlockContent: TypeAlias = "DirBlock | Offsets | bytes | int"
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """A fid: a Dentry, where it lives (hjfs's Loc: block and index), its path, entry count."""
 
@@ -112,7 +112,7 @@ class HjfsServer:
         root = Dentry(name=b"/", mode=DALLOC | 0o775, path=ROOTQID, type=QTDIR)
         root.uid = root.muid = root.gid = ADM_UID
         root.mtime = root.atime = self.now
-        dump = Dentry(**{**root.__dict__, "db": [0] * NDIRECT, "ib": [0] * NINDIRECT})
+        dump = replace(root, db=[0] * NDIRECT, ib=[0] * NINDIRECT)
         self.blocks[self.root] = [root, dump] + [None] * (DEPERBLK - 2)
         self.paths["/"] = Node(root, self.root, 0, "/")
         self.alloc.freelist = []  # initfs() creates the free list after ream

@@ -38,7 +38,7 @@ class MissingSource:
         return f"{self.origin}: {self.path}: source {self.source} does not exist"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProtoEntry:
     """One file or directory mkfs would create, with the Dir it would pass to create/wstat.
 
