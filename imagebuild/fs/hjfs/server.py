@@ -339,21 +339,27 @@ class HjfsServer:
         self.creator = uid
 
     def walk(self, path: str) -> Node | None:
+        """The node at rooted `path`, None if it does not exist."""
         return self.paths.get(path)
 
     def stat(self, fid: Node) -> Dentry:
+        """The node's Dentry (is_dir, mtime in seconds, ...)."""
         return fid.dentry
 
     def create(self, parent: Node, name: str, perm: int) -> Node:
+        """chancreat() as the attached user; FsRefused for a name hjfs cannot store or that
+        exists."""
         name_bytes = _storable(name)
         if parent.path.rstrip("/") + "/" + name in self.paths:
             raise FsRefused("file exists")
         return self.newentry(parent, name_bytes, perm, self.creator, noperm=False)
 
     def write(self, fid: Node, offset: int, data: bytes | memoryview) -> None:
+        """chanwrite() of `data` at byte `offset`, kept in the model (one modified())."""
         self.write_bytes(fid, offset, data, self.creator)
 
     def wstat(self, fid: Node, change: Wstat) -> None:
+        """chanwstat(); FsRefused for an unknown user or group or a name hjfs cannot store."""
         self.setstat(
             fid,
             mode=change.mode,
