@@ -345,3 +345,13 @@ def test_qcow2_header_filling_the_whole_first_cluster_is_accepted(tmp_path: Path
         else:
             with pytest.raises(UnsupportedImageError, match="more than one 512-byte cluster"):
                 Qcow2Image.create(out, cluster_size=512, backing_file=name)
+
+
+def test_qcow2_create_overlay_over_an_unrelated_file_is_allowed(tmp_path: Path) -> None:
+    """Only files in the chain are refused: replacing an unrelated file works as before."""
+    Qcow2Image.create(tmp_path / "base.qcow2", MiB).close()
+    other = tmp_path / "other.qcow2"
+    other.write_bytes(b"old")
+    with Qcow2Image.create(other, backing_file="base.qcow2") as image:
+        assert image.backing is not None and image.size == MiB
+    assert_qemu_clean(other)
