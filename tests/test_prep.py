@@ -382,20 +382,27 @@ def _trunc(a: int, b: int) -> int:
     return q if (a < 0) == (b < 0) else -q
 
 
+def _s64(x: int) -> int:
+    """Two's-complement wrap to 64 bits, as calc.y's vlong arithmetic does in C."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >> 63 else x
+
+
 def _c_eval(tree: object, size: int) -> int:
-    """A reference evaluator over explicit trees, with C's truncating division."""
+    """A reference evaluator over explicit trees, with C's truncating division and every
+    step of the arithmetic wrapped to 64 bits (vlong)."""
     if isinstance(tree, int):
         return tree
     assert isinstance(tree, tuple)
     op, *args = tree
     if op == "neg":
-        return -_c_eval(args[0], size)
+        return _s64(-_c_eval(args[0], size))
     if op == "pct":
-        return _trunc(size * _c_eval(args[0], size), 100)
+        return _s64(_trunc(_s64(size * _c_eval(args[0], size)), 100))
     a, b = (_c_eval(x, size) for x in args)
     if op == "/":
-        return _trunc(a, b)
-    return {"+": a + b, "-": a - b, "*": a * b}[str(op)]
+        return _s64(_trunc(a, b))
+    return _s64({"+": a + b, "-": a - b, "*": a * b}[str(op)])
 
 
 def _render(tree: object) -> str:
@@ -429,11 +436,19 @@ def test_parse_expr_matches_a_reference_on_random_trees() -> None:
     @settings(max_examples=200, deadline=None)
     @given(st.recursive(leaves, extend, max_leaves=8))
     def check(tree: object) -> None:
-        expected = _c_eval(tree, 1000)
-        if abs(expected) < 2**62:
-            assert parse_expr(_render(tree), 0, 0, 1000, 512) == expected
+        assert parse_expr(_render(tree), 0, 0, 1000, 512) == _c_eval(tree, 1000)
 
     check()
+
+
+def test_parse_expr_wraps_at_64_bits_like_calc_y() -> None:
+    """The case a reference with unbounded integers got wrong: the product overflows."""
+    from imagebuild.partition.edit import parse_expr
+
+    tree = ("/", ("*", ("*", 15801, 24879), ("*", 79242, 296086)), 3)
+    assert _render(tree) == "(((15801*24879)*(79242*296086))/3)"
+    assert parse_expr(_render(tree), 0, 0, 1000, 512) == _c_eval(tree, 1000)
+    assert _c_eval(tree, 1000) != (15801 * 24879 * 79242 * 296086) // 3
 
 
 def test_tokenize_quotes_like_rc() -> None:
