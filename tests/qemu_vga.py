@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-import pytest
+from tests.conftest import needs
 
 VGA_TEXT = 0xB8000
 VGA_BYTES = 80 * 25 * 2
 
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-system-i386") is None,
-    reason="qemu-system-x86 is not installed",
-)
+needs_qemu = needs("qemu-system-x86_64", "qemu-system-i386")
 
 
 def screen_text(dump: Path) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,12 +16,13 @@ import pytest
 
 from imagebuild.disk.device import BlockDevice, RawFile
 from imagebuild.fs.fat.format import FatError, FatFile, FatParams, FatVolume, format_fat
+from tests.conftest import needs
 
 TIMESTAMP = 1700000000  # 2023-11-14T22:13:20Z
 PART_START = 63
 
-needs_fsck = pytest.mark.skipif(shutil.which("fsck.fat") is None, reason="needs fsck.fat")
-needs_mtools = pytest.mark.skipif(shutil.which("mdir") is None, reason="needs mtools")
+needs_fsck = needs("fsck.fat")
+needs_mtools = needs("mdir", "mtype")
 
 
 def payload(size: int, seed: int) -> bytes:

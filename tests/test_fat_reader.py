@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import subprocess
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,13 +19,11 @@ from imagebuild.disk.device import BlockDevice, BytesStorage, RawFile
 from imagebuild.errors import ImageBuildError, ImageFormatError
 from imagebuild.fs.fat.dirent import FORBIDDEN_CHARS, is_long_name, short_name_field
 from imagebuild.fs.fat.format import FatError, FatFile, FatPathError, FatVolume, format_fat
+from tests.conftest import needs
 
 TIMESTAMP = 1700000000
 
-needs_mtools = pytest.mark.skipif(
-    shutil.which("mkfs.fat") is None or shutil.which("mcopy") is None,
-    reason="needs mkfs.fat and mtools",
-)
+needs_mtools = needs("mkfs.fat", "mcopy", "mdir", "mtype")
 
 
 def partition(secs: int, start: int = 63) -> BlockDevice:
@@ -49,6 +47,29 @@ file_sets = st.lists(
 )
 
 
+def contents_by_mtools(part: BlockDevice) -> list[bytes]:
+    """Every file's bytes as mcopy (not our reader) copies them out, in no order; and
+    fsck.fat -n finds nothing but what docs/fat.md says of every disk/format FAT (the
+    label left out of the root; on FAT32 no backup boot sector and no FSInfo trail)."""
+    from tests.test_fat_format import LABEL_MESSAGE, fsck
+
+    documented = {*LABEL_MESSAGE, "There is no backup boot sector.",
+                  "  Auto-creating backup boot block.", "Created backup of boot sector in sector 1",
+                  "FSINFO sector has bad magic number(s):",
+                  "  Offset 508: 0x00000000 != expected 0xaa550000", "  Auto-correcting it."}
+    with tempfile.TemporaryDirectory() as tmp:
+        image, out = Path(tmp) / "fat.img", Path(tmp) / "out"
+        image.write_bytes(part.pread(part.size, 0))
+        findings = [f for f in fsck(image) if not f.startswith("Free cluster summary uninit")]
+        assert set(findings) <= documented, findings
+        out.mkdir()
+        subprocess.run(["mcopy", "-n", "-i", str(image), "::*", str(out)], check=True,
+                       capture_output=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        return sorted(f.read_bytes() for f in out.iterdir())
+
+
+@needs_mtools
+@needs("fsck.fat")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(file_sets, st.sampled_from([(3000, None), (20000, None), (70000, 1)]))
 def test_fat_round_trip(files: list[tuple[str, int]], size: tuple[int, int | None]) -> None:
@@ -62,13 +83,17 @@ def test_fat_round_trip(files: list[tuple[str, int]], size: tuple[int, int | Non
     assert len(entries) == len(fat_files)
     stamp = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
     for file, entry in zip(fat_files, entries, strict=True):
-        assert entry.name == (file.name if is_long_name(file.name) else file.name.upper())
+        # a short name keeps no empty extension: "0." is stored, and read, as "0"
+        short = file.name.upper().removesuffix(".")
+        assert entry.name == (file.name if is_long_name(file.name) else short)
         assert (entry.size, entry.mtime, entry.is_dir) == (len(file.data), stamp, False)
         assert volume.read(file.name) == file.data
         if file.name.isascii():
             assert volume.read(file.name.upper()) == file.data  # case-insensitive lookup
         assert volume.read(entry.short_name) == file.data
     assert [p for p, _ in volume.walk()] == [f"/{e.name}" for e in entries]
+    if fat_files:
+        assert contents_by_mtools(part) == sorted(f.data for f in fat_files)
 
 
 def test_fat_round_trip_fat32_high_cluster_word() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from imagebuild.fs.fat.dirent import (
 )
 from imagebuild.fs.fat.format import FatError, FatFile, FatParams, FatVolume, format_fat
 from imagebuild.fs.fat.pbs import DEFAULT_PBS, MESSAGE, MESSAGE_OFFSET
+from tests.conftest import needs
 
 MiB = 1 << 20
 
@@ -136,10 +136,9 @@ def test_fat_long_names_overflowing_root() -> None:
 
 
 # -- boot program -------------------------------------------------------------------------------
+@needs("objdump")
 def test_fat_default_program_disassembles_as_documented(tmp_path: Path) -> None:
-    objdump = shutil.which("objdump")
-    if objdump is None:
-        pytest.skip("needs objdump")
+    objdump = "objdump"
     def disassemble(path: Path, start: int, stop: int) -> list[str]:
         out = subprocess.run(
             [objdump, "-D", "-b", "binary", "-m", "i8086", "--adjust-vma=0x7c00",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def build(
 
 
 def test_freed_user_table_blocks_come_back_after_the_free_list(tmp_path: Path) -> None:
-    storage, _ = build(tmp_path, "big\td775\n\tfile\n", {"big/file": os.urandom(300 * RB)})
+    big = random.Random(1).randbytes(300 * RB)
+    storage, _ = build(tmp_path, "big\td775\n\tfile\n", {"big/file": big})
     image = bytes(storage.buffer)
     fend = superblock(image)["fend"]
     tree = walk_tree(image)
@@ -265,7 +267,7 @@ def test_without_timestamp_the_clock_is_now(tmp_path: Path) -> None:
 def test_tree_too_big_is_refused_before_writing(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big").write_bytes(os.urandom(2 * MiB))
+    (src / "big").write_bytes(random.Random(2).randbytes(2 * MiB))
     (tmp_path / "proto").write_text("big\n")
     storage = BytesStorage(1 * MiB)
     with pytest.raises(
@@ -280,7 +282,7 @@ def test_tree_too_big_is_refused_before_writing(tmp_path: Path) -> None:
 def test_plan_reports_blocks_needed(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "f").write_bytes(os.urandom(100 * RB))
+    (src / "f").write_bytes(random.Random(3).randbytes(100 * RB))
     (tmp_path / "proto").write_text("f\n")
     small = plan(64, read_proto([tmp_path / "proto"], src), timestamp=T)
     roomy = plan(4096, read_proto([tmp_path / "proto"], src), timestamp=T)
@@ -448,7 +450,7 @@ def sparse_tree(src: Path) -> None:
     from imagebuild.fs.hjfs.pieces import PIECE
 
     src.mkdir(parents=True, exist_ok=True)
-    data = bytearray(os.urandom(PIECE + 50_000))
+    data = bytearray(random.Random(4).randbytes(PIECE + 50_000))
     data[PIECE - 20_000 : PIECE + 30_000] = bytes(50_000)  # a hole across a read piece
     (src / "straddle").write_bytes(bytes(data))
     (src / "zeros").write_bytes(bytes(3 * MiB))
@@ -510,7 +512,7 @@ def test_dry_replay_bounds_the_exact_one(tmp_path: Path) -> None:
     assert indirect_blocks_for(15 + 341 + 341**2 + 1) == 1 + (1 + 341) + 3
     src = tmp_path / "src"
     sparse_tree(src)
-    (src / "dense").write_bytes(os.urandom(3 * MiB))
+    (src / "dense").write_bytes(random.Random(5).randbytes(3 * MiB))
     for text, sparse in (("dense\nsmall\n", False), ("+\n", True)):
         (tmp_path / "proto").write_text(text)
         entries_ = read_proto([tmp_path / "proto"], src)
