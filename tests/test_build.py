@@ -76,10 +76,8 @@ def extract(raw: Path, start: int, sectors: int, dest: Path) -> Path:
 
 
 def boot_partition(name: str, raw: Path) -> tuple[int, int]:
-    """(start, sectors) of the FAT the recipe formats, found through sfdisk and the Plan 9 table."""
-    from imagebuild.disk.device import BlockDevice, RawFile
-    from imagebuild.partition.prep import read_table
-
+    """(start, sectors) of the FAT the recipe formats, found through sfdisk and the Plan 9
+    table's text (`part NAME START END` lines in the PLAN9 partition's second sector)."""
     parts = sfdisk_partitions(raw)
     recipe = load_recipe(name)
     if recipe.fat_partition == "dos":
@@ -87,11 +85,11 @@ def boot_partition(name: str, raw: Path) -> tuple[int, int]:
         return int(fat["start"]), int(fat["size"])  # type: ignore[call-overload]
     (plan9,) = [p for p in parts if p["type"] == "39"]
     start = int(plan9["start"])  # type: ignore[call-overload]
-    with RawFile(raw) as f:
-        disk = BlockDevice(f)
-        table = read_table(disk.slice(start, start + int(plan9["size"]), "plan9"))  # type: ignore[call-overload]
-    (p9fat,) = [p for p in table if p.name == "9fat"]
-    return start + p9fat.start, p9fat.end - p9fat.start
+    with raw.open("rb") as f:
+        f.seek((start + 1) * 512)
+        table = [line.split() for line in f.read(512).split(b"\0", 1)[0].decode().splitlines()]
+    (first, end), = [(int(t[2]), int(t[3])) for t in table if t[:2] == ["part", "9fat"]]
+    return start + first, end - first
 
 
 @pytest.mark.parametrize("name", ["amd64.qcow2", "arm64.qcow2"])
@@ -129,21 +127,31 @@ def test_boot_partition_is_clean_and_holds_every_file(
         assert got == data, fname
 
 
-def test_plan9_ini_has_the_mkfile_content(built: dict[str, Path]) -> None:
+def boot_file(built: dict[str, Path], name: str, fname: str, tmp_path: Path) -> bytes:
+    """A file of the boot partition read twice: by `cat` and by qemu-img + sfdisk + mtype
+    (none of our code); both must agree."""
     from imagebuild.readback import cat
 
-    assert cat(built["amd64.qcow2"], "9fat:plan9.ini") == b"bootfile=9pc64\nconsole=0\n"
-    assert cat(built["arm64.qcow2"], "dos:plan9.ini") == b"console=0\nvgasize=text\n"
-    assert cat(built["zynq.img"], "9fat:plan9.ini") == b"bootfile=9zynq\n"
+    ours = cat(built[name], f"{load_recipe(name).fat_partition}:{fname}")
+    raw = as_raw(built[name], tmp_path)
+    fat = extract(raw, *boot_partition(name, raw), tmp_path / f"{name}.fat")
+    theirs = subprocess.run(["mtype", "-i", str(fat), f"::{fname}"], capture_output=True,
+                            check=True, env=tool_env()).stdout
+    assert ours == theirs, (name, fname)
+    return ours
 
 
-def test_pi_config_txt_has_the_mkfile_sections(built: dict[str, Path]) -> None:
-    from imagebuild.readback import cat
+def test_plan9_ini_has_the_mkfile_content(built: dict[str, Path], tmp_path: Path) -> None:
+    assert boot_file(built, "amd64.qcow2", "plan9.ini", tmp_path) == b"bootfile=9pc64\nconsole=0\n"
+    assert boot_file(built, "arm64.qcow2", "plan9.ini", tmp_path) == b"console=0\nvgasize=text\n"
+    assert boot_file(built, "zynq.img", "plan9.ini", tmp_path) == b"bootfile=9zynq\n"
 
-    text = cat(built["pi.img"], "dos:config.txt").decode()
+
+def test_pi_config_txt_has_the_mkfile_sections(built: dict[str, Path], tmp_path: Path) -> None:
+    text = boot_file(built, "pi.img", "config.txt", tmp_path).decode()
     assert [line for line in text.splitlines() if line.startswith("[")] == [
         "[pi0]", "[pi1]", "[pi2]", "[pi3]", "[all]"]
-    assert cat(built["pi3.img"], "dos:cmdline.txt") == b"console=0\n"
+    assert boot_file(built, "pi3.img", "cmdline.txt", tmp_path) == b"console=0\n"
 
 
 def test_reform_flash_bin_is_at_byte_33792(built: dict[str, Path], root: Path) -> None:
@@ -222,7 +230,9 @@ def test_qcow2_of_amd64_is_no_bigger_than_what_was_written_plus_1mib(
 
 
 @pytest.mark.parametrize("name", ["amd64.qcow2", "pi.img"])
-def test_fs_partition_holds_the_proto_tree(built: dict[str, Path], root: Path, name: str) -> None:
+def test_fs_partition_holds_the_proto_tree(
+    built: dict[str, Path], root: Path, name: str, tmp_path: Path
+) -> None:
     from imagebuild.readback import cat, check_fs, listing
 
     image = built[name]
@@ -241,6 +251,28 @@ def test_fs_partition_holds_the_proto_tree(built: dict[str, Path], root: Path, n
     # newuser glenda; newuser adm +glenda; newuser sys +glenda; newuser upas +glenda
     assert "-1:adm:adm:glenda" in users and "10000:sys::glenda" in users
     assert "10003:upas:upas:glenda" in users and "2:glenda:glenda:" in users
+
+    # the same through the independent reader (sfdisk, the Plan 9 table's text and
+    # tests/hjfs_helpers.py): every file the protos name, byte for byte
+    from imagebuild.pipeline.build import fs_tree
+    from tests import hjfs_helpers as hj
+    from tests.realtree import FileView
+
+    raw = as_raw(image, tmp_path)
+    (plan9,) = [p for p in sfdisk_partitions(raw) if p["type"] == "39"]
+    start = int(str(plan9["start"]))
+    with raw.open("rb") as f:
+        f.seek((start + 1) * 512)
+        table = f.read(512).split(b"\0", 1)[0].decode().splitlines()
+        first, end = next(map(int, t.split()[2:]) for t in table if t.split()[1] == "fs")
+        volume = FileView(f.fileno(), (start + first) * 512, (end - first) * 512)
+        tree = hj.walk_tree(volume)  # type: ignore[arg-type]
+        assert hj.read_file(volume, tree["/adm/users"]).decode().splitlines() == users  # type: ignore[arg-type]
+        for e in fs_tree(load_recipe(name), root):
+            got = tree[e.path]
+            assert bool(got.type & hj.QTDIR) == e.is_dir, e.path
+            if not e.is_dir:
+                assert hj.read_file(volume, got) == e.source.read_bytes(), e.path  # type: ignore[arg-type]
 
 
 def test_no_fs_leaves_the_fs_partition_unformatted(root: Path, tmp_path: Path) -> None:

@@ -47,6 +47,17 @@ def test_edit_files_rejects_what_the_partition_lacks() -> None:
         edit_files(files, ["grub.x=1"], [])
 
 
+def mtype_9fat(image: Path, name: str, tmp_path: Path) -> bytes:
+    """A file of amd64's 9fat as qemu-img convert, sfdisk, the Plan 9 table and mtype see it."""
+    from tests.conftest import tool_env
+    from tests.test_build import as_raw, boot_partition, extract
+
+    raw = as_raw(image, tmp_path)
+    fat = extract(raw, *boot_partition("amd64.qcow2", raw), tmp_path / f"{image.stem}.fat")
+    return subprocess.run(["mtype", "-i", str(fat), f"::{name}"], capture_output=True,
+                          check=True, env=tool_env()).stdout
+
+
 def test_customize_overlay_is_small_and_reads_through(
     built: dict[str, Path], tmp_path: Path, sde: int
 ) -> None:
@@ -60,12 +71,16 @@ def test_customize_overlay_is_small_and_reads_through(
     customize(base, overlay, sets=["plan9.console=1", "plan9.*acpi=1"], files=[])
     assert cat(overlay, "9fat:plan9.ini") == b"bootfile=9pc64\nconsole=1\n*acpi=1\n"
     assert cat(overlay, "9fat:9pc64") == cat(base, "9fat:9pc64")
+    # and as qemu-img (through the backing file) and mtools read it
+    assert mtype_9fat(overlay, "plan9.ini", tmp_path) == b"bootfile=9pc64\nconsole=1\n*acpi=1\n"
+    assert mtype_9fat(overlay, "9pc64", tmp_path) == mtype_9fat(base, "9pc64", tmp_path)
     # header, refcount table and block, L1, one L2, and the few data clusters that change
     assert overlay.stat().st_size < 512 * KiB
 
     with_file = tmp_path / "with-file.qcow2"
     customize(base, with_file, sets=[], files=[f"extra.txt={extra}"])
     assert cat(with_file, "9fat:extra.txt") == b"hello\n"
+    assert mtype_9fat(with_file, "extra.txt", tmp_path) == b"hello\n"
     assert cat(with_file, "9fat:plan9.ini") == cat(base, "9fat:plan9.ini")
     chain = json.loads(subprocess.run(
         ["qemu-img", "info", "--backing-chain", "--output=json", str(overlay)],

@@ -97,20 +97,32 @@ def test_qcow2_sequential_write_is_one_contiguous_run(tmp_path: Path) -> None:
     assert len(extents) == 1 and extents[0]["length"] == 8 * MiB
 
 
+def qemu_dirty(path: Path) -> bool:
+    """The dirty bit as qemu-img info reports it (not our header parser)."""
+    import json
+
+    info = json.loads(qemu_img("info", "-U", "--output=json", path).stdout)
+    return bool(info["dirty-flag"])
+
+
 def test_qcow2_dirty_bit_while_open_clean_after_close(tmp_path: Path) -> None:
     path = tmp_path / "d.qcow2"
     image = Qcow2Image.create(path, MiB)
     image.pwrite(b"x", 0)
     assert _header(path).incompatible_features & INCOMPAT_DIRTY
     image.flush()
+    assert qemu_dirty(path)
     rc, _, text = qemu_check(path)  # dirty, but every refcount is already on disk
     assert rc == 0, text
     image.close()
     assert not _header(path).incompatible_features & INCOMPAT_DIRTY
+    assert not qemu_dirty(path)
     with Qcow2Image.open(path, writable=True):
         assert _header(path).incompatible_features & INCOMPAT_DIRTY
+        assert qemu_dirty(path)
     with Qcow2Image.open(path):  # read-only opens leave the header alone
         assert not _header(path).incompatible_features & INCOMPAT_DIRTY
+        assert not qemu_dirty(path)
     assert_qemu_clean(path)
 
 
