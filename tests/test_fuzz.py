@@ -422,8 +422,6 @@ PLAN9_TEXT = ("readback: a byte that is not UTF-8 in the Plan 9 partition table'
               "UnicodeDecodeError (a traceback from every verb) instead of a one-line error")
 KNOWN: dict[tuple[str, int], str] = {
     **{("plan9-table", seed): PLAN9_TEXT for seed in (1, 2, 3, 4, 5, 7, 9, 10, 13, 14)},
-    ("root-dir", 2): "cli/report.py print_layout: `inspect` of a FAT whose root directory is "
-                     "empty (first entry's name[0] = 0) raises TypeError computing column widths",
     ("size", 4): "fs/hjfs/reader.py read(): a file size of 2^63-ish makes `cat` build the "
                  "whole file in memory, hole by hole (MemoryError)",
     ("size", 5): "fs/hjfs/reader.py entries_at(): a directory size of 2^63 (or 2^31) walks "
