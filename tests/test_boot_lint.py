@@ -138,3 +138,61 @@ def test_stock_recipes_pass_the_lint(root: Path) -> None:
 
     for name in list_recipes():
         plan_build(load_recipe(name), BuildOptions(root=root, fs=False))
+
+
+def test_read_config_counts_bytes_as_the_loader_stores_them() -> None:
+    # sub.c readline()/configure(): every raw line is read at confend+1 with its NUL; a
+    # stored line is key=value\n; delconf() frees the replaced line first
+    assert read_config(b"a=1\n").high_water == 5
+    ini = b"ab=cd\nab=x\nc=" + b"y" * 20 + b"\n"
+    config = read_config(ini)
+    assert config.lines == ("ab=x", "c=" + "y" * 20)
+    assert config.high_water == 5 + 1 + 22 + 1
+    # lines end at NUL too (strchr("\r\n", 0) finds the terminator); only tab and blank
+    # are trimmed; a value may hold '='; `clear KEY` deletes; apm lines are not stored
+    assert read_config(b"a=1\0b=2\rc=3\n").lines == ("a=1", "b=2", "c=3")
+    assert read_config(b"\x0ba=1 \t\n").lines == ("\x0ba=1",)
+    assert read_config(b"a=b=c\n").lines == ("a=b=c",)
+    assert read_config(b"a=1\nb=2\nclear a\n").lines == ("b=2",)
+    assert read_config(b"apm0=1\nx=1\n").lines == ("x=1",)
+    assert read_config(b"x=1\nboot\ny=2").dropped is None  # nothing after boot is read
+    assert read_config(b"x=1\n[menu]\ny=2").dropped is None  # a block's line: not used
+
+
+def test_lint_messages_name_the_file_first() -> None:
+    for ini in (b"bootfile=9pcnone\n", b"bootfile=9PC64\n", b"bootfile=" + b"k" * 64 + b"\n",
+                b"bootfile=9pc64", b"x=" + b"v" * BOOTARGSLEN + b"\n"):
+        with pytest.raises(BootLintError, match=r"^amd64 9fat: plan9\.ini: "):
+            check_boot_fat(fat(ini), "amd64 9fat")
+
+
+def test_read_config_edges_the_mutation_run_found() -> None:
+    # a raw line longer than anything stored sets the high-water mark (readline)
+    assert read_config(b"a=1\n#" + b"c" * 30 + b"\n").high_water == 4 + 1 + 31 + 1
+    assert read_config(b"a=1\nclear\n#" + b"c" * 40 + b"\n").high_water == 0 + 1 + 41 + 1
+    ini = b"a=" + b"v" * 10 + b"\nb=1\nclear b\n#" + b"c" * 40 + b"\n"
+    assert read_config(ini).high_water == 13 + 1 + 41 + 1
+    assert read_config(b"a=1\nb=2\nclear a\nc=3\n").lines == ("b=2", "c=3")
+    # the key ends at the first '=' (configure: strchr), so it replaces a=1
+    assert read_config(b"a=1\na=b=c\n").lines == ("a=b=c",)
+    # only '\t' and ' ' are trimmed (readline's white[]), at either end
+    assert read_config(b"a=1\x0c\n").lines == ("a=1\x0c",)
+    assert read_config(b"x=1\n\x0c").dropped == "\x0c"
+    assert read_config(b"Xa=1\n").lines == ("Xa=1",)
+    assert read_config(b"Xa=1").dropped == "Xa=1"
+
+
+def test_configuration_area_boundary() -> None:
+    # sub.c BOOTARGSLEN: a line needing exactly the whole area fits, one byte more does not
+    fits = b"x=" + b"v" * (BOOTARGSLEN - 4) + b"\n"  # read at +1, NUL: 1 + 3518 + 1 = 3520
+    assert read_config(fits).high_water == BOOTARGSLEN
+    check_boot_fat(fat(fits), "x")
+    with pytest.raises(BootLintError, match="needs 3521 bytes"):
+        check_boot_fat(fat(b"x=" + b"v" * (BOOTARGSLEN - 3) + b"\n"), "x")
+
+
+def test_bootfile_in_a_directory_is_not_on_a_root_only_fat() -> None:
+    # fat.c fatwalk() descends into directories, but format writes only root files
+    with pytest.raises(BootLintError, match=r"bootfile=amd64/9pc64: 9bootfat walks the FAT for "
+                                            r"'amd64/9pc64', but the boot FAT holds only root"):
+        check_boot_fat(fat(b"bootfile=amd64/9pc64\n"), "x")

@@ -122,8 +122,7 @@ def read_config(text: bytes) -> LoaderConfig:
         if key.startswith("apm"):
             continue
         stored.append(f"{key}={value}")
-        used += len(key) + len(value) + 2
-        high = max(high, used + 1)  # the NUL after the last line
+        used += len(key) + len(value) + 2  # (never above the raw line just read)
     # the dropped line matters when configure() would have used it
     dropped = last if last and last[0] not in "#;=[" and not inblock else None
     return LoaderConfig(tuple(stored), high, dropped)
