@@ -1,0 +1,247 @@
+"""Behaviour the docs promise, each checked so that switching it off fails a test.
+
+Through the command line or stable public functions only, and read back with
+qemu-img, mtools or tests/hjfs_helpers.py where an independent reader exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import hjfs_helpers as hj
+from tests.conftest import SOURCE_DATE_EPOCH, needs, tool_env
+from tests.realtree import FileView
+
+MiB = 1 << 20
+
+
+def imagebuild(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
+    return subprocess.run([sys.executable, "-m", "imagebuild", *map(str, args)],
+                          capture_output=True, text=True, env=env, check=False, timeout=300)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], status: int = 1) -> str:
+    assert done.returncode == status, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def tiny_recipe(tmp_path: Path, fs: str = "") -> Path:
+    """zynq's layout (prep 9fat nvram fs) on a 300 MiB raw disk: quick to build and read;
+    `fs` goes into its [fs] table."""
+    from imagebuild.recipe.load import recipe_path
+
+    text = recipe_path("zynq.img").read_text().replace("mb = 1885", "mb = 300", 1)
+    text = text.replace("\n[fs]\n", f"\n[fs]\n{fs}", 1) if "\n[fs]\n" in text else (
+        f"{text}\n[fs]\n{fs}")
+    recipe = tmp_path / "tiny.img.toml"
+    recipe.write_text(text)
+    return recipe
+
+
+def fs_partition(raw: Path) -> tuple[int, int]:
+    """(byte offset, length) of the fs partition, from the MBR and the Plan 9 table's text."""
+    with raw.open("rb") as f:
+        mbr = f.read(512)
+        start = int.from_bytes(mbr[446 + 8 : 446 + 12], "little")
+        f.seek((start + 1) * 512)
+        table = [t.split() for t in f.read(512).split(b"\0", 1)[0].decode().splitlines()]
+    first, end = next((int(t[2]), int(t[3])) for t in table if t[1] == "fs")
+    return (start + first) * 512, (end - first) * 512
+
+
+# -- usage errors exit 2 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [[], ["no-such-command"], ["build"], ["build", "--no-such-flag"],
+                                  ["qcow2", "map"], ["cat", "x.img"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    done = imagebuild(*args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "usage:" in done.stderr
+
+
+# -- qcow2: what the engine refuses to write, and what it clears ------------------------------
+
+
+@needs("qemu-img")
+@pytest.mark.parametrize("how", ["corrupt", "snapshot"])
+def test_qcow2_images_marked_corrupt_or_with_snapshots_are_not_written(
+    tmp_path: Path, how: str
+) -> None:
+    from imagebuild.container.qcow2.image import Qcow2Image
+    from imagebuild.errors import ImageBuildError
+
+    path = tmp_path / "a.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "4M"], check=True)
+    if how == "snapshot":
+        subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(path)], check=True)
+    else:
+        with path.open("r+b") as f:  # incompatible_features bit 1: corrupt
+            f.seek(72)
+            f.write((2).to_bytes(8, "big"))
+    before = path.read_bytes()
+    with pytest.raises(ImageBuildError, match="corrupt" if how == "corrupt" else "snapshot"):
+        Qcow2Image.open(path, writable=True)
+    assert path.read_bytes() == before
+    with Qcow2Image.open(path) as image:  # reading stays allowed
+        assert image.pread(512, 0) == bytes(512)
+
+
+@needs("qemu-img")
+def test_writing_clears_the_autoclear_bits(tmp_path: Path) -> None:
+    from imagebuild.container.qcow2.image import Qcow2Image
+
+    path = tmp_path / "a.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "4M"], check=True)
+    with path.open("r+b") as f:  # autoclear bit 0: "bitmaps extension consistent"
+        f.seek(88)
+        f.write((1).to_bytes(8, "big"))
+    with Qcow2Image.open(path, writable=True) as image:
+        image.pwrite(b"written", 0)
+    with path.open("rb") as f:
+        f.seek(88)
+        assert int.from_bytes(f.read(8), "big") == 0
+    subprocess.run(["qemu-img", "check", str(path)], check=True, capture_output=True)
+    out = subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={path}",
+                          f"of={tmp_path / 'r'}", "bs=512", "count=1"], check=True)
+    assert out.returncode == 0 and (tmp_path / "r").read_bytes()[:7] == b"written"
+
+
+@needs("qemu-img")
+def test_backing_loops_are_refused(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(b), "4M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2",
+                    str(a)], check=True, cwd=tmp_path)
+    subprocess.run(["qemu-img", "rebase", "-u", "-b", "a.qcow2", "-F", "qcow2", str(b)],
+                   check=True, cwd=tmp_path)
+    out = tmp_path / "flat.raw"
+    line = one_line_error(imagebuild("qcow2", "convert", "-O", "raw", a, out))
+    assert "loop" in line, line
+    assert not out.exists()
+
+
+# -- the fs partition --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(root, image): the tiny recipe built from a demo root."""
+    from imagebuild.pipeline.demo import make_demo_root
+
+    work = tmp_path_factory.mktemp("promises")
+    root = make_demo_root(work / "root")
+    image = work / "tiny.img"
+    done = imagebuild("build", tiny_recipe(work), "--root", root, "-o", image, "-q", "--plain")
+    assert done.returncode == 0, done.stderr
+    return root, image
+
+
+def test_fsck_reports_a_reference_count_mismatch(tiny_image: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    _, image = tiny_image
+    bad = tmp_path / "bad.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(bad)], check=True)
+    offset, length = fs_partition(bad)
+    with bad.open("r+b") as f:
+        view = FileView(f.fileno(), offset, length)
+        sb = hj.superblock(view)  # type: ignore[arg-type]
+        users = hj.walk_tree(view)["/adm/users"]  # type: ignore[arg-type]
+        block = users.db[0]  # its count goes from 1 to 2
+        ref = sb["fstart"] + block // hj.COUNTS_PER_BLOCK
+        at = offset + ref * hj.BLOCK + 1 + 3 * (block % hj.COUNTS_PER_BLOCK)
+        f.seek(at)
+        assert int.from_bytes(f.read(3), "little") == 1
+        f.seek(at)
+        f.write((2).to_bytes(3, "little"))
+    assert imagebuild("fsck", image).returncode == 0
+    done = imagebuild("fsck", bad)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert str(block) in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_fs_type_none_leaves_the_fs_partition_alone_and_reads_no_protos(tmp_path: Path) -> None:
+    from imagebuild.pipeline.demo import make_demo_root
+
+    root = make_demo_root(tmp_path / "root")
+    shutil.rmtree(root / "sys/lib/sysconfig/proto")  # nothing may need them
+    image = tmp_path / "none.img"
+    recipe = tiny_recipe(tmp_path, 'type = "none"\n')
+    done = imagebuild("build", recipe, "--root", root, "-o", image, "-q", "--plain")
+    assert done.returncode == 0, done.stderr
+    offset, _ = fs_partition(image)
+    with image.open("rb") as f:  # not reamed: all zeros, as the raw file was made
+        f.seek(offset)
+        assert not any(f.read(hj.BLOCK * 4))
+    assert imagebuild("fsck", image).returncode == 1
+
+
+def test_git_bind_puts_the_checkouts_git_at_dist_plan9front(tmp_path: Path) -> None:
+    from imagebuild.pipeline.demo import make_demo_root
+
+    root = make_demo_root(tmp_path / "root")
+    (root / ".git/refs/heads").mkdir(parents=True)
+    (root / ".git/HEAD").write_text("ref: refs/heads/front\n")
+    proto = root / "sys/lib/sysconfig/proto/distproto"
+    lines = "dist\td775\n\tplan9front\td775\n\t\t.git\td775\n\t\t\t+\n"
+    proto.write_text(proto.read_text() + lines)
+    image = tmp_path / "git.img"
+    done = imagebuild("build", tiny_recipe(tmp_path), "--root", root, "-o", image, "-q",
+                      "--plain")
+    assert done.returncode == 0, done.stderr
+    offset, length = fs_partition(image)
+    with image.open("rb") as f:
+        view = FileView(f.fileno(), offset, length)
+        tree = hj.walk_tree(view)  # type: ignore[arg-type]
+        head = hj.read_file(view, tree["/dist/plan9front/.git/HEAD"])  # type: ignore[arg-type]
+    assert head == b"ref: refs/heads/front\n"
+    assert "/dist/plan9front/.git/refs/heads" in tree
+
+
+# -- the boot partition ------------------------------------------------------------------------
+
+
+@needs("mdir", "mtype")
+def test_file_replaces_a_boot_file_in_place(tiny_image: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    root, image = tiny_image
+    mine = tmp_path / "plan9.ini"
+    mine.write_bytes(b"bootfile=9zynq\nmine=1\n")
+    out = tmp_path / "file.img"
+    done = imagebuild("build", tiny_recipe(tmp_path), "--root", root, "-o", out, "-q",
+                      "--plain", "--file", f"plan9.ini={mine}")
+    assert done.returncode == 0, done.stderr
+
+    def fat(path: Path) -> Path:
+        with path.open("rb") as f:
+            start = int.from_bytes(f.read(512)[446 + 8 : 446 + 12], "little")
+            f.seek((start + 1) * 512)
+            table = [t.split() for t in f.read(512).split(b"\0", 1)[0].decode().splitlines()]
+            first, end = next((int(t[2]), int(t[3])) for t in table if t[1] == "9fat")
+            f.seek((start + first) * 512)
+            data = f.read((end - first) * 512)
+        dest = tmp_path / f"{path.stem}.fat"
+        dest.write_bytes(data)
+        return dest
+
+    def names(fat_image: Path) -> list[str]:
+        listing = subprocess.run(["mdir", "-b", "-a", "-i", str(fat_image), "::"],
+                                 capture_output=True, text=True, check=True, env=tool_env())
+        return [line.rsplit("/", 1)[-1].upper() for line in listing.stdout.split()]
+
+    plain, replaced = fat(image), fat(out)
+    assert names(replaced) == names(plain)  # same files, same directory slots, no second copy
+    got = subprocess.run(["mtype", "-i", str(replaced), "::plan9.ini"], capture_output=True,
+                         check=True, env=tool_env()).stdout
+    assert got == mine.read_bytes()
