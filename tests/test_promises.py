@@ -245,3 +245,37 @@ def test_file_replaces_a_boot_file_in_place(tiny_image: tuple[Path, Path],
     got = subprocess.run(["mtype", "-i", str(replaced), "::plan9.ini"], capture_output=True,
                          check=True, env=tool_env()).stdout
     assert got == mine.read_bytes()
+
+
+# -- partition editors' limits (recipes cannot reach them: mb stops below 2 TiB, and prep
+# names only its automatic partitions, so through the editors' public functions) -----------
+
+
+def test_fdisk_refuses_a_partition_past_the_32_bit_lba_fields() -> None:
+    """A 3 TiB disk: `fdisk -baw` would want a Plan 9 partition of more than 2^32 sectors."""
+    from imagebuild.disk.device import BlockDevice, PartFS
+    from imagebuild.errors import ImageBuildError
+    from imagebuild.partition import fdisk, mbr
+    from tests.mbr_helpers import SparseStorage
+
+    parts = PartFS(BlockDevice(SparseStorage(3 << 40)))
+    mbr.install_bootcode(parts["data"])
+    with pytest.raises(ImageBuildError, match="32-bit"):
+        fdisk.fdisk_auto(parts)
+    assert parts["data"].pread(512, 0)[446:510] == bytes(64)  # nothing written
+
+
+def test_prep_refuses_more_partitions_than_edit_h_maxpart() -> None:
+    """prep's editor holds at most 32 partitions (edit.h Maxpart); the 33rd is an error."""
+    from imagebuild.disk.device import BlockDevice, PartFS
+    from imagebuild.errors import ImageBuildError
+    from imagebuild.partition import fdisk, mbr, prep
+    from tests.mbr_helpers import SparseStorage
+
+    parts = PartFS(BlockDevice(SparseStorage(300 * MiB)))
+    mbr.install_bootcode(parts["data"])
+    fdisk.fdisk_auto(parts)
+    script = "".join(f"a p{i} {2 + 2 * i} {3 + 2 * i}\n" for i in range(32))
+    assert len(prep.prep_script(parts, script + "w\n")) == 32
+    with pytest.raises(ImageBuildError, match="too many partitions"):
+        prep.prep_script(parts, script + "a p32 100 101\nw\n", source="many.prep")
