@@ -500,3 +500,23 @@ def test_non_utf8_table_is_a_format_error_for_every_reader(
     with Qcow2Image.open(image) as qcow:
         sector = BlockDevice(qcow.data).pread(512, table)
     assert [p.name for p in unpack_table(sector, strict=False)] == ["\ufffdfat", "nvram", "fs"]
+
+
+def test_parse_expr_nesting_limit_and_suffix_end() -> None:
+    """calc.py: parentheses nest at most MAX_NESTING deep (one line, no RecursionError);
+    a k/m/g/t suffix ends its number and nothing after it is skipped."""
+    from imagebuild.partition.calc import MAX_NESTING, CalcError, parse_expr
+
+    deep = "(" * MAX_NESTING + "1" + ")" * MAX_NESTING
+    assert parse_expr(deep, 0, 0, 0, 512) == 1
+    assert parse_expr(f"{deep}+{deep}", 0, 0, 0, 512) == 2  # depth is nesting, not count
+    with pytest.raises(CalcError, match=f"^syntax error: parentheses nested more than "
+                                        f"{MAX_NESTING} deep$"):
+        parse_expr("(" + deep + ")", 0, 0, 0, 512)
+    with pytest.raises(CalcError, match=r"^syntax error: parentheses nested"):
+        parse_expr("(" * 3000 + "1" + ")" * 3000, 0, 0, 0, 512)  # 9.13's 3000 parentheses
+    assert parse_expr("1k+1", 0, 0, 0, 512) == 3
+    with pytest.raises(CalcError, match=r"^syntax error$"):
+        parse_expr("1+", 0, 0, 0, 512)
+    with pytest.raises(CalcError, match=r"^division by zero$"):
+        parse_expr("1/0", 0, 0, 0, 512)
