@@ -84,6 +84,27 @@ def test_file_too_big_for_the_boot_partition(tmp_path: Path, root: Path) -> None
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_file_larger_than_the_memory_allowed(tmp_path: Path, root: Path) -> None:
+    import resource
+
+    big = tmp_path / "huge"
+    with big.open("wb") as f:  # sparse, 1.5 GiB: fits the image, not a 1 GiB address space
+        f.truncate(1536 * MiB)
+    out = tmp_path / "x.qcow2"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagebuild", "build", "amd64.qcow2", "--root", str(root),
+         "--no-fs", "-o", str(out), "--file", f"huge={big}"],
+        capture_output=True, text=True, env=env, preexec_fn=limit,
+    )
+    assert_one_line_error(proc, str(big), "too big to hold in memory")
+    assert not out.exists()
+
+
 def test_unwritable_output_directory(tmp_path: Path, root: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)

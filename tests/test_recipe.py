@@ -117,6 +117,31 @@ def test_extends_cycle_is_reported(tmp_path: Path) -> None:
         load_recipe(path)
 
 
+@pytest.mark.parametrize(
+    ("files", "match"),
+    [
+        ({"a": 'extends = "b.toml"\n', "b": 'extends = "a.toml"\n'},
+         r"a cycle \(a\.toml -> b\.toml -> a\.toml\)"),
+        ({"a": 'extends = "a.toml"\n'}, r"a cycle \(a\.toml -> a\.toml\)"),
+        ({"a": 'extends = "gone.toml"\n'}, r"a\.toml: key 'extends': no recipe named 'gone\.toml'"),
+    ],
+)
+def test_extends_by_file_name_cycles_and_missing_parents(
+    tmp_path: Path, files: dict[str, str], match: str
+) -> None:
+    for name, text in files.items():
+        _write(tmp_path, name, text)
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(tmp_path / "a.toml")
+
+
+def test_extends_names_a_file_beside_the_recipe(tmp_path: Path) -> None:
+    _write(tmp_path, "base", 'extends = "amd64.qcow2"\nmb = 5000\n')
+    path = _write(tmp_path, "mine", 'extends = "base.toml"\ndescription = "mine"\n')
+    recipe = load_recipe(path)
+    assert (recipe.mb, recipe.objtype) == (5000, "amd64")
+
+
 def test_unknown_target_lists_known_ones() -> None:
     with pytest.raises(RecipeError, match=r"known: amd64\.qcow2"):
         load_recipe("vax.img")

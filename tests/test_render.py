@@ -113,9 +113,16 @@ def test_non_utf8_template(tmp_path: Path) -> None:
 def test_errors_in_recipe_variable_values(tmp_path: Path, value: str) -> None:
     recipe = tmp_path / "mine.toml"
     recipe.write_text(f"extends = \"amd64.qcow2\"\n[vars.plan9]\nbootfile = '{value}'\n")
-    with pytest.raises(TemplateError, match="variable value") as err:
+    with pytest.raises(TemplateError, match=r"mine\.toml: \[vars\]: variable value") as err:
         render_boot_files(load_recipe(recipe))
     assert "\n" not in str(err.value)
+
+
+def test_render_table_naming_a_template_outside_names_the_recipe(tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('extends = "amd64.qcow2"\n[render]\n"plan9.ini" = "../../etc/passwd"\n')
+    with pytest.raises(TemplateError, match=r"mine\.toml: \[render\] plan9\.ini: template"):
+        render_boot_files(load_recipe(recipe))
 
 
 def test_set_values_are_literal() -> None:

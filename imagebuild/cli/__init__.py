@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagebuild: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # an input larger than the memory the process may use
+        print("imagebuild: out of memory", file=sys.stderr)
+        return 1
     except RecursionError:  # input nested deeper than any real one (a last resort)
         print("imagebuild: input nested too deeply", file=sys.stderr)
         return 1

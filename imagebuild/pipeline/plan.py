@@ -122,6 +122,8 @@ def read_file_options(
             raise InputError(f"--file {text!r}: NAME must be printable UTF-8 text")
         try:
             files.append((name, read_input(path, limit, "--file")))
+        except MemoryError:
+            raise InputError(f"{show_path(path)}: --file too big to hold in memory") from None
         except OSError as err:
             unreadable.append(f"{show_path(path)} ({err.strerror})")
     return files, unreadable
@@ -160,6 +162,8 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         path = root / rel
         try:
             contents[rel] = read_input(path, size, "input")  # no input outgrows the image
+        except MemoryError:
+            raise InputError(f"{show_path(path)}: input too big to hold in memory") from None
         except (FileNotFoundError, NotADirectoryError):
             missing.append(show_path(rel))
         except OSError as err:

@@ -203,7 +203,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"{name}: tables or arrays nested too deeply") from None
 
 
-def _load_merged(path: Path, recipe_dir: Path, depth: int) -> tuple[dict[str, Any], list[Path]]:
+def _load_merged(path: Path, recipe_dir: Path, depth: int,
+                 seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
     data = _read_toml(path)
     parent_name = data.get("extends")
     if parent_name is None:
@@ -212,17 +213,32 @@ def _load_merged(path: Path, recipe_dir: Path, depth: int) -> tuple[dict[str, An
         raise RecipeError(f"{path}: key 'extends' must be a string, not {parent_name!r}")
     if depth >= MAX_EXTENDS_DEPTH:
         raise RecipeError(f"{path}: 'extends' chain deeper than {MAX_EXTENDS_DEPTH} (a cycle?)")
-    parent_path = recipe_path(parent_name, recipe_dir)
-    if not parent_path.exists():
-        parent_path = path.parent / f"{parent_name}{RECIPE_SUFFIX}"
-    if not parent_path.exists():
-        raise RecipeError(f"{path}: key 'extends': no recipe named {parent_name!r}")
-    base, sources = _load_merged(parent_path, recipe_dir, depth + 1)
+    parent_path = _parent_path(path, parent_name, recipe_dir)
+    chain = (*seen, path.resolve())
+    if parent_path.resolve() in chain:
+        names = " -> ".join(p.name for p in (*chain, parent_path.resolve()))
+        raise RecipeError(f"{path}: key 'extends': a cycle ({names})")
+    base, sources = _load_merged(parent_path, recipe_dir, depth + 1, chain)
     child = {k: v for k, v in data.items() if k != "extends"}
     merged = _deep_merge(base, child)
     if "default" not in data:  # a derived target is built by default only if it says so
         merged.pop("default", None)
     return merged, [path, *sources]
+
+
+def _parent_path(path: Path, parent_name: str, recipe_dir: Path) -> Path:
+    """The file `extends = parent_name` in recipe `path` names: a file beside `path` when
+    the name ends in .toml, else a target of `recipe_dir`, else NAME.toml beside `path`.
+    Raises RecipeError when there is none."""
+    if parent_name.endswith(RECIPE_SUFFIX):
+        candidates = [path.parent / parent_name]
+    else:
+        candidates = [recipe_path(parent_name, recipe_dir),
+                      path.parent / f"{parent_name}{RECIPE_SUFFIX}"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise RecipeError(f"{path}: key 'extends': no recipe named {parent_name!r}")
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

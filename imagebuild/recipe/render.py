@@ -150,12 +150,18 @@ def render_boot_files(
         "demo": demo,
     }
     jinja = _Jinja(search)
-    variables = _expand(jinja, copy.deepcopy(recipe.vars), base)
+    try:
+        variables = _expand(jinja, copy.deepcopy(recipe.vars), base)
+    except TemplateError as err:  # a [vars] value of the recipe: name the recipe file
+        raise TemplateError(f"{recipe.path}: [vars]: {err}") from None
     apply_sets(recipe, variables, sets)  # after expansion: --set values are literal
     context = {**base, **variables}
     rendered: dict[str, bytes] = {}
     for name, template_name in recipe.render.items():
-        found = read_template(template_name, search)
+        try:
+            found = read_template(template_name, search)
+        except TemplateError as err:
+            raise TemplateError(f"{recipe.path}: [render] {name}: {err}") from None
         if found is None:
             where = ", ".join(str(d) for d in search)
             raise TemplateError(
