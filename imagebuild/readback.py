@@ -130,6 +130,7 @@ def inspect_image(path: Path, *, verify: bool = False, fs: bool = True) -> dict[
                 info["fs"] = _cwfs_info(parts)
             except ImageBuildError as err:
                 info.setdefault("problems", []).append(f"fs: {err}")
+        _iso_section(image.storage, path, info)
         info["fat"] = []
         for name in ("9fat", "dos", "esp"):
             if name in parts:
@@ -150,6 +151,17 @@ def _header_only(path: Path, err: Exception) -> dict[str, Any]:
                 "file_size": path.stat().st_size, "disk_usage": _allocated_size(path),
                 "qcow2": image.info(), "mbr": [], "fat": [], "problems": [str(err)],
                 "unreadable": str(err)}
+
+
+def _iso_section(storage: Storage, path: Path, info: dict[str, Any]) -> None:
+    """An ISO 9660 volume (the ISO targets, hybrid or not): descriptors and boot catalog."""
+    from imagebuild.fs.iso9660.reader import IsoImage, iso_info, looks_like_iso
+
+    if looks_like_iso(storage.pread, storage.size):
+        try:
+            info["iso"] = iso_info(IsoImage(storage.pread, storage.size, path.name))
+        except ImageBuildError as err:
+            info.setdefault("problems", []).append(f"iso: {err}")
 
 
 def _allocated_size(path: Path) -> int:
@@ -210,14 +222,17 @@ FAT_PARTITIONS = ("9fat", "dos", "esp")
 FS_PARTITIONS = ("fs",)
 
 
+ISO_TREES = ("iso", "joliet")  # the ISO 9660 tree with Plan 9 names, the Joliet tree
+
+
 def _split_spec(path: Path, spec: str) -> tuple[str, str]:
     part, sep, file = spec.partition(":")
     if not sep or not part:
         raise ImageBuildError(f"{spec!r}: expected PARTITION:PATH, e.g. 9fat:plan9.ini or fs:/lib")
-    if part not in FAT_PARTITIONS + FS_PARTITIONS:
+    if part not in FAT_PARTITIONS + FS_PARTITIONS + ISO_TREES:
         raise ImageBuildError(
             f"{path}: partition {part!r} holds no file system we read "
-            f"(we read {', '.join(FAT_PARTITIONS + FS_PARTITIONS)})"
+            f"(we read {', '.join(FAT_PARTITIONS + FS_PARTITIONS + ISO_TREES)})"
         )
     return part, file or "/"
 
@@ -233,6 +248,17 @@ def _partition(path: Path, part: str) -> Iterator[BlockDevice]:
         yield parts[part]
 
 
+@contextmanager
+def _iso(path: Path) -> Iterator[Any]:
+    from imagebuild.fs.iso9660.reader import IsoImage, looks_like_iso
+
+    with open_image(path) as image:
+        storage = image.storage
+        if not looks_like_iso(storage.pread, storage.size):
+            raise ImageBuildError(f"{path}: not an ISO 9660 image (no CD001 at block 16)")
+        yield IsoImage(storage.pread, storage.size, path.name)
+
+
 def cat(path: Path, spec: str) -> bytes:
     """`9fat:plan9.ini` or `fs:/lib/ndb/local` -> the file's bytes."""
     return b"".join(cat_stream(path, spec))
@@ -241,6 +267,10 @@ def cat(path: Path, spec: str) -> bytes:
 def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
     """The file's bytes in pieces; an hjfs file is streamed block by block (bounded memory)."""
     part, file = _split_spec(path, spec)
+    if part in ISO_TREES:
+        with _iso(path) as iso:
+            data: bytes = iso.read_file(file, joliet=part == "joliet")
+            return data
     with _cwfs_volume(path, part) as cw:
         if cw is not None:
             yield bytes(cw.read(file))
@@ -263,6 +293,13 @@ def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
 def listing(path: Path, spec: str) -> list[dict[str, Any]]:
     """`fs:/usr` -> one dict per entry (name, mode, owner, group, size, mtime)."""
     part, directory = _split_spec(path, spec)
+    if part in ISO_TREES:
+        with _iso(path) as iso:
+            return [
+                {"name": e.name, "mode": e.mode, "dir": e.is_dir, "uid": e.uid, "gid": e.gid,
+                 "size": e.length, "mtime": e.mtime}
+                for e in iso.listdir(directory, joliet=part == "joliet")
+            ]
     with _cwfs_volume(path, part) as cw:
         if cw is not None:
             return [

@@ -30,7 +30,10 @@ class BootedQemu:
                  system: str = "qemu-system-x86_64") -> None:
         self.dump = dump
         self.process = subprocess.Popen(
-            [system, "-snapshot", "-drive", f"file={image},format={fmt}",
+            [system, "-snapshot",
+             # fmt "cdrom": the image as a CD, booted through El Torito
+             *(["-cdrom", str(image), "-boot", "d"] if fmt == "cdrom"
+               else ["-drive", f"file={image},format={fmt}"]),
              "-display", "none", "-monitor", "stdio", "-nodefaults", "-vga", "std",
              "-net", "none", "-m", "64"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

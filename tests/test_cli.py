@@ -39,8 +39,8 @@ def test_list_names_every_target() -> None:
     proc = imagebuild("list")
     assert proc.returncode == 0
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["amd64.qcow2", "arm64.qcow2", "honeycomb.img", "pi.img", "pi3.img",
-                     "reform.img", "zynq.img"]
+    assert names == ["386.iso", "amd64.iso", "amd64.qcow2", "arm64.qcow2", "honeycomb.img",
+                     "pi.img", "pi3.img", "reform.img", "zynq.img"]
 
 
 def test_missing_inputs_are_all_reported_at_once(root: Path, tmp_path: Path) -> None:

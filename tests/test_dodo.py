@@ -41,8 +41,8 @@ def skipped(output: str) -> set[str]:
 def test_list_shows_each_target_with_a_doc(env: dict[str, str]) -> None:
     out = doit(env, "list")
     lines = {line.split()[0]: line for line in out.splitlines()}
-    assert set(lines) == {"amd64.qcow2", "arm64.qcow2", "honeycomb.img", "pi.img", "pi3.img",
-                          "reform.img", "zynq.img"}
+    assert set(lines) == {"386.iso", "amd64.iso", "amd64.qcow2", "arm64.qcow2",
+                          "honeycomb.img", "pi.img", "pi3.img", "reform.img", "zynq.img"}
     assert "9front.amd64.qcow2" in lines["amd64.qcow2"]
 
 

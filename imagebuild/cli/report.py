@@ -131,8 +131,29 @@ def layout_sections(info: dict[str, Any]) -> list[tuple[str, list[str], list[lis
                 ["directories", fs["directories"]], ["files", fs["files"]],
                 ["bytes", f"{format_size(fs['bytes'])} ({fs['bytes']})"]]
         sections.append((f"fs: {fs['type']}", ["", "value"], rows))
+    if info.get("iso"):
+        sections.extend(_iso_sections(info["iso"]))
     for fat in info.get("fat", []):
         rows = [[f["name"], f["size"], f["mtime"]] for f in fat["files"]]
         sections.append((f"{fat['partition']}: FAT{fat['fat_bits']}, "
                          f"{fat['cluster_size']} B clusters", ["file", "bytes", "modified"], rows))
     return sections
+
+
+def _iso_sections(iso: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """inspect of an ISO 9660 image: its descriptors and its El Torito catalog."""
+    rows = [[d["block"], d["name"]] for d in iso["descriptors"]]
+    rows += [["", f"system {iso['system_id']!r}, volume {iso['volume_id']!r}, "
+                  f"{iso['volume_blocks']} blocks"]]
+    out: list[tuple[str, list[str], list[list[Any]]]] = [
+        ("ISO 9660 volume descriptors", ["block", "descriptor"], rows)]
+    catalog = iso.get("boot_catalog")
+    if catalog:
+        rows = [[e["entry"], e["platform"], "yes" if e["bootable"] else "no",
+                 "none" if e["media"] == 0 else e["media"], e["sectors"], e["lba"],
+                 e["file"] or "?"] for e in catalog["entries"]]
+        out.append((f"El Torito boot catalog (block {catalog['block']})",
+                    ["entry", "platform", "bootable", "emulation", "sectors", "lba", "file"],
+                    rows))
+    return out
+

@@ -30,6 +30,10 @@ def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = Non
     """
     if options.output is not None:
         check_output(options.output)  # before any work: -o DIR/, a directory, a FIFO
+    if recipe.iso is not None:  # the mkfile's %.pc.iso: no disk, mk9660
+        from imagebuild.pipeline.iso import build_iso
+
+        return build_iso(recipe, options, progress)  # type: ignore[return-value]
     plan = plan_build(recipe, options)
     check_output(plan.output)
     layout = lay_out(plan)

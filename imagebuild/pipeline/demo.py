@@ -137,6 +137,7 @@ lib\td775
 rc\td775
 \t+
 $objtype\td775
+\t*
 \tbin\td775
 \t\t+
 mail\td775 upas upas
@@ -157,12 +158,51 @@ uid=sys
 gid=sys
 386\td775
 \t9bootfat\t664
+\t9boothyb\t664
+\t9bootiso\t664
+\t9bootpxe\t664
+\tefiboot.fat\t664
+\tbootia32.efi\t664
+\tbootx64.efi\t664
 \tmbr\t664
 \tpbs\t664
 cfg\td775
 \tplan9.ini\t664
 """
 OBJTYPES = ("386", "amd64", "arm", "arm64")
+
+
+DEMO_9BOOTISO_MESSAGE = "imagebuild demo 9bootiso: El Torito loaded this stand-in"
+DEMO_9BOOTHYB_MESSAGE = "imagebuild demo 9boothyb: the ESP's 9bootfat stand-in"
+DEMO_EFI_FILES = ("386/bootia32.efi", "386/bootx64.efi")
+
+
+def demo_9bootiso() -> bytes:
+    """Stand-in for /386/9bootiso: no-emulation boot code run at 0x7c00 that prints and halts;
+    as long as the real one (over the 2 KiB the BIOS loads), so the catalog says 4 sectors."""
+    code = _real_mode_print(DEMO_9BOOTISO_MESSAGE, 0)
+    return code + _stand_in("386/9bootiso", 32 * 1024 - len(code))
+
+
+def demo_9boothyb() -> bytes:
+    """Stand-in for /386/9boothyb (9bootfat on the hybrid ESP): prints and halts at 0x7c00."""
+    code = _real_mode_print(DEMO_9BOOTHYB_MESSAGE, 0)
+    return code + _stand_in("386/9boothyb", 32 * 1024 - len(code))
+
+
+def demo_efiboot_fat(efi_files: dict[str, bytes]) -> bytes:
+    """Stand-in for /386/efiboot.fat: 1 MiB `disk/format -xd -t hard` holding
+    efi/boot/boot*.efi, as sys/src/boot/efi/mkfile makes it."""
+    from imagebuild.disk.device import BlockDevice, BytesStorage
+    from imagebuild.fs.fat.format import format_fat
+    from imagebuild.fs.fat.tree import add_tree
+
+    storage = BytesStorage(1 << 20)
+    device = BlockDevice(storage)
+    format_fat(device, [], xflag=True, disk_type="hard", timestamp=0)
+    add_tree(device, [("efi/boot/" + p.rsplit("/", 1)[-1], efi_files[p])
+                      for p in sorted(efi_files)], timestamp=0)
+    return storage.pread(storage.size, 0)
 
 
 def demo_tree() -> dict[str, bytes]:
@@ -189,6 +229,12 @@ def demo_tree() -> dict[str, bytes]:
         for name in ("echo", "cat", "rc"):
             files[f"{objtype}/bin/{name}"] = _stand_in(f"{objtype}/bin/{name}", 12 * 1024)
     files["amd64/bin/big"] = _stand_in("amd64/bin/big", 300 * 1024 + 7)
+    efi = {p: b"MZ" + _stand_in(p, 8 * 1024 - 2) for p in DEMO_EFI_FILES}
+    files.update(efi)
+    files["386/9bootpxe"] = _stand_in("386/9bootpxe", 32 * 1024)
+    files["386/9bootiso"] = demo_9bootiso()
+    files["386/9boothyb"] = demo_9boothyb()
+    files["386/efiboot.fat"] = demo_efiboot_fat(efi)
     return files
 
 

@@ -39,7 +39,7 @@ TOP: dict[str, Key] = {
     "description": Key(str, REQUIRED, "one line for `imagebuild list`"),
     "extends": Key(str, None, "the recipe this one overrides (a target name or a file beside it)"),
     "output": Key(str, None, "output file name (default 9front.NAME)"),
-    "format": Key(str, REQUIRED, "container", choices=("qcow2", "raw")),
+    "format": Key(str, REQUIRED, "container", choices=("qcow2", "raw", "iso")),
     "mb": Key(int, REQUIRED, "image size in MiB (raw images get one MiB more)", 1, MAX_MB),
     "objtype": Key(str, REQUIRED, "$objtype of the fs tree (amd64, arm64, arm, 386)"),
     "kernels": Key(list, REQUIRED, "root paths of the kernels; the first is {{ kernel }}"),
@@ -50,6 +50,19 @@ TOP: dict[str, Key] = {
     "vars": Key(dict, {}, "template variables per namespace ([vars.NS])"),
     "raw_write": Key(list, [], "files written at byte offsets after partitioning"),
     "fs": Key(dict, {}, "the fs partition ([fs])"),
+    "iso": Key(dict, None, "an ISO 9660 target ([iso], the mkfile's %.pc.iso): no disk keys"),
+}
+# keys an [iso] recipe neither needs nor may have
+DISK_ONLY = ("mb", "layout", "fat")
+ISO: dict[str, Key] = {
+    "volume": Key(str, REQUIRED, "volume name (disk/mk9660 -v)"),
+    "boot_image": Key(str, REQUIRED, "tree path of the BIOS boot image (mk9660 -B)"),
+    "efi_boot_image": Key(str, None, "tree path of the EFI FAT image (mk9660 -E)"),
+    "plan9ini": Key(str, "cfg/plan9.ini", "tree path of plan9.ini: bootfile= replaced, --set"),
+    "hybrid_loader": Key(str, None, "root path of 9boothyb: with it, the hybrid ESP tail"),
+    "hybrid_mbr": Key(str, None, "root path of the tail's MBR code (disk/mbr -m)"),
+    "hybrid_pbs": Key(str, None, "root path of the ESP's boot program (disk/format -b)"),
+    "hybrid_efi": Key(list, [], "root globs of the ESP's efi/boot files"),
 }
 LAYOUT: dict[str, Key] = {
     "mbr": Key(str, None, "root path of the MBR boot code (disk/mbr -m)"),

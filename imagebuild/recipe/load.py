@@ -10,6 +10,7 @@ flash.bin).  A recipe may `extend` another and override a few keys.
 from __future__ import annotations
 
 import re
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,21 @@ class RawWrite:
 
 
 @dataclass(frozen=True)
+class IsoSpec:
+    """[iso]: mk9660's -v, -B and -E, the plan9.ini the CD gets, and the hybrid tail's
+    inputs (used when `hybrid_loader`, 386/9boothyb, is in the tree)."""
+
+    volume: str
+    boot_image: str
+    efi_boot_image: str | None
+    plan9ini: str
+    hybrid_loader: str | None
+    hybrid_mbr: str | None
+    hybrid_pbs: str | None
+    hybrid_efi: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A validated recipe; paths are relative to the root, sizes in MiB (mb), keys as keys.py."""
     name: str
@@ -93,6 +109,7 @@ class Recipe:
     vars: dict[str, Any] = field(default_factory=dict)
     raw_writes: tuple[RawWrite, ...] = ()
     fs: FsSpec = field(default_factory=FsSpec)
+    iso: IsoSpec | None = None
 
     def image_size(self, container: str) -> int:
         """The image size the mkfile makes for this container.
@@ -119,6 +136,7 @@ class Recipe:
             + list(self.kernels)
             + [w.file for w in self.raw_writes]
             + (list(self.fs.protos) if self.fs.type != "none" else [])
+            + ([self.iso.boot_image, self.iso.efi_boot_image] if self.iso else [])
         ):
             if p is not None and p not in paths:
                 paths.append(p)
@@ -302,6 +320,8 @@ def _root_relative(path: Path, key: str, value: str) -> str:
 
 def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
     name = path.name[: -len(RECIPE_SUFFIX)]
+    if "iso" in data:
+        return _validate_iso(path, name, data, sources)
     _check_table(path, data, keys.TOP, "")
     layout, fat = data["layout"], data["fat"]
     _check_table(path, layout, keys.LAYOUT, "layout.")
@@ -354,6 +374,62 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
         render=dict(render),
         vars=dict(variables),
         raw_writes=tuple(raw_writes),
+    )
+
+
+def _validate_iso(path: Path, name: str, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
+    """An [iso] recipe: the mkfile's %.pc.iso (mk9660, then the hybrid tail)."""
+    top = {k: (dataclasses.replace(spec, default=None) if k in keys.DISK_ONLY else spec)
+           for k, spec in keys.TOP.items()}
+    _check_table(path, data, top, "")
+    for key in keys.DISK_ONLY:
+        if key in data:
+            raise RecipeError(f"{path}: key {key!r} has no meaning in an [iso] recipe")
+    if data["format"] != "iso":
+        raise RecipeError(f"{path}: an [iso] recipe has format = \"iso\", not {data['format']!r}")
+    table = data["iso"]
+    _check_table(path, table, keys.ISO, "iso.")
+
+    def rel(key: str) -> str | None:
+        return _root_relative(path, f"iso.{key}", table[key]) if key in table else None
+
+    iso = IsoSpec(
+        volume=table["volume"],
+        boot_image=_root_relative(path, "iso.boot_image", table["boot_image"]),
+        efi_boot_image=rel("efi_boot_image"),
+        plan9ini=rel("plan9ini") or "cfg/plan9.ini",
+        hybrid_loader=rel("hybrid_loader"),
+        hybrid_mbr=rel("hybrid_mbr"),
+        hybrid_pbs=rel("hybrid_pbs"),
+        hybrid_efi=_strings(path, "iso.hybrid_efi", table.get("hybrid_efi", [])),
+    )
+    kernels = tuple(
+        _root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"])
+    )
+    if not kernels:
+        raise RecipeError(f"{path}: key 'kernels' must name the kernel bootfile= loads")
+    return Recipe(
+        fs=_fs_spec(path, data.get("fs", {})),
+        name=name,
+        path=path,
+        sources=sources,
+        description=data["description"],
+        output=data.get("output", f"9front.{name}"),
+        format="iso",
+        mb=0,
+        objtype=data["objtype"],
+        kernels=kernels,
+        default=data.get("default", False),
+        mbr_bootcode=None,
+        fdisk=(),
+        prep=(),
+        fat_partition="",
+        fat_pbs=None,
+        fat_reserved=1,
+        fat_files=(),
+        render={},
+        vars=dict(data.get("vars", {"plan9": {}})),
+        iso=iso,
     )
 
 
