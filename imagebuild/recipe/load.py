@@ -9,8 +9,8 @@ flash.bin).  A recipe may `extend` another and override a few keys.
 
 from __future__ import annotations
 
-import re
 import dataclasses
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
