@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.pipeline.demo import DEMO_9BOOTISO_MESSAGE, DEMO_PBS_MESSAGE
+from imagebuild.pipeline.demo import (
+    DEMO_9BOOTHYB_MESSAGE,
+    DEMO_9BOOTISO_MESSAGE,
+    DEMO_PBS_MESSAGE,
+)
 from tests.conftest import SOURCE_DATE_EPOCH, tool_env
 from tests.qemu_vga import boot_until, needs_qemu
 from tests.test_fat_format import LABEL_MESSAGE, fsck
@@ -103,10 +107,11 @@ def test_iso_boots_as_a_cd_through_el_torito(root: Path, tmp_path: Path) -> None
 
 
 @needs_qemu
-def test_iso_boots_as_a_disk_through_mbr_and_the_esp_pbs(root: Path, tmp_path: Path) -> None:
+def test_iso_boots_as_a_disk_through_mbr_pbs_and_the_esps_9bootfat(
+        root: Path, tmp_path: Path) -> None:
     out = _build(root, tmp_path / "usb.iso")
-    text = boot_until(out, "raw", DEMO_PBS_MESSAGE, tmp_path / "vga.bin")
-    assert DEMO_PBS_MESSAGE in text, text
+    text = boot_until(out, "raw", DEMO_9BOOTHYB_MESSAGE, tmp_path / "vga.bin")
+    assert DEMO_PBS_MESSAGE in text and DEMO_9BOOTHYB_MESSAGE in text, text
 
 
 @pytest.mark.parametrize("target", ["386.iso"])

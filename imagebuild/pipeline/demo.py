@@ -94,14 +94,65 @@ def demo_mbr() -> bytes:
     return (DEMO_MBR_CODE + message).ljust(446, b"\0")
 
 
-DEMO_PBS_MESSAGE = "imagebuild demo pbs: stand-in, no 9bootfat here"
+DEMO_PBS_MESSAGE = "imagebuild demo pbs: loading 9bootfat"
+DEMO_PBS_FAILED = "imagebuild demo pbs: no 9bootfat"
+DEMO_9BOOTFAT_MESSAGE = "imagebuild demo 9bootfat: loaded by the pbs"
+
+# Stand-in for /386/pbs, code from 0x5a (after the BPB), assembled from:
+#   cli; ds=es=ss=0; sp=7c00h; sti; cld; [590h]=dl; print msg
+#   cx=[7c11h] (root entries); jz fail (FAT32); [598h]=(cx+15)/16 (root sectors)
+#   eax=[7c16h]*[7c10h]+[7c0eh]+[7c1ch] (FATs*FAT size+reserved+hidden); [594h]=eax
+#   for each root sector ebx: read it to 600h; for each 32-byte entry si:
+#     [si]==0: fail; 11 bytes == "9BOOTFAT   ": found
+#   found: cx=min((size+511)/512, 64); eax=([si+26]-2)*[7c0dh]+[594h]+[598h]
+#          read cx sectors to 0000:8000; dl=[590h]; jmp 0000:8000
+#   fail: print nomsg; hlt
+#   read: int 13h ah=42h with the packet at 580h; jc fail
+# so booting a demo disk shows mbr -> pbs -> 9bootfat the way 9front's pbs goes
+# (a FAT12/16 root, a contiguous file; 9front's pbs also walks the FAT chain).
+_PBS_CODE = bytes.fromhex(
+    "fa31c08ed88ec08ed0bc007cfbfc8816"
+    "9005be7e7de8f2008b0e117c85c90f84"
+    "b00083c10fc1e904890e9805660fb706"
+    "167c660fb60e107c66f7e1660fb70e0e"
+    "7c6601c86603061c7c66a394056631db"
+    "3b1e9805737c66a194056601d8b90100"
+    "bf0006e87500be0006803c00746456bf"
+    "737db90b00f3a65e740d83c62081fe00"
+    "0872e66643ebc9668b441c6605ff0100"
+    "0066c1e8096683f840760666b8400000"
+    "0050660fb7441a6683e802660fb60e0d"
+    "7c66f7e16603069405660fb70e980566"
+    "01c859bf0080e812008a169005ea0080"
+    "0000bea67de83200f4ebfdc706800510"
+    "00890e8205893e8405c7068605000066"
+    "a3880566c7068c0500000000be80058a"
+    "169005b442cd1372c9c3ac08c07409b4"
+    "0ebb0700cd10ebf2c3"
+)
+_PBS_NAME, _PBS_MSG, _PBS_NOMSG = 0x7D73, 0x7D7E, 0x7DA6  # addresses the code uses
 
 
 def demo_pbs() -> bytes:
-    """Stand-in for /386/pbs: jump over a FAT32-sized BPB, code at 0x5a."""
+    """Stand-in for /386/pbs: jump over a FAT32-sized BPB, code at 0x5a that loads 9bootfat."""
     jump = bytes([0xEB, 0x58, 0x90])  # jmp 0x5a; nop
-    code = _real_mode_print(DEMO_PBS_MESSAGE, 0x5A)
-    return (jump.ljust(0x5A, b"\0") + code).ljust(510, b"\0")
+    msg = DEMO_PBS_MESSAGE.encode() + b"\r\n\0"
+    nomsg = DEMO_PBS_FAILED.encode() + b"\r\n\0"
+    body = jump.ljust(0x5A, b"\0") + _PBS_CODE
+    assert 0x7C00 + len(body) == _PBS_NAME
+    body += b"9BOOTFAT   "
+    assert 0x7C00 + len(body) == _PBS_MSG
+    body += msg
+    assert 0x7C00 + len(body) == _PBS_NOMSG
+    return (body + nomsg).ljust(510, b"\0")
+
+
+def _pic_print(message: str) -> bytes:
+    """16-bit code run from any address of segment 0: print `message`, halt.
+    xor ax,ax; mov ds,ax; call 1f; 1: pop si; add si,msg-1b; cld; then as _real_mode_print."""
+    head = bytes.fromhex("31c08ed8e800005e81c61700fc")
+    loop = bytes.fromhex("ac08c07409b40ebb0700cd10ebf2f4ebfd")
+    return head + loop + message.encode("ascii") + b"\r\n\0"
 
 
 def _stand_in(path: str, size: int) -> bytes:
@@ -185,9 +236,16 @@ def demo_9bootiso() -> bytes:
 
 
 def demo_9boothyb() -> bytes:
-    """Stand-in for /386/9boothyb (9bootfat on the hybrid ESP): prints and halts at 0x7c00."""
-    code = _real_mode_print(DEMO_9BOOTHYB_MESSAGE, 0)
+    """Stand-in for /386/9boothyb (9bootfat on the hybrid ESP): the demo pbs loads it at
+    0000:8000; it prints and halts."""
+    code = _pic_print(DEMO_9BOOTHYB_MESSAGE)
     return code + _stand_in("386/9boothyb", 32 * 1024 - len(code))
+
+
+def demo_9bootfat() -> bytes:
+    """Stand-in for /386/9bootfat: loaded by the demo pbs, prints and halts."""
+    code = _pic_print(DEMO_9BOOTFAT_MESSAGE)
+    return code + _stand_in("386/9bootfat", 32 * 1024 - len(code))
 
 
 def demo_efiboot_fat(efi_files: dict[str, bytes]) -> bytes:
@@ -232,6 +290,7 @@ def demo_tree() -> dict[str, bytes]:
     efi = {p: b"MZ" + _stand_in(p, 8 * 1024 - 2) for p in DEMO_EFI_FILES}
     files.update(efi)
     files["386/9bootpxe"] = _stand_in("386/9bootpxe", 32 * 1024)
+    files["386/9bootfat"] = demo_9bootfat()
     files["386/9bootiso"] = demo_9bootiso()
     files["386/9boothyb"] = demo_9boothyb()
     files["386/efiboot.fat"] = demo_efiboot_fat(efi)
