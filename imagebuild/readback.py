@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild.container.qcow2.image import open_image
-from imagebuild.disk.device import BlockDevice, PartFS
+from imagebuild.disk.device import BlockDevice, PartFS, Storage
 from imagebuild.errors import ImageBuildError
 
 
