@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ["amd64.qcow2", "arm64.qcow2", "honeycomb.img", "pi.img", "pi3.img", "reform.img",
-           "zynq.img"]
+TARGETS = ["386.iso", "amd64.iso", "amd64.qcow2", "arm64.qcow2", "honeycomb.img", "pi.img",
+           "pi3.img", "reform.img", "zynq.img"]
 
 
 def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
