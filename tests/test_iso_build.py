@@ -118,3 +118,26 @@ def test_iso_boots_as_a_disk_through_mbr_pbs_and_the_esps_9bootfat(
 def test_386_iso_names_its_kernel(root: Path, tmp_path: Path, target: str) -> None:
     out = _build(root, tmp_path / "x.iso", target=target)
     assert "bootfile=/386/9pc\n" in _cli("cat", str(out), "iso:/cfg/plan9.ini").stdout
+
+
+def _copy_with(root: Path, tmp_path: Path, name: str, size: int = 5) -> Path:
+    tree = tmp_path / "root"
+    shutil.copytree(root, tree, symlinks=True)
+    with open(tree / "rc/lib" / name, "wb") as f:  # distproto's `rc +` copies it
+        f.truncate(size)
+    return tree
+
+
+@pytest.mark.parametrize("name, size, message", [
+    ("tab\there", 5, "control characters"),
+    ("x" * 220, 5, "at most 255"),
+    ("huge", (1 << 32) + 1, "32 bits"),
+])
+def test_a_tree_mk9660_cannot_store_is_one_line_and_no_output(
+        root: Path, tmp_path: Path, name: str, size: int, message: str) -> None:
+    tree = _copy_with(root, tmp_path, name, size)
+    out = tmp_path / "bad.iso"
+    result = _cli("build", "amd64.iso", "--root", str(tree), "-o", str(out), "-q")
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".bad.iso*"))
