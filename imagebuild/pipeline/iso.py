@@ -40,6 +40,7 @@ class IsoPlan:
     bootfile: str
     hybrid_loader: Path | None
     container: str = "iso"
+    missing_sources: list[Any] = dataclasses.field(default_factory=list)  # left out, as mkfs
 
 
 def render_plan9ini(tree_text: bytes, bootfile: str, sets: list[tuple[str, str]], *,
@@ -95,12 +96,15 @@ def plan_iso(recipe: Recipe, options: Any) -> IsoPlan:
     root = Path(options.root)
     if options.files:
         raise InputError(f"{recipe.name}: --file adds boot-partition files; an ISO has none")
-    if getattr(options, "container", None) or not getattr(options, "fs", True):
-        raise InputError(f"{recipe.name}: an ISO image has no --format or --no-fs choice")
+    if (getattr(options, "container", None) or not getattr(options, "fs", True)
+            or getattr(options, "fs_type", None)):
+        raise InputError(f"{recipe.name}: an ISO image has no --format, --fs or --no-fs choice")
     missing = [p for p in [*recipe.fs.protos] if not (root / p).is_file()]
     if missing:
         raise InputError(f"{recipe.name}: missing inputs under {root}: {', '.join(missing)}")
-    entries = fs_tree(recipe, root)
+    left_out: list[Any] = []  # missing sources: mk9660's rdproto warns and goes on
+    strict = getattr(options, "strict", False) or getattr(recipe.fs, "strict", False)
+    entries = fs_tree(recipe, root, None if strict else left_out)
     by_path = {e.path: e for e in entries}
     iso = recipe.iso
     for label, path in (("iso.boot_image", iso.boot_image), ("iso.efi_boot_image",
@@ -144,7 +148,8 @@ def plan_iso(recipe: Recipe, options: Any) -> IsoPlan:
     loader = root / iso.hybrid_loader if iso.hybrid_loader else None
     output = options.output or Path("out") / recipe.output
     return IsoPlan(recipe, root, Path(output), demo, now, epoch, entries, plan9ini, bootfile,
-                   loader if loader is not None and loader.is_file() else None)
+                   loader if loader is not None and loader.is_file() else None,
+                   missing_sources=left_out)
 
 
 def write_iso_image(plan: IsoPlan, out: Any, scratch: Path) -> Any:
