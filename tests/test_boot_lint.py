@@ -137,6 +137,8 @@ def test_stock_recipes_pass_the_lint(root: Path) -> None:
     from imagebuild.recipe.load import list_recipes, load_recipe
 
     for name in list_recipes():
+        if load_recipe(name).iso is not None:
+            continue  # an ISO target has no disk boot chain (tests/test_iso_build.py boots it)
         plan_build(load_recipe(name), BuildOptions(root=root, fs=False))
 
 
