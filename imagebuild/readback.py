@@ -269,8 +269,8 @@ def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
     part, file = _split_spec(path, spec)
     if part in ISO_TREES:
         with _iso(path) as iso:
-            data: bytes = iso.read_file(file, joliet=part == "joliet")
-            return data
+            yield iso.read_file(file, joliet=part == "joliet")
+            return
     with _cwfs_volume(path, part) as cw:
         if cw is not None:
             yield bytes(cw.read(file))
