@@ -70,6 +70,25 @@ def test_qcow2_create_refuses_any_name_of_a_chain_member(
     assert digest(a) == before
 
 
+def test_qcow2_convert_refuses_its_input_and_its_backing_chain(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An output that is the input, a link to it, or a file it reads through is refused and
+    left as it was (qemu-img's image locks refuse the same)."""
+    a = tmp_path / "a.qcow2"
+    b = tmp_path / "b.qcow2"
+    with Qcow2Image.create(a, 4 * MiB) as image:
+        image.pwrite(patterned(MiB, 3), 0)
+    Qcow2Image.create(b, backing_file="a.qcow2").close()
+    (tmp_path / "link.qcow2").symlink_to(b)
+    before = {p.name: digest(p) for p in (a, b)}
+    for out in ("b.qcow2", "link.qcow2", "a.qcow2"):
+        code, _, err = run(capsys, "qcow2", "convert", "-O", "qcow2", str(b),
+                           str(tmp_path / out))
+        assert code == 1 and "backing chain" in err, out
+    assert {p.name: digest(p) for p in (a, b)} == before
+    assert (tmp_path / "link.qcow2").is_symlink()
+
+
 def test_customize_refuses_to_replace_a_file_in_the_base_chain(
         built: dict[str, Path], tmp_path: Path, sde: int) -> None:
     from imagebuild.pipeline.customize import customize

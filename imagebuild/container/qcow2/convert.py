@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from imagebuild.container.qcow2 import codec
 from imagebuild.container.qcow2.format import DEFAULT_CLUSTER_SIZE
 from imagebuild.container.qcow2.hostfile import is_zero
-from imagebuild.container.qcow2.image import Qcow2Image, open_image
+from imagebuild.container.qcow2.image import Qcow2Image, open_image, refuse_output_in_chain
 from imagebuild.container.qcow2.tools import map_image
 from imagebuild.container.qcow2.write import write_compressed, write_new_clusters
 from imagebuild.disk.device import RawFile
@@ -57,7 +57,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     `sync` fsyncs the output before it replaces `dst`.  Raises
     UnsupportedImageError for an unknown format, ImageBuildError for
     `compress` with raw output, OutputError for an unwritable `dst`, and what
-    reading `src` raises; `dst` is then left as it was.
+    reading `src` raises; `dst` is then left as it was.  Raises InputError when `dst`
+    is `src` or a file in its backing chain (under any name).
     """
     from imagebuild.pipeline.output import atomic_output
 
@@ -66,6 +67,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         raise UnsupportedImageError(f"{target}: output format {output_format!r} (qcow2 or raw)")
     if compress and output_format != "qcow2":
         raise ImageBuildError(f"{target}: compression (-c) needs output format qcow2")
+    # as qemu-img's image locks do: never replace the input or a file it reads through
+    refuse_output_in_chain(target, src)
     with open_image(src) as source, atomic_output(target, sync=sync) as tmp:
         align = RAW_BLOCK if output_format == "raw" else cluster_size
         chunks = _read_ahead(source, align)
