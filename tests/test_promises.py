@@ -279,3 +279,120 @@ def test_prep_refuses_more_partitions_than_edit_h_maxpart() -> None:
     assert len(prep.prep_script(parts, script + "w\n")) == 32
     with pytest.raises(ImageBuildError, match="too many partitions"):
         prep.prep_script(parts, script + "a p32 100 101\nw\n", source="many.prep")
+
+
+# -- doit: a changed recipe or template rebuilds the targets that use it ----------------------
+
+
+def test_doit_rebuilds_a_target_when_its_recipe_or_one_of_its_templates_changes(
+        root: Path, tmp_path: Path) -> None:
+    """On a copy of the package, so that the recipes and templates edited are the copy's."""
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "src"
+    shutil.copytree(repo / "imagebuild", copy / "imagebuild",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "dodo.py", copy / "dodo.py")
+    env = dict(os.environ, IMAGEBUILD_OUT=str(tmp_path / "out"), IMAGEBUILD_ROOT=str(root),
+               SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
+               PYTHONPATH=os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]))
+    targets = ["zynq.img", "pi.img"]  # zynq renders plan9.ini, pi config.txt and cmdline.txt
+
+    def doit() -> tuple[set[str], set[str]]:
+        done = subprocess.run([sys.executable, "-m", "doit", "-f", str(copy / "dodo.py"),
+                               *targets], capture_output=True, text=True, env=env, cwd=copy,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        return ({t.split()[1] for t in lines if t.startswith(".  ")},
+                {t.split()[1] for t in lines if t.startswith("-- ")})
+
+    def touch(path: Path, extra: str) -> None:
+        path.write_text(path.read_text() + extra)
+
+    assert doit() == (set(targets), set())
+    assert doit() == (set(), set(targets))
+    touch(copy / "imagebuild/recipes/zynq.img.toml", "# changed\n")
+    assert doit() == ({"zynq.img"}, {"pi.img"})
+    touch(copy / "imagebuild/templates/config.txt", "{# changed #}\n")
+    assert doit() == ({"pi.img"}, {"zynq.img"})
+    touch(copy / "imagebuild/templates/plan9.ini", "{# changed #}\n")
+    assert doit() == ({"zynq.img"}, {"pi.img"})
+
+
+# -- customize: the boot FAT's directory times come from SOURCE_DATE_EPOCH ---------------------
+
+
+def root_directory_times(fat: bytes) -> dict[str, tuple[int, int]]:
+    """{8.3 name: (write time, write date)} of the root directory's short entries, read
+    straight from the BPB and the directory (FAT12/16 fixed root, or FAT32's first root
+    cluster), independently of imagebuild's reader."""
+    sector = int.from_bytes(fat[11:13], "little")
+    per_cluster = fat[13]
+    reserved = int.from_bytes(fat[14:16], "little")
+    fats = fat[16]
+    root_entries = int.from_bytes(fat[17:19], "little")
+    fat_size = int.from_bytes(fat[22:24], "little") or int.from_bytes(fat[36:40], "little")
+    root_start = (reserved + fats * fat_size) * sector
+    if root_entries:
+        directory = fat[root_start : root_start + root_entries * 32]
+    else:
+        cluster = int.from_bytes(fat[44:48], "little")
+        start = root_start + (cluster - 2) * per_cluster * sector
+        directory = fat[start : start + per_cluster * sector]
+    times = {}
+    for at in range(0, len(directory), 32):
+        entry = directory[at : at + 32]
+        if entry[0] == 0:
+            break
+        if entry[0] == 0xE5 or entry[11] & 0x0F == 0x0F or entry[11] & 0x18:
+            continue  # deleted, long-name slot, volume label or directory
+        base, ext = entry[:8].decode().rstrip(), entry[8:11].decode().rstrip()
+        times[f"{base}.{ext}" if ext else base] = (int.from_bytes(entry[22:24], "little"),
+                                                   int.from_bytes(entry[24:26], "little"))
+    return times
+
+
+def dos_time(unix: int) -> tuple[int, int]:
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(unix, dt.UTC)
+    return ((t.hour << 11) | (t.minute << 5) | (t.second // 2),
+            ((t.year - 1980) << 9) | (t.month << 5) | t.day)
+
+
+@needs("qemu-img")
+def test_customize_dates_the_files_it_writes_from_source_date_epoch(
+        tiny_image: tuple[Path, Path], tmp_path: Path) -> None:
+    _, image = tiny_image
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(image), str(base)],
+                   check=True, capture_output=True)
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"hello\n")
+    later = SOURCE_DATE_EPOCH + 86400 * 400 + 3600 * 5 + 60 * 7 + 42  # another day and time
+    out = tmp_path / "custom.qcow2"
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(later))
+    done = subprocess.run([sys.executable, "-m", "imagebuild", "customize", str(base),
+                           "-o", str(out), "--set", "plan9.console=1", "--file",
+                           f"extra.txt={extra}"], capture_output=True, text=True, env=env,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    flat = tmp_path / "flat.img"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(flat)], check=True,
+                   capture_output=True)
+
+    def boot_fat(path: Path) -> bytes:
+        with path.open("rb") as f:
+            start = int.from_bytes(f.read(512)[446 + 8 : 446 + 12], "little")
+            f.seek((start + 1) * 512)
+            table = [t.split() for t in f.read(512).split(b"\0", 1)[0].decode().splitlines()]
+            first, end = next((int(t[2]), int(t[3])) for t in table if t[1] == "9fat")
+            f.seek((start + first) * 512)
+            return f.read((end - first) * 512)
+
+    before, after = root_directory_times(boot_fat(image)), root_directory_times(boot_fat(flat))
+    assert before["PLAN9.INI"] == dos_time(SOURCE_DATE_EPOCH)
+    assert after["PLAN9.INI"] == dos_time(later)  # changed
+    assert after["EXTRA.TXT"] == dos_time(later)  # added
+    unchanged = set(before) - {"PLAN9.INI"}
+    assert unchanged and {n: after[n] for n in unchanged} == {n: before[n] for n in unchanged}
