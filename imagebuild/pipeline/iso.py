@@ -29,6 +29,11 @@ from imagebuild.recipe.load import Recipe
 
 @dataclass
 class IsoPlan:
+    """Everything an ISO build needs, settled before the first byte is written: recipe, tree
+    `root`, `output` path, times in seconds since the epoch, proto entries, plan9.ini bytes,
+    boot file, optional hybrid loader, container ("iso" or "qcow2") and sources left out.
+    """
+
     recipe: Recipe
     root: Path
     output: Path

@@ -180,6 +180,10 @@ def dentry_at(block: bytes | bytearray | memoryview, slot: int) -> Dentry:
 
 
 def put_dentry(block: bytearray, slot: int, d: Dentry) -> None:
+    """Write `d` (DENTRY.size bytes) into slot `slot % DIRPERBUF` of directory buffer `block`.
+
+    In place; as cwfs dentry.c getdir() addresses a slot. Raises nothing.
+    """
     off = (slot % DIRPERBUF) * DENTRY.size
     block[off : off + DENTRY.size] = d.pack()
 
@@ -190,6 +194,10 @@ def get_off(block: bytes | bytearray | memoryview, index: int) -> int:
 
 
 def put_off(block: bytearray, index: int, value: int) -> None:
+    """Set entry `index` of indirect block `block` to `value` (a little-endian vlong Off).
+
+    In place; struct.error when `index` falls outside the buffer (cwfs dentry.c indfetch()).
+    """
     struct.pack_into("<q", block, index * OFF_SIZE, value)
 
 

@@ -24,11 +24,17 @@ from imagebuild.fs.cwfs.volume import CwVolume
 
 @dataclass
 class Fid:
+    """A walked-to file: its absolute `path` in the tree (cwfs 9p2.c struct File, reduced)."""
+
     path: str
 
 
 @dataclass(frozen=True)
 class CwfsFileStat:
+    """What stat answers for a file: `is_dir` (QTDIR), `mtime` in seconds since the epoch
+    (cwfs Dentry.mtime).
+    """
+
     is_dir: bool
     mtime: int
 

@@ -15,6 +15,12 @@ NOUSER = -2  # strtouid(): the id of a name cwfs does not know
 
 @dataclass
 class User:
+    """One user or group, as a line of /adm/users, `uid:name:leader:members`
+    (cwfs uidgid.c pentry()).
+
+    `uid` and `lead` are numeric ids (lead 0: no leader); `members` are uids.
+    """
+
     uid: int
     name: str
     lead: int = 0  # 0 means no leader (pentry() prints nothing for it)

@@ -87,6 +87,12 @@ class ArenaState:
 
 @dataclass
 class CheckResult:
+    """Outcome of a gefs check (after check.c checkfs()): `errors` and `warnings`, one line each.
+
+    `misreamed_adm`: the adm tree carries the MISREAMED_ADM backlink; `blocks_used` of
+    `blocks_total` are counts of blocks, not bytes.
+    """
+
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     misreamed_adm: bool = False

@@ -30,6 +30,10 @@ WHOLE_READ = 64 << 20  # files up to this size are read once; larger ones twice
 
 @dataclass(frozen=True)
 class GefsFileStat:
+    """What stat answers for a file: `is_dir` (QTDIR), `mtime` in seconds since the epoch
+    (Xdir.mtime, kept in nanoseconds, rounded as pack.c dir2statbuf() does).
+    """
+
     is_dir: bool
     mtime: int
 

@@ -96,6 +96,9 @@ def s64(v: int) -> int:
 
 
 def s32(v: int) -> int:
+    """The low 32 bits of `v` read as a signed two's-complement int (-2**31 .. 2**31-1),
+    as a C int32 cast does.
+    """
     v &= 0xFFFFFFFF
     return v - (1 << 32) if v >> 31 else v
 
@@ -257,6 +260,10 @@ def label_value(gen: int, flag: int) -> bytes:
 
 
 def label_value_parts(v: bytes) -> tuple[int, int]:
+    """Inverse of label_value (pack.c kv2lbl()): `(gen, flag)` from a 13-byte Ksnap value.
+
+    Raises GefsFormatError when `v` is not 13 bytes starting with Ksnap.
+    """
     if len(v) != 13 or v[0] != KSNAP:
         raise GefsFormatError(f"gefs: malformed label value {v.hex()}")
     gen, flag = struct.unpack_from(">qI", v, 1)
@@ -264,6 +271,7 @@ def label_value_parts(v: bytes) -> tuple[int, int]:
 
 
 def dlist_value(hd: Bptr, tl: Bptr) -> bytes:
+    """pack.c dlist2kv() value: head then tail Bptr of a deadlist, 2 * Ptrsz bytes."""
     return hd.pack() + tl.pack()
 
 
@@ -394,6 +402,10 @@ def node_fill(btype: int, kvs: list[tuple[bytes, bytes]]) -> int:
 
 
 class Msg(NamedTuple):
+    """A tree message (gefs dat.h struct Msg): `op` (Oinsert, Odelete, ...) applied to key `key`
+    with value `val`, both raw bytes as packed in a pivot buffer (pack.c packmsg()).
+    """
+
     op: int
     key: bytes
     val: bytes

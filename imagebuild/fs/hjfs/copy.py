@@ -36,6 +36,10 @@ FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * FILE_KEY + f
 
 
 class Copier(Protocol):
+    """How disk/mkfs's copy of one file's data is placed: in full, by reference, or sparse
+    (hjfs fs2.c / mkfs.c copy()); see `copy` for the contract.
+    """
+
     def copy(self, server: HjfsServer, d: Dentry, source: SourceFile) -> int:
         """Place (and maybe write) `source`'s blocks under `d`; the number of writes mkfs makes.
 

@@ -104,6 +104,9 @@ def block_of(block_type: int, payload: bytes | bytearray | memoryview) -> bytes:
 
 
 def block_type(block: bytes | bytearray | memoryview) -> int:
+    """The type tag of an hjfs block (TSUPERBLOCK, TDENTRY, TINDIR, TREF...): its first byte
+    (hjfs dat.h enum, checked by buf.c getbuf()). IndexError on an empty block.
+    """
     return block[0]
 
 
@@ -168,6 +171,9 @@ def pack_refs(refs: Sequence[int] | bytes | bytearray, *, sentinel_fill: bool = 
 
 
 def unpack_refs(block: bytes) -> list[int]:
+    """The REFPERBLK reference counts of a TREF block, REFSIZ little-endian bytes each
+    (hjfs dat.h REFSIZ, fs1.c chref()); a short block gives fewer counts.
+    """
     data = block[1 : 1 + REFSIZ * REFPERBLK]
     return [int.from_bytes(data[i : i + REFSIZ], "little") for i in range(0, len(data), REFSIZ)]
 
@@ -263,6 +269,10 @@ def pack_dentries(entries: Sequence[Dentry | None]) -> bytes:
 
 
 def unpack_dentries(block: bytes) -> list[Dentry]:
+    """The DEPERBLK Dentry slots of a TDENTRY block, empty ones included (hjfs dat.h struct Dentry).
+
+    Raises what Dentry.unpack raises on a block shorter than RBLOCK.
+    """
     return [Dentry.unpack(block, 1 + i * DENTRYSIZ) for i in range(DEPERBLK)]
 
 
@@ -270,10 +280,18 @@ def unpack_dentries(block: bytes) -> list[Dentry]:
 
 
 def pack_indir(offsets: Sequence[int]) -> bytes:
+    """A TINDIR block of exactly OFFPERBLK little-endian uvlong block numbers (hjfs dat.h).
+
+    struct.error unless `offsets` has OFFPERBLK entries.
+    """
     return block_of(TINDIR, _INDIR.pack(*offsets))
 
 
 def unpack_indir(block: bytes) -> list[int]:
+    """The OFFPERBLK block numbers (uvlong, little-endian) of a TINDIR block (hjfs fs1.c getblk()).
+
+    struct.error on a block shorter than 1 + 8 * OFFPERBLK bytes.
+    """
     return list(_INDIR.unpack_from(block, 1))
 
 

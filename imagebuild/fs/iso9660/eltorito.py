@@ -63,6 +63,10 @@ def checksum(entry: bytes) -> int:
 
 @dataclass(frozen=True)
 class ValidationEntry:
+    """El Torito 1.0 section 2.1 Validation Entry: 32 bytes, header ID 1, `platform` ID,
+    `id_string` (at most 24 bytes), checksum, key 55 AA (9front 9660 boot.c).
+    """
+
     platform: int = PLATFORM_X86
     id_string: bytes = b""
 
@@ -115,6 +119,10 @@ class BootEntry:
 
 @dataclass(frozen=True)
 class SectionHeader:
+    """El Torito 1.0 section 2.4 Section Header Entry: 32 bytes, 90h (91h when `final`),
+    `platform` ID, `entries` that follow, `id_string` of at most 28 bytes (9front 9660 boot.c).
+    """
+
     platform: int
     entries: int
     final: bool = True

@@ -19,6 +19,10 @@ from imagebuild.fs.iso9660.voldesc import IsoFormatError
 
 @dataclass(frozen=True)
 class PathTableRecord:
+    """ECMA-119 9.4 path table record: directory `identifier`, `extent` (logical block number)
+    and 1-based `parent` record number; packed 8 + len + pad bytes (9front 9660 path.c).
+    """
+
     identifier: bytes  # b"\0" for the root
     extent: int
     parent: int  # 1-based number of the parent's record; the root names itself
@@ -33,10 +37,17 @@ class PathTableRecord:
 
 
 def pack_table(records: list[PathTableRecord], big_endian: bool) -> bytes:
+    """A whole L (little-endian) or M (`big_endian`) path table: the packed records in order
+    (ECMA-119 9.4, 9front 9660 path.c writepathtable()); its length in bytes is len(result).
+    """
     return b"".join(r.pack(big_endian) for r in records)
 
 
 def unpack_table(data: bytes, big_endian: bool, where: str) -> list[PathTableRecord]:
+    """The records of an L or M (`big_endian`) path table in `data` (ECMA-119 9.4).
+
+    Raises IsoFormatError naming `where` on a record with no name or one cut short.
+    """
     order = ">" if big_endian else "<"
     out: list[PathTableRecord] = []
     pos = 0

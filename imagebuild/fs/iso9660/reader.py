@@ -232,6 +232,9 @@ def open_iso(path: str) -> tuple[IsoImage, Callable[[], None]]:
 
 
 def looks_like_iso(pread: Pread, size: int) -> bool:
+    """True when a `size`-byte image has "CD001" in the first volume descriptor, block 16
+    (ECMA-119 8.1); reads 6 bytes via `pread(length, offset)`. Raises only what `pread` raises.
+    """
     if size < (SYSTEM_AREA_BLOCKS + 1) * BLOCK_SIZE:
         return False
     return pread(6, SYSTEM_AREA_BLOCKS * BLOCK_SIZE)[1:6] == STANDARD_ID

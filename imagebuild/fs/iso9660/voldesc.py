@@ -37,14 +37,20 @@ class IsoFormatError(ImageBuildError):
 
 
 def both16(value: int) -> bytes:
+    """`value` (masked to 16 bits) as ECMA-119 7.2.3 both-byte-order: 2 bytes LE then 2 bytes BE."""
     return struct.pack("<H", value & 0xFFFF) + struct.pack(">H", value & 0xFFFF)
 
 
 def both32(value: int) -> bytes:
+    """`value` (masked to 32 bits) as ECMA-119 7.3.3 both-byte-order: 4 bytes LE then 4 bytes BE."""
     return struct.pack("<I", value & 0xFFFFFFFF) + struct.pack(">I", value & 0xFFFFFFFF)
 
 
 def read_both32(data: bytes, what: str) -> int:
+    """The value of an ECMA-119 7.3.3 field in the first 8 bytes of `data`.
+
+    Raises IsoFormatError naming `what` when the LE and BE copies differ.
+    """
     little, big = struct.unpack("<I", data[:4])[0], struct.unpack(">I", data[4:8])[0]
     if little != big:
         raise IsoFormatError(f"{what}: little-endian {little} and big-endian {big} copies differ")
@@ -52,6 +58,10 @@ def read_both32(data: bytes, what: str) -> int:
 
 
 def read_both16(data: bytes, what: str) -> int:
+    """The value of an ECMA-119 7.2.3 field in the first 4 bytes of `data`.
+
+    Raises IsoFormatError naming `what` when the LE and BE copies differ.
+    """
     little, big = struct.unpack("<H", data[:2])[0], struct.unpack(">H", data[2:4])[0]
     if little != big:
         raise IsoFormatError(f"{what}: little-endian {little} and big-endian {big} copies differ")

@@ -109,6 +109,11 @@ class _Image:
 
 @dataclass
 class Mk9660Options:
+    """The flags of one disk/mk9660 run (9front 9660 dump9660.c main()): volume ID,
+    `now` and `pinned_time` in seconds since the epoch, -B/-E boot image paths in the tree,
+    and whether to copy path.c's leaving-out of a record that ends at a block boundary.
+    """
+
     volume_id: str
     now: int  # mk9660's clock: the root's times and the volume dates
     boot_image: str | None = None  # -B: a path in the tree (no emulation)
