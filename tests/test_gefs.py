@@ -196,6 +196,17 @@ def test_installer_datasets_users_and_directories(helper: Gefs) -> None:
     assert helper.dataset("other")[b"\x06retain"] == b""
 
 
+def test_installer_writes_users_as_adm(helper: Gefs) -> None:
+    # mountgefs starts gefs with -S (main.c: permissive = 1), and fs.c fsattach()
+    # replaces the user name by "adm" for a permissive attach of %adm: the
+    # truncation (fsopen OTRUNC, Owmuid) and the write (fswrite, Owmuid) are adm's.
+    users = helper.users()
+    f = helper.files("adm")["/users"][0]
+    assert users[f.muid] == "adm" and f.muid == -1
+    # files in main stay id 1's, the reamed table's $user, shown as tor
+    assert users[helper.files("main")["/adm"][0].muid] == "tor"
+
+
 # -- mkfs population --------------------------------------------------------------------------
 
 

@@ -134,14 +134,17 @@ class GefsBuilder:
         other.paths["/"] = deepcopy(root)
         srv.setconf(other, "retain", "")
         self.other = other
-        # the mounts attach while the reamed table maps $user to 1
+        # the mounts attach while the reamed table maps $user to 1; but mountgefs runs
+        # gefs -S (permissive), and fs.c fsattach() then attaches %adm as "adm" (-1)
+        # whoever asks, so the users file is truncated and written by adm.
         me = srv.users[self.user]
+        adm = srv.users["adm"]
         users = self.adm.lookup("/users")
-        for bp in srv.truncate(self.adm, users, me):
+        for bp in srv.truncate(self.adm, users, adm):
             if bp.addr == self.ream.adm_users.addr:
                 self._dropped.append(bp.addr)
         text = installer_userfile(self.user)
-        srv.write_blocks(self.adm, users, [(0, text + bytes(BLKSZ - len(text)))], len(text), 1, me)
+        srv.write_blocks(self.adm, users, [(0, text + bytes(BLKSZ - len(text)))], len(text), 1, adm)
         srv.users = parse_users(text)  # echo users >>/srv/gefs.newfs.cmd
         self.mkfs_uid = me
         for d in ("adm", "dist", "usr"):
