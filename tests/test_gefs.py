@@ -391,3 +391,16 @@ def _small_image() -> bytes:
         ream_and_populate(s, [], timestamp=T)
         _SMALL.append(bytes(s.buffer))
     return _SMALL[0]
+
+
+def test_okname_length_limit() -> None:
+    # fs.c okname() scans name[0..Maxname-1] for the NUL: 244 bytes pass, 245 are
+    # Elength; a 245-byte name would make a Kent key of 1+8+2+245+1 > Keymax bytes.
+    from imagebuild.fs.gefs.layout import MAXENT, MAXNAME, ent_key
+    from imagebuild.fs.gefs.server import okname
+
+    assert MAXNAME == 245
+    assert okname(b"y" * 244) is None
+    assert len(ent_key(1, b"y" * 244)) <= MAXENT
+    assert okname(b"y" * 245) is not None
+    assert okname(b"a\x1fb") is not None and okname(b"a\x7fb") is None

@@ -102,8 +102,10 @@ def okname(name: bytes) -> str | None:
     """fs.c okname(): why gefs refuses `name`, or None."""
     if name in (b"", b".", b".."):
         return "invalid file name"
-    if len(name) > MAXNAME:
-        return f"name longer than {MAXNAME} bytes"
+    # okname() looks for the terminating NUL among the first Maxname bytes: a name has
+    # at most Maxname-1 (244) bytes, which keeps a Kent key (1+8+2+name+1) within Keymax.
+    if len(name) >= MAXNAME:
+        return f"name longer than {MAXNAME - 1} bytes"
     if any(c < 0x20 or c == 0x2F for c in name):
         return "control character or '/' in name"
     return None
