@@ -27,6 +27,7 @@ from imagebuild.fs.gefs.repair import repair_adm_backlink
 from imagebuild.fs.gefs.writer import installer_userfile
 from imagebuild.fs.proto import read_proto
 from tests.gefs_helpers import Gefs, metro64
+from tests.gefs_rules import check as rules_check
 
 MiB = 1 << 20
 T = 1_700_000_000
@@ -404,3 +405,22 @@ def test_okname_length_limit() -> None:
     assert len(ent_key(1, b"y" * 244)) <= MAXENT
     assert okname(b"y" * 245) is not None
     assert okname(b"a\x1fb") is not None and okname(b"a\x7fb") is None
+
+
+def test_gefs_mount_and_check_rules(built: tuple[bytes, Path, list]) -> None:  # type: ignore[type-arg]
+    # tests/gefs_rules.py replays load.c loadfs() and check.c checkfs() from the C sources
+    ld = rules_check(built[0])
+    assert ld.errors == []
+    assert ld.leaked == []  # we free what the install leaves unreferenced
+    assert ld.labels == {"adm": (4, 1), "empty": (0, 0), "main": (5, 1), "other": (3, 1)}
+    assert ld.qgen == 0 and ld.nextgen == 6
+    assert any(ht > 1 for _, _, ht, *_ in ld.snaps.values())  # pivots were checked too
+
+
+def test_ream_only_mount_and_check_rules() -> None:
+    s = BytesStorage(SIZE)
+    ream_only(s.pwrite, SIZE, "glenda")
+    ld = rules_check(bytes(s.buffer))
+    assert ld.errors == [] and ld.leaked == []
+    assert (ld.nextqid, ld.nextgen, ld.qgen) == (3, 3, 0)
+    assert ld.labels == {"adm": (1, 1), "empty": (0, 0), "main": (2, 1)}
