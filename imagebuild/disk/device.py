@@ -126,10 +126,12 @@ class RawFile:
         return self._fd
 
     def flush(self) -> None:
+        """fsync(2) the file when it was opened for writing; OSError from the kernel passes up."""
         if self.writable:
             os.fsync(self._fd)
 
     def close(self) -> None:
+        """Close the descriptor; a second close does nothing."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -277,15 +279,19 @@ class BlockDevice(io.RawIOBase):
 
     # -- io.RawIOBase -------------------------------------------------------------------------
     def readable(self) -> bool:
+        """Always True (io.RawIOBase)."""
         return True
 
     def writable(self) -> bool:
+        """Always True (io.RawIOBase); writes go through `pwrite` and its range check."""
         return True
 
     def seekable(self) -> bool:
+        """Always True (io.RawIOBase)."""
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the byte position within this view; the new position. OutOfRangeError below 0."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         if base + offset < 0:
             raise OutOfRangeError(f"{self.name}: seek to negative offset {base + offset}")
@@ -293,9 +299,11 @@ class BlockDevice(io.RawIOBase):
         return self._pos
 
     def tell(self) -> int:
+        """The byte position within this view."""
         return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Read up to len(buffer) bytes at the position; 0 at the end of the view."""
         n = max(0, min(len(buffer), self.size - self._pos))
         data = self.pread(n, self._pos) if n else b""
         memoryview(buffer)[:n] = data
@@ -303,6 +311,9 @@ class BlockDevice(io.RawIOBase):
         return n
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """Write `data` at the position via `pwrite` (OutOfRangeError past the end);
+        the bytes written.
+        """
         n = self.pwrite(data, self._pos)
         self._pos += n
         return n

@@ -128,7 +128,11 @@ class BulkCopy(Protocol[Fid_contra]):
     instead of `write` when the server has it.
     """
 
-    def copy(self, fid: Fid_contra, source: SourceFile) -> None: ...
+    def copy(self, fid: Fid_contra, source: SourceFile) -> None:
+        """Fill `fid` with `source`'s bytes; InputError when the source
+        cannot be read or changed size.
+        """
+        ...
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -195,11 +199,17 @@ class FsReader(Protocol):
     recurse on image data or allocate more than the partition could hold.
     """
 
-    def stat(self, path: str) -> EntryStat: ...
+    def stat(self, path: str) -> EntryStat:
+        """The entry at `path` (stat(2)); the root for `/`."""
+        ...
 
-    def listdir(self, path: str = "/") -> list[str]: ...
+    def listdir(self, path: str = "/") -> list[str]:
+        """The names in directory `path`."""
+        ...
 
-    def scandir(self, path: str = "/") -> list[EntryStat]: ...
+    def scandir(self, path: str = "/") -> list[EntryStat]:
+        """The entries of directory `path`, as `stat` reports them."""
+        ...
 
     def read(self, path: str) -> bytes:
         """The whole file; for large files use `iter_read`."""
@@ -209,9 +219,13 @@ class FsReader(Protocol):
         """The file's bytes in pieces of bounded size, holes as zeros."""
         ...
 
-    def walk(self, path: str = "/") -> Iterator[tuple[str, EntryStat]]: ...
+    def walk(self, path: str = "/") -> Iterator[tuple[str, EntryStat]]:
+        """Every entry under `path` as (rooted path, entry), without recursion."""
+        ...
 
-    def summary(self) -> FsSummary: ...
+    def summary(self) -> FsSummary:
+        """Block counts (df) and the tree's directory, file and byte totals."""
+        ...
 
 
 __all__ = [
