@@ -263,3 +263,20 @@ def test_fsck_reports_a_bad_config_and_missing_worm_superblock() -> None:
     assert any("touchsb" in p for p in fsck(parts["fscache"], parts["fsworm"]))
     parts["fscache"].pwrite(bytes(RBUFSIZE), 0)
     assert fsck(parts["fscache"], parts["fsworm"])[0].startswith("cwfs config block has tag 0")
+
+
+def test_times_past_cwfs_timet_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """portdat.h: `typedef long Timet` is 32 bits; cwream() sets toytime 30 s ahead."""
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    last = (1 << 31) - 1
+    ok = [ProtoEntry("/f", 0o644, "sys", "sys", src, SDE, 1)]
+    ream_and_populate(_disk(), ok, timestamp=last - 30)  # the last clock that fits
+    for clock in (last - 29, 1 << 31, (1 << 32) - 1):
+        parts = _disk()
+        with pytest.raises(LayoutError, match="32-bit Timet"):
+            ream_and_populate(parts, ok, timestamp=clock)
+        assert not any(_raw(p).strip(b"\0") for p in parts.values())
+    late = [ProtoEntry("/f", 0o644, "sys", "sys", src, 1 << 31, 1, origin="distproto:3")]
+    with pytest.raises(LayoutError, match=r"distproto:3: /f: mtime 2147483648"):
+        ream_and_populate(_disk(), late, timestamp=None)

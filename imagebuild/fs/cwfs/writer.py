@@ -206,6 +206,33 @@ def installer_session(console: Console, user: str, *, other: bool) -> None:
         console.cfs("main")
 
 
+# portdat.h: typedef long Timet, and Plan 9's long is 32 bits even in cwfs64x
+TIMET_MIN, TIMET_MAX = -(1 << 31), (1 << 31) - 1
+TOY_AHEAD = 30  # cwream(): the cache's toytime is set 30 seconds ahead of its time
+
+
+def check_times(now: int, entries: Sequence[ProtoEntry], timestamp: int | None) -> None:
+    """Raise LayoutError when a time cwfs would store does not fit its signed 32-bit Timet.
+
+    `now` is the clock (seconds, UTC) every ream and creation takes; each entry's
+    mtime is clamped to `timestamp` (SOURCE_DATE_EPOCH) as mkfs's replay clamps it.
+    cwfs64x would store such a time wrapped to a date before 1970; we refuse.
+    """
+    if not TIMET_MIN <= now <= TIMET_MAX - TOY_AHEAD:
+        raise LayoutError(
+            f"cwfs: time {now} (SOURCE_DATE_EPOCH or the clock) does not fit cwfs's 32-bit "
+            f"Timet (portdat.h); the last it holds is {TIMET_MAX - TOY_AHEAD} (January 2038)"
+        )
+    for entry in entries:
+        mtime = entry.mtime if timestamp is None else min(entry.mtime, timestamp)
+        if not TIMET_MIN <= mtime <= TIMET_MAX:
+            where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
+            raise LayoutError(
+                f"{where}: mtime {mtime} does not fit cwfs's 32-bit Timet (portdat.h); "
+                "set SOURCE_DATE_EPOCH to clamp it"
+            )
+
+
 def ream_and_populate(
     parts: Mapping[str, BlockDevice],
     entries: Sequence[ProtoEntry],
@@ -224,6 +251,7 @@ def ream_and_populate(
         if name not in parts:
             raise LayoutError(f"cwfs needs a {name} partition (prep: nvram fscache fsworm other)")
     now = int(time.time()) if timestamp is None else timestamp
+    check_times(now, entries, timestamp)
     has_other = "other" in parts
     config = installer_config(disk, other=has_other)
     cache_dev = parts["fscache"]
