@@ -129,6 +129,55 @@ def test_output_directory_that_is_a_file(tmp_path: Path, root: Path) -> None:
     assert_one_line_error(proc, str(blocker))
 
 
+@pytest.mark.parametrize("kind", ["kernel", "symlink to kernel", "hard link to --file",
+                                  "recipe"])
+def test_output_that_is_an_input_is_refused(tmp_path: Path, root: Path, kind: str) -> None:
+    root = copy_root(root, tmp_path / "root")
+    kernel = root / "amd64" / "9pc64"
+    extra = tmp_path / "extra.txt"
+    extra.write_text("extra\n")
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('extends = "amd64.qcow2"\ndescription = "mine"\n')
+    victim, out = {
+        "kernel": (kernel, kernel),
+        "symlink to kernel": (kernel, tmp_path / "link"),
+        "hard link to --file": (extra, tmp_path / "hard"),
+        "recipe": (recipe, recipe),
+    }[kind]
+    if kind == "symlink to kernel":
+        out.symlink_to(kernel)
+    elif kind == "hard link to --file":
+        out.hardlink_to(extra)
+    before = victim.read_bytes()
+    proc = imagebuild("build", recipe, "--root", root, "--no-fs", "-o", out,
+                      "--file", f"extra.txt={extra}")
+    assert_one_line_error(proc, str(out), "output is the input")
+    assert victim.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("value", ["4294967296", "99999999999999999999"])
+def test_source_date_epoch_past_plan9_times(
+    tmp_path: Path, root: Path, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    out = tmp_path / "x.qcow2"
+    proc = imagebuild("build", "amd64.qcow2", "--root", root, "-o", out)
+    assert_one_line_error(proc, "SOURCE_DATE_EPOCH", "2106")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the cwfs writer packs Dentry times as signed 32-bit "
+                   "('i'): SOURCE_DATE_EPOCH from 2^31 to 2^32-1 raises struct.error")
+def test_cwfs_build_with_times_after_2038(
+    tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(1 << 31))
+    proc = imagebuild("build", "amd64.qcow2", "--root", root, "--fs", "cwfs",
+                      "-o", tmp_path / "x.qcow2")
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_unknown_target(root: Path) -> None:
     proc = imagebuild("build", "vax.img", "--root", root)
     assert_one_line_error(proc, "vax.img", "known:")

@@ -12,7 +12,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from imagebuild.disk.device import RawFile
+from imagebuild.errors import InputError, show_path
 from imagebuild.pipeline.output import atomic_output, check_output
 from imagebuild.pipeline.plan import BuildOptions, BuildPlan, fs_tree, plan_build
 from imagebuild.pipeline.write import lay_out, write_image
@@ -36,6 +40,7 @@ def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = Non
         return build_iso(recipe, options, progress)  # type: ignore[return-value]
     plan = plan_build(recipe, options)
     check_output(plan.output)
+    refuse_output_as_input(plan, options)
     layout = lay_out(plan)
     with atomic_output(plan.output, sync=options.sync) as tmp:
         if plan.container == "qcow2":
@@ -47,3 +52,25 @@ def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = Non
             with RawFile.create(tmp, plan.size) as raw:
                 write_image(plan, raw, progress, layout)
     return plan
+
+
+def refuse_output_as_input(plan: BuildPlan, options: BuildOptions) -> None:
+    """Refuse an output that is (a link to) a file the build reads: the recipe and the files
+    it extends, the root's kernels, boot programs and protos, and --file paths.
+
+    Raises InputError naming both.
+    """
+    try:
+        out = os.stat(plan.output)
+    except OSError:
+        return  # a new file: it cannot be an input
+    inputs = [*plan.recipe.sources, *(plan.root / rel for rel in plan.recipe.root_inputs()),
+              *(Path(text.partition("=")[2]) for text in options.files)]
+    for path in inputs:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+            raise InputError(f"{show_path(plan.output)}: output is the input {show_path(path)}; "
+                             f"writing the image there would destroy it")

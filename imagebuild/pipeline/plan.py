@@ -89,16 +89,22 @@ class BuildPlan:
     missing_sources: list[MissingSource] = field(default_factory=list)  # left out, as mkfs does
 
 
+MAX_EPOCH = 0xFFFFFFFF  # 9P stat's mtime is an unsigned 32-bit count of seconds
+
+
 def source_date_epoch() -> int | None:
     """$SOURCE_DATE_EPOCH as an int, None when unset or empty.
 
-    Raises ImageBuildError unless the value is ASCII digits only.
+    Raises ImageBuildError unless the value is ASCII digits only, at most MAX_EPOCH.
     """
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None or value == "":
         return None
     if not (value.isascii() and value.isdigit()):
         raise ImageBuildError(f"SOURCE_DATE_EPOCH={value!r}: must be a whole number of seconds")
+    if len(value) > 10 or int(value) > MAX_EPOCH:
+        raise ImageBuildError(f"SOURCE_DATE_EPOCH={value!r}: after 2106-02-07 06:28:15 UTC, "
+                              f"the last time Plan 9's 32-bit stat times hold")
     return int(value)
 
 
@@ -169,11 +175,12 @@ def plan_build(recipe: Recipe, options: BuildOptions) -> BuildPlan:
         except OSError as err:
             missing.append(f"{show_path(rel)} ({err.strerror})")
     extra, unreadable = read_file_options(options.files, size)
-    missing += unreadable
     if missing:
         raise InputError(
             f"{recipe.name}: missing inputs under {show_path(root)}: {', '.join(missing)}"
         )
+    if unreadable:
+        raise InputError(f"--file: cannot read {', '.join(unreadable)}")
 
     demo = is_demo_root(root)
     rendered = render_boot_files(
