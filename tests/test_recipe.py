@@ -144,6 +144,18 @@ def test_extends_names_a_file_beside_the_recipe(tmp_path: Path) -> None:
     assert (recipe.mb, recipe.objtype) == (5000, "amd64")
 
 
+@pytest.mark.parametrize(("name", "text", "output"), [
+    ("mine", 'extends = "amd64.qcow2"\ndescription = "m"\n', "9front.mine.qcow2"),
+    ("mine", 'extends = "zynq.img"\ndescription = "m"\n', "9front.mine.img"),
+    ("big.img", 'extends = "zynq.img"\ndescription = "m"\n', "9front.big.img"),
+    ("mine", 'extends = "zynq.img"\noutput = "z.raw"\n', "z.raw"),
+])
+def test_derived_recipe_does_not_write_over_its_parents_image(
+    tmp_path: Path, name: str, text: str, output: str
+) -> None:
+    assert load_recipe(_write(tmp_path, name, text)).output == output
+
+
 def test_unknown_target_lists_known_ones() -> None:
     with pytest.raises(RecipeError, match=r"known: 386\.iso, amd64\.iso, amd64\.qcow2"):
         load_recipe("vax.img")

@@ -38,7 +38,7 @@ class Key:
 TOP: dict[str, Key] = {
     "description": Key(str, REQUIRED, "one line for `imagebuild list`"),
     "extends": Key(str, None, "the recipe this one overrides (a target name or a file beside it)"),
-    "output": Key(str, None, "output file name (default 9front.NAME)"),
+    "output": Key(str, None, "output file name (default 9front.NAME, not inherited)"),
     "format": Key(str, REQUIRED, "container", choices=("qcow2", "raw", "iso")),
     "mb": Key(int, REQUIRED, "image size in MiB (raw images get one MiB more)", 1, MAX_MB),
     "objtype": Key(str, REQUIRED, "$objtype of the fs tree (amd64, arm64, arm, 386)"),

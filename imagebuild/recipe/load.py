@@ -241,6 +241,8 @@ def _load_merged(path: Path, recipe_dir: Path, depth: int,
     merged = _deep_merge(base, child)
     if "default" not in data:  # a derived target is built by default only if it says so
         merged.pop("default", None)
+    if "output" not in data:  # nor does it write over its parent's image
+        merged.pop("output", None)
     return merged, [path, *sources]
 
 
@@ -257,6 +259,13 @@ def _parent_path(path: Path, parent_name: str, recipe_dir: Path) -> Path:
         if candidate.is_file():
             return candidate
     raise RecipeError(f"{path}: key 'extends': no recipe named {parent_name!r}")
+
+
+def _default_output(name: str, container: str) -> str:
+    """9front.NAME, with the container's suffix when NAME has none (mine -> 9front.mine.img)."""
+    if name.endswith((".qcow2", ".img")):
+        return f"9front.{name}"
+    return f"9front.{name}.{'qcow2' if container == 'qcow2' else 'img'}"
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,7 +367,7 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
         path=path,
         sources=sources,
         description=data["description"],
-        output=data.get("output", f"9front.{name}"),
+        output=data.get("output", _default_output(name, data["format"])),
         format=data["format"],
         mb=data["mb"],
         objtype=data["objtype"],
