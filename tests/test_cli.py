@@ -231,4 +231,6 @@ def test_ls_cat_and_fsck_of_the_fs_partition(tmp_path: Path, root: Path) -> None
     assert imagebuild("cat", out, "fs:/rc/bin/hello").stdout == (root / "rc/bin/hello").read_text()
     fsck = imagebuild("fsck", out, "fs")
     assert fsck.returncode == 0 and "clean" in fsck.stdout
-    assert_one_line_error(imagebuild("cat", out, "fs:/no/such/file"), "no")
+    for verb, spec in [("cat", "fs:/no/such/file"), ("ls", "fs:/nodir"),
+                       ("cat", "9fat:nofile"), ("cat", "nocolon")]:
+        assert_one_line_error(imagebuild(verb, out, spec), f"imagebuild: {out}: ")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from imagebuild.errors import ImageBuildError, show_path
 
 
 def register(sub: Any) -> None:
@@ -65,16 +69,31 @@ def run_cat(args: argparse.Namespace) -> int:
     """`imagebuild cat`: the file's bytes on stdout."""
     from imagebuild.readback import cat_stream
 
-    for chunk in cat_stream(args.image, args.file):  # hjfs files stream: bounded memory
-        sys.stdout.buffer.write(chunk)
+    with _naming_image(args.image):
+        for chunk in cat_stream(args.image, args.file):  # hjfs files stream: bounded memory
+            sys.stdout.buffer.write(chunk)
     return 0
+
+
+@contextlib.contextmanager
+def _naming_image(image: str) -> Iterator[None]:
+    """Errors about a path inside the image (`/adm/x: file does not exist`) name the image
+    too, so the one line says which file is meant."""
+    try:
+        yield
+    except ImageBuildError as err:
+        text = str(err)
+        if text.startswith(str(image)):
+            raise
+        raise ImageBuildError(f"{show_path(image)}: {text}") from None
 
 
 def run_ls(args: argparse.Namespace) -> int:
     """`imagebuild ls`: one line per entry, ls -l style, or --json."""
     from imagebuild.readback import listing
 
-    entries = listing(args.image, args.directory)
+    with _naming_image(args.image):
+        entries = listing(args.image, args.directory)
     if args.json:
         json.dump(entries, sys.stdout, indent=2)
         print()
