@@ -83,7 +83,7 @@ def _naming_image(image: str) -> Iterator[None]:
         yield
     except ImageBuildError as err:
         text = str(err)
-        if text.startswith(str(image)):
+        if Path(image).name in text:  # the reader named it already
             raise
         raise ImageBuildError(f"{show_path(image)}: {text}") from None
 
