@@ -41,8 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imagebuild.errors import ImageFormatError
-from imagebuild.fs.fat.fields import Field, Record
 from imagebuild.partition.sector0 import MAGIC
+from imagebuild.util.layout import Field, Layout
 
 BPB_SIZE = 0x3E  # sizeof(Dosboot): where FAT12/16 boot code starts
 BPB32_SIZE = 0x5A  # sizeof(Dosboot32): where FAT32 boot code starts
@@ -68,8 +68,7 @@ _EXTENDED_BPB = (  # BS_* fields: at 0x24 on FAT12/16, at 0x40 on FAT32
     Field("BS_FilSysType", "fs_type", "8s"),
 )
 # The BPB common to all three widths, 0x00..0x24.
-BPB = Record(
-    0,
+BPB = Layout("BPB", "<", [
     Field("BS_jmpBoot", "jump", "3s"),
     Field("BS_OEMName", "oem_name", "8s"),
     Field("BPB_BytsPerSec", "bytes_per_sector", "H"),
@@ -84,10 +83,9 @@ BPB = Record(
     Field("BPB_NumHeads", "heads", "H"),
     Field("BPB_HiddSec", "hidden_sectors", "I"),
     Field("BPB_TotSec32", "total_sectors32", "I"),
-)
-BPB16_TAIL = Record(BPB.end, *_EXTENDED_BPB)  # FAT12/16, 0x24..0x3E
-BPB32_TAIL = Record(  # FAT32, 0x24..0x5A
-    BPB.end,
+])
+BPB16_TAIL = Layout("FAT12/16 BPB tail", "<", _EXTENDED_BPB, base=BPB.end)  # FAT12/16, 0x24..0x3E
+BPB32_TAIL = Layout("FAT32 BPB tail", "<", [  # FAT32, 0x24..0x5A
     Field("BPB_FATSz32", "fat_sectors32", "I"),
     Field("BPB_ExtFlags", "ext_flags", "H"),
     Field("BPB_FSVer", "fs_version", "H"),
@@ -96,7 +94,7 @@ BPB32_TAIL = Record(  # FAT32, 0x24..0x5A
     Field("BPB_BkBootSec", "backup_boot_sector", "H"),
     Field("BPB_Reserved", "reserved0", "12s"),
     *_EXTENDED_BPB,
-)
+], base=BPB.end)
 
 assert BPB.end == 0x24 and BPB16_TAIL.end == BPB_SIZE and BPB32_TAIL.end == BPB32_SIZE
 
@@ -271,15 +269,14 @@ class FatParams:
 # -- FSInfo (format.c struct Fatinfo) -------------------------------------------------------
 FSINFO_LEAD_SIGNATURE = 0x41615252  # FATINFOSIG1, "RRaA"
 FSINFO_STRUCT_SIGNATURE = 0x61417272  # FATINFOSIG, "rrAa"
-FSINFO_LEAD = Record(0, Field("FSI_LeadSig", "lead_signature", "I"))
-FSINFO_BODY = Record(  # after FSI_Reserved1 (480 bytes); FSI_TrailSig follows at 508
-    484,
+FSINFO_LEAD = Layout("FSInfo lead", "<", [Field("FSI_LeadSig", "lead_signature", "I")])
+FSINFO_BODY = Layout("FSInfo body", "<", [  # after FSI_Reserved1 (480 bytes); FSI_TrailSig at 508
     Field("FSI_StrucSig", "struct_signature", "I"),
     Field("FSI_Free_Count", "free_clusters", "I"),
     Field("FSI_Nxt_Free", "next_free", "I"),
     Field("FSI_Reserved2", "reserved2", "12s"),
-)
-FSINFO_BODY_OFFSET = FSINFO_BODY.offset
+], base=484)
+FSINFO_BODY_OFFSET = FSINFO_BODY.base
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from imagebuild.fs.fat.fields import Field, Record
+from imagebuild.util.layout import Field, Layout
 
 DIR_ENTRY_SIZE = 32
 LFN_UNITS_PER_SLOT = 13  # DOSRUNE
@@ -51,8 +51,7 @@ ALIAS_CHARS = "$%'-_@~`!(){}^#&"
 # Characters no FAT name may contain (Microsoft's list; format does not check).
 FORBIDDEN_CHARS = '"*/:<>?\\|'
 
-DIR_ENTRY = Record(
-    0,
+DIR_ENTRY = Layout("directory entry", "<", [
     Field("DIR_Name", "name", "11s"),
     Field("DIR_Attr", "attributes", "B"),
     Field("DIR_NTRes", "nt_case", "B"),
@@ -65,9 +64,8 @@ DIR_ENTRY = Record(
     Field("DIR_WrtDate", "date", "H"),
     Field("DIR_FstClusLO", "cluster_low", "H"),
     Field("DIR_FileSize", "size", "I"),
-)
-LFN_SLOT = Record(
-    0,
+])
+LFN_SLOT = Layout("long-name slot", "<", [
     Field("LDIR_Ord", "ordinal", "B"),
     Field("LDIR_Name1", "name1", "10s"),  # UTF-16 units 1..5
     Field("LDIR_Attr", "attributes", "B"),
@@ -76,7 +74,7 @@ LFN_SLOT = Record(
     Field("LDIR_Name2", "name2", "12s"),  # units 6..11
     Field("LDIR_FstClusLO", "cluster_low", "H"),
     Field("LDIR_Name3", "name3", "4s"),  # units 12..13
-)
+])
 assert DIR_ENTRY.size == LFN_SLOT.size == DIR_ENTRY_SIZE
 
 # DOS dates run from 1980-01-01 to 2107-12-31 (7 bits of years after 1980).
