@@ -31,7 +31,7 @@ on a built image, whatever the file system.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
@@ -190,6 +190,22 @@ class EntryStat(Protocol):
     def is_dir(self) -> bool: ...
 
 
+def count_tree(entries: Iterable[tuple[bool, int]]) -> tuple[int, int, int]:
+    """(files, directories, bytes) of a walk given as (is_dir, length) per entry.
+
+    `bytes` sums the files' lengths; a caller whose walk leaves out the root
+    adds it to `directories` itself.
+    """
+    files = dirs = nbytes = 0
+    for is_dir, length in entries:
+        if is_dir:
+            dirs += 1
+        else:
+            files += 1
+            nbytes += length
+    return files, dirs, nbytes
+
+
 class FsReader(Protocol):
     """Read access to a built file system (ls, cat, inspect, fsck).
 
@@ -242,4 +258,5 @@ __all__ = [
     "FsSummary",
     "SourceFile",
     "Wstat",
+    "count_tree",
 ]

@@ -371,6 +371,14 @@ class PrepEditor(Editor):
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
+def _editor(parts: PartFS, partition: str, output: Output | None, blank: bool) -> PrepEditor:
+    """An editor on `parts[partition]`: an empty table (-b), else the one on disk."""
+    editor = PrepEditor(parts, partition, output)
+    if not blank:
+        editor.rdpart()
+    return editor
+
+
 def prep_auto(
     parts: PartFS,
     names: Sequence[str],
@@ -380,9 +388,7 @@ def prep_auto(
     output: Output | None = None,
 ) -> list[Plan9Partition]:
     """`disk/prep -bw -a NAME... sdXX/plan9`: lay out, write sector 1, register with partfs."""
-    editor = PrepEditor(parts, partition, output)
-    if not blank:
-        editor.rdpart()
+    editor = _editor(parts, partition, output, blank)
     editor.autoxpart(names)
     editor.runcmd("w")
     editor.commit()
@@ -401,9 +407,7 @@ def write_table(
     Unlike 9front (whose addpart does not look for overlaps on read), any
     overlap or range problem is a LayoutError before anything is written.
     """
-    editor = PrepEditor(parts, partition)
-    if not blank:
-        editor.rdpart()
+    editor = _editor(parts, partition, None, blank)
     for p in partitions:
         try:
             editor.okname(p.name)
@@ -428,9 +432,7 @@ def prep_script(
     output: Output | None = None,
 ) -> list[Plan9Partition]:
     """`disk/prep [-b] sdXX/plan9` reading commands from `script`; the table after it."""
-    editor = PrepEditor(parts, partition, output)
-    if not blank:
-        editor.rdpart()
+    editor = _editor(parts, partition, output, blank)
     editor.runcmd("p")
     editor.run_script(script, source)
     editor.commit()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imagebuild.partition.sector0 import BOOT_AREA, MAGIC_OFFSET
 from imagebuild.recipe.load import list_recipes, load_recipe
 
 DEMO_MARKER = ".imagebuild-demo-root"
@@ -91,7 +92,7 @@ def demo_mbr() -> bytes:
     """Stand-in for /386/mbr: 446 bytes of chain loader, no partition table."""
     assert len(DEMO_MBR_CODE) == _MSG and DEMO_MBR_CODE[_DAP] == 0x10
     message = b"imagebuild demo mbr: no active partition or read error\r\n\0"
-    return (DEMO_MBR_CODE + message).ljust(446, b"\0")
+    return (DEMO_MBR_CODE + message).ljust(BOOT_AREA, b"\0")
 
 
 DEMO_PBS_MESSAGE = "imagebuild demo pbs: loading 9bootfat"
@@ -144,7 +145,7 @@ def demo_pbs() -> bytes:
     assert 0x7C00 + len(body) == _PBS_MSG
     body += msg
     assert 0x7C00 + len(body) == _PBS_NOMSG
-    return (body + nomsg).ljust(510, b"\0")
+    return (body + nomsg).ljust(MAGIC_OFFSET, b"\0")
 
 
 def _pic_print(message: str) -> bytes:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageFormatError
-from imagebuild.fs.api import FsSummary
+from imagebuild.fs.api import FsSummary, count_tree
 from imagebuild.fs.cwfs.layout import (
     BKPERBLK,
     BUFSIZE,
@@ -338,13 +338,7 @@ class CwfsVolume:
 
     def summary(self) -> CwfsSummary:
         sb = self.superblock()
-        files = dirs = total = 0
-        for _, e in self.walk_entries():
-            if e.is_dir:
-                dirs += 1
-            else:
-                files += 1
-                total += e.size
+        files, dirs, total = count_tree((e.is_dir, e.size) for _, e in self.walk_entries())
         h = self.main.cache
         used = sb.fsize - sb.tfree
         return CwfsSummary(

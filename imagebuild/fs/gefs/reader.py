@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from imagebuild.errors import ImageBuildError
-from imagebuild.fs.api import FsSummary
+from imagebuild.fs.api import FsSummary, count_tree
 from imagebuild.fs.gefs.hash import blkhash
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
@@ -284,13 +284,7 @@ class GefsVolume:
 
     def summary(self) -> GefsSummary:
         """Blocks used and free (from the arena headers) and what the main dataset holds."""
-        files = dirs = nbytes = 0
-        for _, st in self.walk():
-            if st.is_dir:
-                dirs += 1
-            else:
-                files += 1
-                nbytes += st.length
+        files, dirs, nbytes = count_tree((st.is_dir, st.length) for _, st in self.walk())
         total = sum(a.size for a in self.arenas) // BLKSZ
         used = sum(a.used for a in self.arenas) // BLKSZ
         return GefsSummary(total, used, total - used, files, dirs, nbytes, BLKSZ,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageBuildError, ImageFormatError
+from imagebuild.fs.api import count_tree
 from imagebuild.fs.hjfs.layout import (
     BLOCK,
     DALLOC,
@@ -339,15 +340,8 @@ class HjfsVolume:
     def summary(self) -> HjfsSummary:
         """cons.c cmddf(): free = blocks whose count is 0; plus the tree's contents."""
         free = sum(1 for r in self.refs()[: self.sb.size] if r == 0)
-        files = nbytes = 0
-        dirs = 1  # the root
-        for _, st in self.walk():
-            if st.is_dir:
-                dirs += 1
-            else:
-                files += 1
-                nbytes += st.length
-        return HjfsSummary(self.sb.size, self.sb.size - free, free, files, dirs, nbytes)
+        files, dirs, nbytes = count_tree((st.is_dir, st.length) for _, st in self.walk())
+        return HjfsSummary(self.sb.size, self.sb.size - free, free, files, dirs + 1, nbytes)
 
 
 # -- the checker -------------------------------------------------------------------------------
