@@ -24,15 +24,23 @@ if TYPE_CHECKING:
     from imagebuild.container.qcow2.image import Qcow2Image
 
 
+def require_span(image: Qcow2Image, verb: str, offset: int, n: int) -> None:
+    """Raise OutOfRangeError unless bytes [offset, offset+n) lie inside the virtual disk.
+
+    `verb` ("read", "write") names the request in the message.
+    """
+    if offset < 0 or offset + n > image.size:
+        raise OutOfRangeError(
+            f"{image.path}: {verb} of {n} bytes at offset {offset} runs past the end of the "
+            f"virtual disk ({image.size} bytes)"
+        )
+
+
 def read_guest(image: Qcow2Image, buf: memoryview, offset: int) -> int:
     """Fill buf with guest bytes from offset (OutOfRangeError past the virtual size)."""
     image.require_open()
     n = len(buf)
-    if offset < 0 or offset + n > image.size:
-        raise OutOfRangeError(
-            f"{image.path}: read of {n} bytes at offset {offset} runs past the end of the "
-            f"virtual disk ({image.size} bytes)"
-        )
+    require_span(image, "read", offset, n)
     for ext in image.extents(offset, n):
         part = buf[ext.start - offset : ext.start - offset + ext.length]
         if ext.kind is ClusterKind.NORMAL:

@@ -29,8 +29,13 @@ from imagebuild.container.qcow2.format import (
 )
 from imagebuild.container.qcow2.hostfile import is_zero, zeros
 from imagebuild.container.qcow2.mapping import ClusterKind, classify
-from imagebuild.container.qcow2.read import backing_is_zero, cluster_content, decompress
-from imagebuild.errors import ImageBuildError, OutOfRangeError, UnsupportedImageError
+from imagebuild.container.qcow2.read import (
+    backing_is_zero,
+    cluster_content,
+    decompress,
+    require_span,
+)
+from imagebuild.errors import ImageBuildError, UnsupportedImageError
 
 if TYPE_CHECKING:
     from imagebuild.container.qcow2.image import Qcow2Image
@@ -45,11 +50,7 @@ def write_guest(image: Qcow2Image, data: memoryview, offset: int, skip_unchanged
     """
     image.require_writable()
     n = len(data)
-    if offset < 0 or offset + n > image.size:
-        raise OutOfRangeError(
-            f"{image.path}: write of {n} bytes at offset {offset} runs past the end of the "
-            f"virtual disk ({image.size} bytes)"
-        )
+    require_span(image, "write", offset, n)
     bits = image.cluster_bits
     cs = image.cluster_size
     version = image.header.version

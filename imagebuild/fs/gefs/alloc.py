@@ -41,6 +41,24 @@ def reserve_of(size: int) -> int:
     return min(max(size // 1024, 512 * 1024), 8 * MiB)
 
 
+def grab_range(free: list[list[int]], off: int, length: int) -> bool:
+    """blk.c grabrange(): cut [off, off+length) out of the one free range holding it.
+
+    `free` is the arena's sorted [offset, length] list (bytes), changed in place.
+    Returns False, changing nothing, when no single free range holds the span.
+    """
+    for i, (o, n) in enumerate(free):
+        if o <= off and off + length <= o + n:
+            rest = []
+            if off > o:
+                rest.append([o, off - o])
+            if off + length < o + n:
+                rest.append([off + length, o + n - off - length])
+            free[i : i + 1] = rest
+            return True
+    return False
+
+
 @dataclass
 class ArenaModel:
     """One arena: its header address, size, free ranges, used bytes and log blocks."""
@@ -57,17 +75,9 @@ class ArenaModel:
 
     # -- free ranges (grabrange/freerange) -------------------------------------------------
     def grab(self, off: int, length: int) -> None:
-        for i, (o, n) in enumerate(self.free):
-            if o <= off and off + length <= o + n:
-                pieces = []
-                if off > o:
-                    pieces.append([o, off - o])
-                if off + length < o + n:
-                    pieces.append([off + length, o + n - off - length])
-                self.free[i : i + 1] = pieces
-                self.used += length
-                return
-        raise LayoutError(f"gefs: arena {self.index}: allocating {off:#x}, which is not free")
+        if not grab_range(self.free, off, length):
+            raise LayoutError(f"gefs: arena {self.index}: allocating {off:#x}, which is not free")
+        self.used += length
 
     def release(self, off: int, length: int) -> None:
         for o, n in self.free:

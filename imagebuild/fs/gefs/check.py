@@ -30,6 +30,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
+from imagebuild.fs.gefs.alloc import grab_range
 from imagebuild.fs.gefs.hash import blkhash, bufhash
 from imagebuild.fs.gefs.layout import (
     BLKSZ,
@@ -144,7 +145,7 @@ def replay_arena(vol: GefsVolume, index: int, errors: list[str]) -> ArenaState:
             if not (lo <= off and off + length <= hi) or length % BLKSZ:
                 errors.append(f"arena {index}: log entry {off:#x}+{length:#x} outside the arena")
             elif op in (LOGALLOC, LOGALLOC1):
-                if not _grab(st.free, off, length):
+                if not grab_range(st.free, off, length):
                     errors.append(f"arena {index}: log allocates {off:#x}, which is not free")
                 st.used += length
             elif op in (LOGFREE, LOGFREE1):
@@ -160,17 +161,6 @@ def replay_arena(vol: GefsVolume, index: int, errors: list[str]) -> ArenaState:
     return st
 
 
-def _grab(free: list[list[int]], off: int, length: int) -> bool:
-    for i, (o, n) in enumerate(free):
-        if o <= off and off + length <= o + n:
-            rest = []
-            if off > o:
-                rest.append([o, off - o])
-            if off + length < o + n:
-                rest.append([off + length, o + n - off - length])
-            free[i : i + 1] = rest
-            return True
-    return False
 
 
 def _release(free: list[list[int]], off: int, length: int) -> bool:
