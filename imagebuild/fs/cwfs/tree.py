@@ -288,16 +288,9 @@ class FileTree:
             perm &= d.mode | ~0o666
             if perm & DMDIR:
                 perm &= d.mode | ~0o777
-        new = Dentry(name=name, uid=nuid, gid=ngid, path=path, mode=DALLOC | (perm & 0o777))
+        new = Dentry(name=name, uid=nuid, gid=ngid, path=path, mode=mkmode9p1(perm))
         if perm & DMDIR:
-            new.mode |= DDIR
             new.path ^= QPDIR
-        if perm & DMAPPEND:
-            new.mode |= DAPND
-        if perm & DMTMP:
-            new.mode |= DTMP
-        if perm & DMEXCL:
-            new.mode |= DLOCK
         self.accessdir(new, FWRITE, uid)
         node = Node(addr1, slot1, parent)
         self.put(node, new)
