@@ -1,12 +1,20 @@
 """`qemu-img convert [-c] -O qcow2|raw`: a standalone copy of an image's guest data.
 
 Only the ranges the source (and its backing chain) maps as data are read,
-widened to whole clusters and merged where they share one.  A reader thread
-reads ahead (batches of up to BATCH bytes, handed over whole so the threads wake each
-other rarely) while the main thread
-writes, so reading and writing overlap.  With `-c`, clusters are deflated on a
-thread pool (zlib releases the GIL), one task per cluster; results are written
-in guest order, so the output is byte for byte what one thread writes.
+widened to whole clusters and merged where they share one, then cut into
+pieces of at most CHUNK bytes.  Each piece is one allocation step: its
+non-zero clusters are allocated in runs of consecutive guest clusters (the
+L2 tables a run needs first), so every path below lays the file out alike.
+
+- A raw source is copied inside the kernel (`convert_io.KernelCopy`):
+  clusters are told apart from zeros by their first bytes, and each run goes
+  from the source file to its host offset with copy_file_range; nothing
+  passes through Python buffers.
+- Any other source is read by a thread (`convert_io.ReadAhead`) one batch
+  ahead of the writer, so reading, inflating and writing overlap.
+- With `-c`, clusters are deflated on a thread pool (zlib releases the GIL),
+  in tasks of DEFLATE_BATCH bytes, and written in guest order: the output is
+  byte for byte what one thread writes.
 
 Durability is qemu-img's default (`-t unsafe`): nothing is fsynced; the
 output is renamed into place once complete, and the kernel writes it back in
@@ -21,14 +29,21 @@ threads here stand for), block/qcow2.c (qcow2_co_pwritev_compressed).
 from __future__ import annotations
 
 import os
-import queue
-import threading
+from array import array
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from imagebuild.container.qcow2 import codec
-from imagebuild.container.qcow2.format import DEFAULT_CLUSTER_SIZE
+from imagebuild.container.qcow2.convert_io import (
+    CHUNK,
+    KernelCopy,
+    Piece,
+    ReadAhead,
+    ReadInto,
+    nonzero_blocks,
+)
+from imagebuild.container.qcow2.format import DEFAULT_CLUSTER_SIZE, OFLAG_COPIED
 from imagebuild.container.qcow2.hostfile import is_zero
 from imagebuild.container.qcow2.image import Qcow2Image, open_image, refuse_output_in_chain
 from imagebuild.container.qcow2.tools import map_image
@@ -36,13 +51,15 @@ from imagebuild.container.qcow2.write import write_compressed, write_new_cluster
 from imagebuild.disk.device import RawFile
 from imagebuild.errors import ImageBuildError, UnsupportedImageError
 
-CHUNK = 8 << 20  # bytes per read and per write call while converting
-BATCH = 16 << 20  # bytes handed from the reader thread to the writer at once
-READ_AHEAD = 1  # batches read ahead of the writer
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
 RAW_BLOCK = 65536  # raw output: all-zero blocks of this size stay holes
-QCOW2_MAX_THREADS = 4  # QEMU's qcow2 compresses on up to 4 threads; we use at least as many
+DEFLATE_BATCH = 1 << 20  # bytes of clusters per deflate task
+KERNEL_COPY = True  # copy raw sources with copy_file_range (False: through buffers)
 
 Source = Qcow2Image | RawFile
+Deflated = list[tuple[int, memoryview, bytes | None]]  # (guest cluster, data, packed)
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
@@ -52,8 +69,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     """Write the guest data of `src` (through its backing chain) to a standalone `dst`.
 
     Raw output is sparse; qcow2 output allocates only non-zero clusters
-    (deflated with `compress`, on `workers` threads: default one per CPU, at
-    least QEMU's 4).
+    (deflated with `compress`, on `workers` threads: default one per CPU).
     `sync` fsyncs the output before it replaces `dst`.  Raises
     UnsupportedImageError for an unknown format, ImageBuildError for
     `compress` with raw output, OutputError for an unwritable `dst`, and what
@@ -71,20 +87,25 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     refuse_output_in_chain(target, src)
     with open_image(src) as source, atomic_output(target, sync=sync) as tmp:
         align = RAW_BLOCK if output_format == "raw" else cluster_size
-        chunks = _read_ahead(source, align)
-        try:
-            if output_format == "raw":
-                _to_raw(chunks, source.size, tmp)
-            else:
-                with Qcow2Image.create(tmp, source.size, cluster_size=cluster_size,
-                                       sync=sync) as out:
-                    if compress:
-                        _compressed(chunks, out, workers)
-                    else:
-                        for pos, data in chunks:
-                            write_new_clusters(out, data, pos)
-        finally:
-            chunks.close()
+        parts = pieces(source, align)
+        raw = source if KERNEL_COPY and isinstance(source, RawFile) and not compress else None
+        if output_format == "raw":
+            _to_raw(source, parts, source.size, tmp, raw)
+            return
+        with Qcow2Image.create(tmp, source.size, cluster_size=cluster_size,
+                               sync=sync) as out:
+            if raw is not None:
+                _copy_clusters(raw, parts, out)
+                return
+            chunks = ReadAhead(parts, _reader(source))
+            try:
+                if compress:
+                    _compressed(chunks, out, workers)
+                else:
+                    for pos, data in chunks:
+                        write_new_clusters(out, data, pos)
+            finally:
+                chunks.close()
 
 
 def data_extents(image: Source) -> Iterator[tuple[int, int]]:
@@ -121,109 +142,96 @@ def aligned_ranges(image: Source, align: int) -> Iterator[tuple[int, int]]:
         yield run_start, run_end
 
 
-def _batches(image: Source, align: int, buffers: list[bytearray],
-             ) -> Iterator[list[tuple[int, memoryview]]]:
-    """The aligned ranges in pieces of at most CHUNK bytes, gathered into batches of at
-    most BATCH bytes, each read into the next of `buffers` (reused in turn: no fresh
-    memory to fault in).  A batch is one hand-over between the threads."""
-    turn = 0
-    batch: list[tuple[int, memoryview]] = []
-    used = 0
-    buf = memoryview(buffers[0])
-    for first, end in aligned_ranges(image, align):
-        for pos in range(first, end, CHUNK):
-            n = min(CHUNK, end - pos)
-            if used + n > BATCH:
-                yield batch
-                turn += 1
-                batch, used = [], 0
-                buf = memoryview(buffers[turn % len(buffers)])
-            view = buf[used : used + n]
-            if isinstance(image, RawFile):
-                got = os.preadv(image.fileno(), [view], pos)
-                if got < n:  # a file shorter than its size: zeros, as pread gives
-                    view[got:] = bytes(n - got)
-            else:
-                image.readinto(view, pos)
-            batch.append((pos, view))
-            used += n
-    if batch:
-        yield batch
+def pieces(image: Source, align: int) -> list[Piece]:
+    """The aligned ranges cut into (offset, length) pieces of at most CHUNK bytes, each
+    range from its start: the allocation steps of every copy path."""
+    return [(pos, min(CHUNK, end - pos))
+            for first, end in aligned_ranges(image, align)
+            for pos in range(first, end, CHUNK)]
 
 
-class _ReadAhead:
-    """`(offset, bytes)` chunks read by a thread, READ_AHEAD batches ahead of the consumer.
+def _reader(image: Source) -> ReadInto:
+    """Fill a view with guest bytes of `image` at an offset (zeros past a short raw file)."""
+    if isinstance(image, Qcow2Image):
+        qcow2 = image
 
-    The consumer must be done with a chunk when it asks for the next one: the
-    READ_AHEAD + 2 batch buffers are reused in turn.  An exception in the reader is
-    raised again in the consumer.  `close()` stops the reader (it may be
-    blocked on a full queue) and waits for it.
-    """
+        def read_guest(view: memoryview, pos: int) -> None:
+            qcow2.readinto(view, pos)
 
-    _DONE = object()
+        return read_guest
+    fd = image.fileno()
 
-    def __init__(self, image: Source, align: int) -> None:
-        self._queue: queue.Queue[object] = queue.Queue(READ_AHEAD)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(image, align), daemon=True,
-                                        name="convert-read-ahead")
-        self._thread.start()
+    def read_raw(view: memoryview, pos: int) -> None:
+        got = os.preadv(fd, [view], pos)
+        if got < len(view):  # a file shorter than its size: zeros, as pread gives
+            view[got:] = bytes(len(view) - got)
 
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, image: Source, align: int) -> None:
-        buffers = [bytearray(BATCH) for _ in range(READ_AHEAD + 2)]
-        try:
-            for item in _batches(image, align, buffers):
-                if not self._put(item):
-                    return
-        except BaseException as err:  # handed to the consumer
-            self._put(err)
-            return
-        self._put(self._DONE)
-
-    def __iter__(self) -> Iterator[tuple[int, memoryview]]:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item  # type: ignore[misc]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    return read_raw
 
 
-def _read_ahead(image: Source, align: int) -> _ReadAhead:
-    return _ReadAhead(image, align)
+def _runs(indices: list[int]) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of consecutive numbers in sorted `indices`."""
+    i = 0
+    while i < len(indices):
+        j = i + 1
+        while j < len(indices) and indices[j] == indices[j - 1] + 1:
+            j += 1
+        yield indices[i], j - i
+        i = j
 
 
-def _to_raw(chunks: _ReadAhead, size: int, tmp: os.PathLike[str]) -> None:
-    """A sparse raw file: runs of non-zero RAW_BLOCK blocks, each run one pwrite."""
+def _copy_clusters(source: RawFile, parts: list[Piece], out: Qcow2Image) -> None:
+    """Each piece's non-zero clusters, one host run per run of guest clusters, copied by
+    the kernel: the layout `write_new_clusters` gives the same piece."""
+    bits = out.cluster_bits
+    cs = out.cluster_size
+    shift = out.map.l2_shift
+    copier = KernelCopy(source.fileno(), out.fileno())
+    for pos, n in parts:
+        for first, count in _runs(nonzero_blocks(source.fileno(), pos, n, cs)):
+            start = pos + first * cs
+            length = min(count * cs, pos + n - start)
+            guest = start >> bits
+            tables = [(l1i, out.map.writable_l2(l1i))  # first: the data run stays contiguous
+                      for l1i in range(guest >> shift, ((guest + count - 1) >> shift) + 1)]
+            host = out.refcounts.allocate(count)
+            copier.copy_run(start, host << bits, length)
+            out.host.size = max(out.host.size, (host << bits) + length)
+            entry = (host << bits) | OFLAG_COPIED
+            for l1i, table in tables:  # the run's L2 entries, table by table
+                lo = max(guest, l1i << shift)
+                hi = min(guest + count, (l1i + 1) << shift)
+                first_entry = entry + ((lo - guest) << bits)
+                table[lo - (l1i << shift) : hi - (l1i << shift)] = array(
+                    "Q", range(first_entry, first_entry + ((hi - lo) << bits), cs))
+        out.maybe_trim_cache()
+
+
+def _to_raw(source: Source, parts: list[Piece], size: int, tmp: os.PathLike[str],
+            raw: RawFile | None) -> None:
+    """A sparse raw file: runs of non-zero RAW_BLOCK blocks, each run one pwrite, or
+    one kernel copy from `raw` (the source, when it is a raw file)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
-        for pos, data in chunks:
-            view = memoryview(data)
-            run = -1
-            for at in range(0, len(view), RAW_BLOCK):
-                if is_zero(view[at : at + RAW_BLOCK]):
-                    if run >= 0:
-                        _pwrite_all(fd, view[run:at], pos + run)
-                        run = -1
-                elif run < 0:
-                    run = at
-            if run >= 0:
-                _pwrite_all(fd, view[run:], pos + run)
+        if raw is not None:
+            copier = KernelCopy(raw.fileno(), fd)
+            for pos, n in parts:
+                for first, count in _runs(nonzero_blocks(raw.fileno(), pos, n, RAW_BLOCK)):
+                    start = pos + first * RAW_BLOCK
+                    copier.copy_run(start, start, min(count * RAW_BLOCK, pos + n - start))
+            return
+        chunks = ReadAhead(parts, _reader(source))
+        try:
+            for pos, data in chunks:
+                view = memoryview(data)
+                blocks = [i for i, at in enumerate(range(0, len(view), RAW_BLOCK))
+                          if not is_zero(view[at : at + RAW_BLOCK])]
+                for first, count in _runs(blocks):
+                    at = first * RAW_BLOCK
+                    _pwrite_all(fd, view[at : at + count * RAW_BLOCK], pos + at)
+        finally:
+            chunks.close()
     finally:
         os.close(fd)
 
@@ -234,25 +242,39 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-def _compressed(chunks: _ReadAhead, out: Qcow2Image, workers: int | None) -> None:
+def _deflate(block: bytes, start: int, end: int, pos: int, cs: int) -> Deflated:
+    """The non-zero clusters of block[start:end] (guest offset `pos` at block[0]), each
+    with its deflated bytes (None: stored uncompressed)."""
+    view = memoryview(block)
+    found: Deflated = []
+    for at in range(start, end, cs):
+        piece = view[at : at + cs]
+        if not is_zero(piece):
+            found.append(((pos + at) // cs, piece, codec.deflate_cluster(piece, cs)))
+    return found
+
+
+def _compressed(chunks: ReadAhead, out: Qcow2Image, workers: int | None) -> None:
     """Deflate every non-zero cluster on a pool; write them in guest order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     cs = out.cluster_size
-    threads = workers or max(os.cpu_count() or 1, QCOW2_MAX_THREADS)
-    window = 4 * threads + 64  # clusters in flight: bounds memory, keeps every core busy
-    pending: deque[tuple[int, bytes, Future[bytes | None]]] = deque()
+    threads = workers or os.cpu_count() or 1
+    step = max(cs, DEFLATE_BATCH // cs * cs)
+    window = 2 * threads + 2  # tasks in flight: bounds memory, keeps every core busy
+    pending: deque[Future[Deflated]] = deque()
+
+    def store(task: Future[Deflated]) -> None:
+        for guest, content, packed in task.result():
+            write_compressed(out, guest, content, packed)
+
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convert-deflate") as pool:
         for pos, data in chunks:
-            view = memoryview(data)
-            for at in range(0, len(view), cs):
-                piece = view[at : at + cs]
-                if is_zero(piece):
-                    continue
-                raw = bytes(piece)
-                pending.append(((pos + at) // cs, raw,
-                                pool.submit(codec.deflate_cluster, raw, cs)))
+            block = bytes(data)  # the tasks' own copy: the reader reuses its buffers
+            for at in range(0, len(block), step):
+                pending.append(pool.submit(_deflate, block, at, min(len(block), at + step),
+                                           pos, cs))
                 while len(pending) > window:
-                    guest, content, future = pending.popleft()
-                    write_compressed(out, guest, content, future.result())
+                    store(pending.popleft())
         while pending:
-            guest, content, future = pending.popleft()
-            write_compressed(out, guest, content, future.result())
+            store(pending.popleft())

@@ -1,0 +1,174 @@
+"""How `convert` moves a source's bytes: read ahead on a thread, or copy inside the kernel.
+
+`ReadAhead` reads the pieces of the source's data ranges on a thread into a
+few reused buffers, one batch ahead of the consumer, so reading (and, for a
+qcow2 source, inflating) overlaps writing.  A raw source needs no user-space
+copy at all: `nonzero_blocks` finds the blocks holding data by their first
+bytes (reading a whole block only when those are zero), and `copy_run` moves
+a run with `copy_file_range` (page cache to page cache; a reflink on file
+systems that share extents), falling back to pread/pwrite where the kernel
+cannot (another file system, an old kernel, a device).
+
+Offsets and lengths are bytes.  Bytes past the end of a source file read as
+zeros, as `pread` gives them.
+
+References: Linux copy_file_range(2); QEMU, qemu-img.c (convert_co_read,
+convert_co_copy_range: qemu-img's copy offloading, used for `-C`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+from imagebuild.container.qcow2.hostfile import is_zero, zeros
+
+CHUNK = 8 << 20  # bytes per piece: one read, one write call (and one allocation run)
+BATCH = 16 << 20  # bytes handed from the reader thread to the writer at once
+READ_AHEAD = 1  # batches read ahead of the writer
+HEAD = 16  # bytes looked at before a block is read whole to see whether it is all zero
+
+# copy_file_range errors meaning "not between these two files": copy in user space instead
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                             errno.EBADF, errno.ETXTBSY, errno.EPERM})
+
+Piece = tuple[int, int]  # (offset, length)
+ReadInto = Callable[[memoryview, int], None]
+
+
+def nonzero_blocks(fd: int, pos: int, n: int, block: int) -> list[int]:
+    """Indices of the `block`-byte blocks of [pos, pos + n) in file `fd` holding a
+    non-zero byte (the last block may be shorter).  A block whose first HEAD bytes
+    are not all zero is data without reading more; only the others are read whole."""
+    end = pos + n
+    return [index for index, at in enumerate(range(pos, end, block))
+            if not _all_zero(fd, at, min(block, end - at))]
+
+
+def _all_zero(fd: int, at: int, length: int) -> bool:
+    head = os.pread(fd, min(HEAD, length), at)
+    if head != zeros(len(head)):
+        return False
+    # a short head is the end of the file: zeros follow
+    return length <= HEAD or len(head) < HEAD or is_zero(os.pread(fd, length, at))
+
+
+class KernelCopy:
+    """`copy_run` between two files: copy_file_range until the kernel refuses, then
+    pread/pwrite.  `kernel` (bool) says which is in use."""
+
+    def __init__(self, src_fd: int, dst_fd: int, kernel: bool = True) -> None:
+        self.src_fd = src_fd
+        self.dst_fd = dst_fd
+        self.kernel = kernel and hasattr(os, "copy_file_range")
+
+    def copy_run(self, src_offset: int, dst_offset: int, n: int) -> None:
+        """Copy `n` bytes; source bytes past its end are written as zeros.  Raises
+        OSError for read and write errors (ENOSPC, EIO...)."""
+        done = 0
+        while done < n and self.kernel:
+            try:
+                got = os.copy_file_range(self.src_fd, self.dst_fd, n - done,
+                                         src_offset + done, dst_offset + done)
+            except OSError as err:
+                if err.errno not in _NO_KERNEL_COPY:
+                    raise
+                self.kernel = False
+                break
+            if got <= 0:  # the source ends here
+                break
+            done += got
+        while done < n:
+            want = min(CHUNK, n - done)
+            data = os.pread(self.src_fd, want, src_offset + done)
+            if len(data) < want:
+                data = data.ljust(want, b"\0")
+            view = memoryview(data)
+            put = 0
+            while put < want:
+                put += os.pwrite(self.dst_fd, view[put:], dst_offset + done + put)
+            done += want
+
+
+def _batches(pieces: list[Piece], read_into: ReadInto, size: int,
+             ) -> Iterator[list[tuple[int, memoryview]]]:
+    """`pieces` read into READ_AHEAD + 2 buffers of `size` bytes (at least the largest
+    piece) in turn, each made when first needed, gathered into batches that fill a
+    buffer: a batch is one hand-over."""
+    buffers: list[bytearray] = []
+    turn = 0
+    batch: list[tuple[int, memoryview]] = []
+    used = 0
+    buf = memoryview(b"")
+    for pos, n in pieces:
+        if not buffers or used + n > len(buf):
+            if batch:
+                yield batch
+                turn += 1
+            batch, used = [], 0
+            if len(buffers) <= turn % (READ_AHEAD + 2):
+                buffers.append(bytearray(size))
+            buf = memoryview(buffers[turn % (READ_AHEAD + 2)])
+        view = buf[used : used + n]
+        read_into(view, pos)
+        batch.append((pos, view))
+        used += n
+    if batch:
+        yield batch
+
+
+class ReadAhead:
+    """`(offset, bytes)` for each of `pieces`, read by a thread READ_AHEAD batches ahead.
+
+    `read_into(view, offset)` fills a view with source bytes.  The consumer
+    must be done with a piece when it asks for the next: the READ_AHEAD + 2
+    buffers (of BATCH bytes, or the total when smaller) are reused in turn.  An
+    exception in the reader is raised again in the consumer.  `close()` stops
+    the reader (it may be blocked on a full queue) and waits for it.
+    """
+
+    _DONE = object()
+
+    def __init__(self, pieces: list[Piece], read_into: ReadInto) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(READ_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pieces, read_into),
+                                        daemon=True, name="convert-read-ahead")
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, pieces: list[Piece], read_into: ReadInto) -> None:
+        try:
+            size = min(BATCH, sum(n for _, n in pieces))
+            for item in _batches(pieces, read_into, size):
+                if not self._put(item):
+                    return
+        except BaseException as err:  # handed to the consumer
+            self._put(err)
+            return
+        self._put(self._DONE)
+
+    def __iter__(self) -> Iterator[tuple[int, memoryview]]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Stop the reader and wait for it (idempotent)."""
+        self._stop.set()
+        self._thread.join()
