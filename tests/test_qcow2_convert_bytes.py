@@ -10,7 +10,9 @@ path on the same input, and outputs against qemu-img check and compare.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from qcow2_helpers import MiB, assert_qemu_clean, needs_qemu_img, qemu_compare
 
+from imagebuild.cli import main
 from imagebuild.container.qcow2 import convert as convert_module
 from imagebuild.container.qcow2.convert import convert
 from imagebuild.container.qcow2.image import Qcow2Image
@@ -203,3 +206,60 @@ def test_qcow2_convert_paths_agree_and_qemu_reads_them(tmp_path: Path, name: str
     convert(src, packed, compress=True, workers=3)
     assert_qemu_clean(packed)
     qemu_compare(packed, flat)
+
+
+def test_qcow2_convert_copies_in_user_space_where_the_kernel_cannot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXDEV (another file system, an old kernel): pread/pwrite from then on, same bytes."""
+    src = _source(tmp_path, "mixed")
+    calls: list[int] = []
+
+    def refuse(*args: int) -> int:
+        calls.append(args[2])
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    for fmt in ("qcow2", "raw"):
+        calls.clear()
+        out = tmp_path / f"out.{fmt}"
+        convert(src, out, output_format=fmt)
+        assert digest(out) == GOLDEN[("mixed", fmt, False, 65536)]
+        assert len(calls) == 1
+
+
+def test_qcow2_convert_short_kernel_copies(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """copy_file_range may move fewer bytes than asked, or none at the source's end."""
+    src = _source(tmp_path, "wide")
+    real = os.copy_file_range
+    rng = random.Random(19)
+
+    def short(src_fd: int, dst_fd: int, count: int, offset_src: int, offset_dst: int) -> int:
+        if rng.random() < 0.1:
+            return 0
+        return real(src_fd, dst_fd, min(count, rng.randrange(1, 300_000)), offset_src,
+                    offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", short)
+    out = tmp_path / "out.qcow2"
+    convert(src, out)
+    assert digest(out) == GOLDEN[("wide", "qcow2", False, 65536)]
+
+
+def test_qcow2_convert_disk_full_during_a_kernel_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC is no reason to fall back: one line naming the output, the old file kept."""
+    src = _source(tmp_path, "mixed")
+    out = tmp_path / "out.qcow2"
+    out.write_bytes(b"previous")
+
+    def full(*args: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    assert main(["qcow2", "convert", "-O", "qcow2", str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "No space left" in err
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.raw", "out.qcow2"]
