@@ -195,13 +195,15 @@ def test_qcow2_convert_paths_agree_and_qemu_reads_them(tmp_path: Path, name: str
     src = _source(tmp_path, name)
     flat = tmp_path / "flat.raw"
     convert(src, flat, output_format="raw")
-    fast, slow = tmp_path / "fast.qcow2", tmp_path / "slow.qcow2"
-    convert(src, fast)
-    monkeypatch.setattr(convert_module, "KERNEL_COPY", False)
-    convert(src, slow)
-    assert fast.read_bytes() == slow.read_bytes()
-    assert_qemu_clean(fast)
-    qemu_compare(fast, flat)
+    for cluster in (16384, 65536, 2 * MiB):
+        fast, slow = tmp_path / f"fast{cluster}.qcow2", tmp_path / f"slow{cluster}.qcow2"
+        convert(src, fast, cluster_size=cluster)
+        with monkeypatch.context() as patch:
+            patch.setattr(convert_module, "KERNEL_COPY", False)
+            convert(src, slow, cluster_size=cluster)
+        assert fast.read_bytes() == slow.read_bytes()
+        assert_qemu_clean(fast)
+        qemu_compare(fast, flat)
     packed = tmp_path / "packed.qcow2"
     convert(src, packed, compress=True, workers=3)
     assert_qemu_clean(packed)

@@ -6,10 +6,10 @@ pieces of at most CHUNK bytes.  Each piece is one allocation step: its
 non-zero clusters are allocated in runs of consecutive guest clusters (the
 L2 tables a run needs first), so every path below lays the file out alike.
 
-- A raw source is copied inside the kernel (`convert_io.KernelCopy`):
-  clusters are told apart from zeros by their first bytes, and each run goes
-  from the source file to its host offset with copy_file_range; nothing
-  passes through Python buffers.
+- A raw source (clusters of at least KERNEL_COPY_MIN_BLOCK) is copied inside
+  the kernel (`convert_io.KernelCopy`): clusters are told apart from zeros by
+  their first bytes, and each run goes from the source file to its host offset
+  with copy_file_range; nothing passes through Python buffers.
 - Any other source is read by a thread (`convert_io.ReadAhead`) one batch
   ahead of the writer, so reading, inflating and writing overlap.
 - With `-c`, clusters are deflated on a thread pool (zlib releases the GIL),
@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 RAW_BLOCK = 65536  # raw output: all-zero blocks of this size stay holes
 DEFLATE_BATCH = 1 << 20  # bytes of clusters per deflate task
 KERNEL_COPY = True  # copy raw sources with copy_file_range (False: through buffers)
+# below this cluster size, one pread per cluster to find the zero ones costs more than
+# reading the whole piece: smaller clusters go through buffers
+KERNEL_COPY_MIN_BLOCK = 16384
 
 Source = Qcow2Image | RawFile
 Deflated = list[tuple[int, memoryview, bytes | None]]  # (guest cluster, data, packed)
@@ -88,7 +91,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     with open_image(src) as source, atomic_output(target, sync=sync) as tmp:
         align = RAW_BLOCK if output_format == "raw" else cluster_size
         parts = pieces(source, align)
-        raw = source if KERNEL_COPY and isinstance(source, RawFile) and not compress else None
+        kernel = KERNEL_COPY and not compress and align >= KERNEL_COPY_MIN_BLOCK
+        raw = source if kernel and isinstance(source, RawFile) else None
         if output_format == "raw":
             _to_raw(source, parts, source.size, tmp, raw)
             return
