@@ -18,6 +18,7 @@ average (on a busy machine the CPU ratio is the steadier one).
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import shutil
@@ -87,6 +88,11 @@ def main() -> None:
     if shutil.which("genimage") is None or shutil.which("qemu-img") is None:
         print("build_bench: needs genimage and qemu-img (apt-get install genimage qemu-utils)")
         return
+    # bytecode as an installed wheel has it (pip compiles at install): with
+    # PYTHONDONTWRITEBYTECODE=1 a stale __pycache__ would be recompiled at every run
+    package = Path(__file__).resolve().parent.parent / "imagebuild"
+    if not compileall.compile_dir(package, quiet=1):
+        sys.exit("build_bench: cannot compile imagebuild's bytecode")
     imagebuild = Path(sys.executable).with_name("imagebuild")
     command = [str(imagebuild)] if imagebuild.exists() else [sys.executable, "-m", "imagebuild"]
     with tempfile.TemporaryDirectory(prefix="imagebuild-bench-") as tmp:

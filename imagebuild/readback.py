@@ -7,7 +7,6 @@ error; that costs libparted's start-up, so it is asked for, not the default.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ def _fat_info(device: BlockDevice, name: str) -> dict[str, Any]:
         "partition": name,
         "fat_bits": params.fat_bits,
         "cluster_size": params.cluster_size,
-        "params": {k: v for k, v in vars(params).items() if isinstance(v, int | str)},
+        "params": {k: v for k, v in params._asdict().items() if isinstance(v, int | str)},
         "files": [
             {"name": e.name, "short_name": e.short_name, "size": e.size,
              "mtime": e.mtime.isoformat() if hasattr(e.mtime, "isoformat") else str(e.mtime),
@@ -153,8 +152,16 @@ def _header_only(path: Path, err: Exception) -> dict[str, Any]:
                 "unreadable": str(err)}
 
 
+ISO_ID_AT = 16 * 2048 + 1  # the standard identifier of the first volume descriptor
+ISO_ID_END = 17 * 2048  # an image shorter than the system area and one descriptor
+
+
 def _iso_section(storage: Storage, path: Path, info: dict[str, Any]) -> None:
     """An ISO 9660 volume (the ISO targets, hybrid or not): descriptors and boot catalog."""
+    # ECMA-119 8.1: "CD001" at byte 1 of block 16; checked here first because the reader's
+    # modules cost more to import than a disk image's whole inspection
+    if storage.size < ISO_ID_END or storage.pread(5, ISO_ID_AT) != b"CD001":
+        return
     from imagebuild.fs.iso9660.reader import IsoImage, iso_info, looks_like_iso
 
     if looks_like_iso(storage.pread, storage.size):
@@ -171,6 +178,8 @@ def _allocated_size(path: Path) -> int:
 
 def _fs_info(device: BlockDevice) -> dict[str, Any] | None:
     """The hjfs or gefs summary, or None when the partition holds neither (never formatted)."""
+    import dataclasses
+
     from imagebuild.fs.hjfs import HjfsVolume, is_hjfs
 
     gefs = _gefs(device)
@@ -184,6 +193,8 @@ def _fs_info(device: BlockDevice) -> dict[str, Any] | None:
 
 def _cwfs_info(parts: PartFS) -> dict[str, Any] | None:
     """The cwfs summary of main, or None when fscache holds no cwfs config block."""
+    import dataclasses
+
     from imagebuild.fs.cwfs import CwfsVolume, is_cwfs
 
     if not is_cwfs(parts["fscache"]):

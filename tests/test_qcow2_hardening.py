@@ -339,7 +339,7 @@ def test_qcow2_new_header_fields_equal_qemu_img(tmp_path: Path, size: int, clust
     for path in (ours, theirs):
         data = path.read_bytes()
         header = Qcow2Header.unpack(data[:cluster], str(path), len(data))
-        fields.append({k: v for k, v in vars(header).items()
+        fields.append({k: getattr(header, k) for k in Qcow2Header.__slots__
                        if k not in ("l1_table_offset", "refcount_table_offset",
                                     "refcount_table_clusters")})
     assert fields[0] == fields[1]

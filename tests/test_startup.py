@@ -11,8 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # jinja2: our own templates render without it; parted: the libparted cross-check is
-# `inspect --verify` and the tests'; rich: only on a terminal; doit: only dodo.py.
-DENY = ("jinja2", "parted", "_ped", "rich", "doit", "hashlib", "tempfile", "importlib.resources")
+# `inspect --verify` and the tests'; rich: only on a terminal; doit: only dodo.py;
+# dataclasses (and inspect, ast, dis it imports): records are NamedTuples or __slots__
+# classes; the ISO and fs readers: only for images that hold them.
+DENY = ("jinja2", "parted", "_ped", "rich", "doit", "hashlib", "tempfile", "importlib.resources",
+        "dataclasses", "inspect", "ast", "dis", "imagebuild.fs.iso9660", "imagebuild.fs.proto",
+        "imagebuild.container.qcow2.references", "imagebuild.container.qcow2.metadata")
 
 
 def imported(*args: str | Path) -> set[str]:
@@ -35,6 +39,14 @@ def test_build_no_fs_imports_nothing_heavy(root: Path, tmp_path: Path, target: s
     modules = imported("build", target, "--root", root, "-o", tmp_path / "x", "--no-fs")
     assert "imagebuild.pipeline.write" in modules  # it did run
     assert denied(modules) == set()
+
+
+def test_quiet_build_reads_nothing_back(root: Path, tmp_path: Path) -> None:
+    modules = imported("build", "amd64.qcow2", "--root", root, "-o", tmp_path / "x", "--no-fs",
+                       "-q")
+    assert "imagebuild.pipeline.write" in modules
+    assert denied(modules) == set()
+    assert "imagebuild.readback" not in modules  # the layout is read back only to print it
 
 
 def test_list_and_help_stay_light() -> None:

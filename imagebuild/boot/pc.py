@@ -29,7 +29,7 @@ delconf, configure), sys/src/boot/pc/mem.h (CONFADDR).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagebuild.errors import ImageBuildError
 from imagebuild.fs.fat.dirent import is_long_name, make_alias
@@ -47,8 +47,7 @@ class BootLintError(ImageBuildError):
     """The boot FAT breaks a rule of 9front's PC loader: the image would not boot."""
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
+class LoaderConfig(NamedTuple):
     """plan9.ini as 9bootfat's configure() stores it.
 
     `lines` are the stored `key=value` lines in order; `high_water` the most

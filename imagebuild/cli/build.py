@@ -88,7 +88,6 @@ def run_build(args: argparse.Namespace) -> int:
     from imagebuild.cli.report import build_progress, print_layout
     from imagebuild.pipeline.build import BuildOptions, build
     from imagebuild.pipeline.demo import is_demo_root
-    from imagebuild.readback import inspect_image
     from imagebuild.recipe.load import load_recipe
 
     recipe = load_recipe(args.target)
@@ -103,6 +102,8 @@ def run_build(args: argparse.Namespace) -> int:
     with build_progress(title, quiet=args.quiet, plain=args.plain) as progress:
         plan = build(recipe, options, progress)
     if not args.quiet:
+        from imagebuild.readback import inspect_image
+
         print_layout(inspect_image(plan.output, fs=plan.fs_entries is not None),
                      plain=args.plain)
     if plan.missing_sources:

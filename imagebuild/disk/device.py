@@ -21,8 +21,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from imagebuild.errors import LayoutError, OutOfRangeError, ReadOnlyImageError
 from imagebuild.partition.sector0 import NTENTRY, TABLE_OFFSET, TENTRY_SIZE, has_magic
@@ -164,8 +163,7 @@ class BytesStorage:
         return len(data)
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(NamedTuple):
     """CHS geometry as libdisk reports it: cylinders, heads, sectors per track."""
 
     cylinders: int

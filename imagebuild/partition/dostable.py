@@ -22,7 +22,7 @@ wrtentry, mkebrtype, Dospart).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagebuild.disk.device import SECTOR_SIZE, BlockDevice
 from imagebuild.errors import ImageFormatError, LayoutError, UnsupportedImageError
@@ -49,7 +49,6 @@ MAX_CHAIN = 128  # tables (MBR + EBRs) read on one chain before we call it corru
 Pread = Callable[[int, int], bytes]  # (size, offset) -> bytes, as BlockDevice.pread
 
 
-@dataclass(eq=False)
 class DosPart(Part):
     """fdisk.c Dospart: an editor part (start/end in cylinders) with its entry's fields.
 
@@ -58,15 +57,20 @@ class DosPart(Part):
     that links to it (0 for a primary partition).
     """
 
-    active: int = 0
-    type: int = TYPE_EMPTY
-    ebrtype: int = 0
-    ebrstart: int = 0
-    primary: bool = True
+    __slots__ = ("active", "ebrstart", "ebrtype", "primary", "type")
+
+    def __init__(self, name: str, *, start: int = 0, end: int = 0, ctlstart: int = 0,
+                 ctlend: int = 0, active: int = 0, type: int = TYPE_EMPTY, ebrtype: int = 0,
+                 ebrstart: int = 0, primary: bool = True) -> None:
+        super().__init__(name, start=start, end=end, ctlstart=ctlstart, ctlend=ctlend)
+        self.active = active
+        self.type = type
+        self.ebrtype = ebrtype
+        self.ebrstart = ebrstart
+        self.primary = primary
 
 
-@dataclass(frozen=True)
-class DosPartition:
+class DosPartition(NamedTuple):
     """A partition as fdisk lists it: absolute sectors [start, end), with its entry."""
 
     name: str  # pN or sN, in fdisk's numbering

@@ -13,7 +13,7 @@ sys/src/cmd/disk/partfs.c (the `part` and `delpart` ctl messages).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import OutOfRangeError
@@ -56,8 +56,7 @@ class DiskPlan:
         self.writes.clear()
 
 
-@dataclass
-class CtlOp:
+class CtlOp(NamedTuple):
     """One line written to partfs's ctl: `part NAME START END` or `delpart NAME`."""
 
     verb: str
@@ -88,23 +87,29 @@ def apply_ctl(parts: PartFS, ops: list[CtlOp]) -> None:
             parts.add(op.name, op.start, op.end)
 
 
-@dataclass(eq=False)
 class Part:
     """edit.h Part: one named part of the editor's list.
 
     start/end are in the editor's unit (sectors for prep, cylinders for
     fdisk); ctlstart/ctlend, when set, are the exact sectors for partfs;
     ctlname is the partfs name ("" = not registered); changed marks parts
-    not yet written.
+    not yet written.  Parts compare by identity, as the C pointers do.
     """
 
-    name: str
-    ctlname: str = ""
-    start: int = 0
-    end: int = 0
-    ctlstart: int = 0
-    ctlend: int = 0
-    changed: bool = False
+    __slots__ = ("changed", "ctlend", "ctlname", "ctlstart", "end", "name", "start")
+
+    def __init__(self, name: str, ctlname: str = "", start: int = 0, end: int = 0,
+                 ctlstart: int = 0, ctlend: int = 0, changed: bool = False) -> None:
+        self.name = name
+        self.ctlname = ctlname
+        self.start = start
+        self.end = end
+        self.ctlstart = ctlstart
+        self.ctlend = ctlend
+        self.changed = changed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.start}..{self.end})"
 
     def ctl_start(self) -> int:
         """The first sector partfs is told about (ctlstart, else start)."""

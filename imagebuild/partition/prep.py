@@ -23,7 +23,7 @@ References: sys/src/cmd/disk/prep/prep.c, edit.c; sys/src/libdisk/disk.c.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import ImageFormatError, LayoutError
@@ -41,8 +41,7 @@ TABLE_SECTOR = 1
 PBS_MAGIC = b"\xeb\x3c\x90"  # checkfat(): a FAT boot sector where the table would go
 
 
-@dataclass(frozen=True)
-class AutoPart:
+class AutoPart(NamedTuple):
     """prep.c Auto: an automatic partition's size rules, in bytes."""
 
     name: str
@@ -70,8 +69,7 @@ AUTO: tuple[AutoPart, ...] = (
 AUTO_NAMES = tuple(a.name for a in AUTO)
 
 
-@dataclass(frozen=True)
-class Plan9Partition:
+class Plan9Partition(NamedTuple):
     """One line of the table: sectors [start, end) of the plan9 partition."""
 
     name: str

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import NamedTuple
 
 SECTOR = 512  # mbr.c and fdisk.c work in 512-byte sectors whatever the disk says
 TABLE_OFFSET = 446  # Toffset: where the four entries start
@@ -130,8 +129,10 @@ def decode_chs(chs: bytes) -> tuple[int, int, int]:
     return chs[2] | ((chs[1] & 0xC0) << 2), chs[0], chs[1] & 0x3F
 
 
-@dataclass(frozen=True)
-class Tentry:
+_TENTRY = struct.Struct("<B3sB3sII")  # the fields of Tentry, in order
+
+
+class Tentry(NamedTuple):
     """fdisk.c Tentry: one 16-byte partition entry of an MBR or EBR.
 
     `lba` and `size` are in 512-byte sectors (xlba, xsize; 32 bits each, so
@@ -146,19 +147,14 @@ class Tentry:
     lba: int = 0  # xlba: from the disk's start, or the extended partition's / this EBR's
     size: int = 0  # xsize, sectors
 
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<B3sB3sII")
-
     def pack(self) -> bytes:
         """The 16 bytes of the entry."""
-        return self.FORMAT.pack(
-            self.active, self.start_chs, self.type, self.end_chs, self.lba, self.size
-        )
+        return _TENTRY.pack(*self)
 
     @classmethod
     def unpack(cls, data: bytes) -> Tentry:
         """The entry in the first 16 bytes of `data` (struct.error if shorter)."""
-        active, start_chs, type_, end_chs, lba, size = cls.FORMAT.unpack(data[:TENTRY_SIZE])
-        return cls(active, start_chs, type_, end_chs, lba, size)
+        return cls._make(_TENTRY.unpack(data[:TENTRY_SIZE]))
 
     @property
     def used(self) -> bool:

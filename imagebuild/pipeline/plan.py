@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from imagebuild.errors import ImageBuildError, InputError, show_path
 from imagebuild.pipeline.demo import is_demo_root
@@ -27,8 +26,7 @@ if TYPE_CHECKING:
 MAX_INPUT_BYTES = 1 << 32  # a --file outside a build (customize): at most 4 GiB, FAT's limit
 
 
-@dataclass
-class BuildOptions:
+class BuildOptions(NamedTuple):
     """What the command line adds to a recipe.
 
     `container` is "qcow2" or "raw" (None: the recipe's); `files` are
@@ -69,8 +67,7 @@ def fs_options(recipe: Recipe, options: BuildOptions) -> tuple[Recipe, list[str]
     return with_fs(recipe, options.fs_type, disk), sets
 
 
-@dataclass
-class BuildPlan:
+class BuildPlan(NamedTuple):
     """Everything a build writes, read and rendered: sizes in bytes, times in Unix seconds."""
 
     recipe: Recipe
@@ -84,9 +81,9 @@ class BuildPlan:
     pbs: bytes | None
     fat_files: list[tuple[str, bytes]]
     raw_writes: list[tuple[str, int, bytes]]  # (root path, byte offset, data)
+    missing_sources: list[MissingSource]  # left out, as mkfs does
     pinned_time: int | None = None  # SOURCE_DATE_EPOCH (or --timestamp): hjfs's clock
     fs_entries: list[ProtoEntry] | None = None  # None: no fs written
-    missing_sources: list[MissingSource] = field(default_factory=list)  # left out, as mkfs does
 
 
 MAX_EPOCH = 0xFFFFFFFF  # 9P stat's mtime is an unsigned 32-bit count of seconds

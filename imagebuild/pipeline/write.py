@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice, PartFS, Storage
 from imagebuild.errors import LayoutError, OutOfRangeError, show_path
@@ -65,8 +65,7 @@ class RecordingStorage:
         return len(data)
 
 
-@dataclass
-class DiskLayout:
+class DiskLayout(NamedTuple):
     """The recorded boot side of an image: its writes per step and partfs's table.
 
     `steps` lists (step name, [(byte offset, data), ...]) in the order the

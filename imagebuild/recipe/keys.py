@@ -7,8 +7,7 @@ takes defaults from them; `imagebuild list --keys` prints them (`describe`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 REQUIRED: Any = object()  # a key without a default
 
@@ -17,8 +16,7 @@ REQUIRED: Any = object()  # a key without a default
 MAX_MB = (1 << 32) * 512 // (1 << 20) - 1
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     """One recipe key: `type` (a type or tuple of types), `default` (REQUIRED: none),
     `doc`; `lo`/`hi` bound an integer, `choices` a string."""
 

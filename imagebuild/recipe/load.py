@@ -9,13 +9,11 @@ flash.bin).  A recipe may `extend` another and override a few keys.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from imagebuild.errors import ImageBuildError, RecipeError, show_path
 from imagebuild.recipe import keys
@@ -50,28 +48,29 @@ MKFILE_BINDS: dict[str, tuple[str, ...]] = {
 MKFILE_GIT_BIND = "/dist/plan9front"
 
 
-@dataclass(frozen=True)
-class FsSpec:
-    """The fs partition: its file system, the protos and the source binds."""
+class FsSpec(NamedTuple):
+    """The fs partition: its file system, the protos and the source binds.
 
-    type: str = "hjfs"
-    protos: tuple[str, ...] = MKFILE_PROTOS
-    binds: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(MKFILE_BINDS))
-    git_bind: str | None = MKFILE_GIT_BIND  # where the tree goes if it has a .git
-    disk: str = "sdC0"  # sd(3) name of the disk on the booted machine (cwfs's config)
-    strict: bool = False  # a missing proto source is an error, not a warning
+    A recipe's defaults (keys.FS): hjfs, MKFILE_PROTOS, MKFILE_BINDS, MKFILE_GIT_BIND,
+    sdC0, not strict.
+    """
+
+    type: str
+    protos: tuple[str, ...]
+    binds: dict[str, tuple[str, ...]]
+    git_bind: str | None  # where the tree goes if it has a .git
+    disk: str  # sd(3) name of the disk on the booted machine (cwfs's config)
+    strict: bool  # a missing proto source is an error, not a warning
 
 
-@dataclass(frozen=True)
-class RawWrite:
+class RawWrite(NamedTuple):
     """`dd -oseek` of a root file into the finished image (reform's flash.bin)."""
 
     file: str
     offset: int
 
 
-@dataclass(frozen=True)
-class IsoSpec:
+class IsoSpec(NamedTuple):
     """[iso]: mk9660's -v, -B and -E, the plan9.ini the CD gets, and the hybrid tail's
     inputs (used when `hybrid_loader`, 386/9boothyb, is in the tree)."""
 
@@ -85,8 +84,7 @@ class IsoSpec:
     hybrid_efi: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Recipe:
+class Recipe(NamedTuple):
     """A validated recipe; paths are relative to the root, sizes in MiB (mb), keys as keys.py."""
     name: str
     path: Path
@@ -106,9 +104,9 @@ class Recipe:
     fat_reserved: int
     fat_files: tuple[str, ...]
     render: dict[str, str]  # boot file name -> template name
-    vars: dict[str, Any] = field(default_factory=dict)
+    vars: dict[str, Any]
+    fs: FsSpec
     raw_writes: tuple[RawWrite, ...] = ()
-    fs: FsSpec = field(default_factory=FsSpec)
     iso: IsoSpec | None = None
 
     def image_size(self, container: str) -> int:
@@ -182,11 +180,11 @@ def with_fs(recipe: Recipe, kind: str | None = None, disk: str | None = None) ->
     if kind is not None:
         if kind not in FS_TYPES:
             raise RecipeError(f"--fs {kind!r}: expected one of {', '.join(FS_TYPES)}")
-        fs = replace(fs, type=kind)
+        fs = fs._replace(type=kind)
     if disk is not None:
         if not SD_NAME.fullmatch(disk):
             raise RecipeError(f"fs.disk {disk!r}: expected an sd(3) name such as sdC0 or sdF0")
-        fs = replace(fs, disk=disk)
+        fs = fs._replace(disk=disk)
     wanted = FS_PREP.get(fs.type)
     prep = recipe.prep
     if wanted is not None:
@@ -195,7 +193,7 @@ def with_fs(recipe: Recipe, kind: str | None = None, disk: str | None = None) ->
         first = next((i for i, p in enumerate(prep) if p in fs_parts), len(prep))
         at = len([p for p in prep[:first] if p not in fs_parts])
         prep = (*kept[:at], *wanted, *kept[at:])
-    return replace(recipe, fs=fs, prep=tuple(prep))
+    return recipe._replace(fs=fs, prep=tuple(prep))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -388,7 +386,7 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
 
 def _validate_iso(path: Path, name: str, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
     """An [iso] recipe: the mkfile's %.pc.iso (mk9660, then the hybrid tail)."""
-    top = {k: (dataclasses.replace(spec, default=None) if k in keys.DISK_ONLY else spec)
+    top = {k: (spec._replace(default=None) if k in keys.DISK_ONLY else spec)
            for k, spec in keys.TOP.items()}
     _check_table(path, data, top, "")
     for key in keys.DISK_ONLY:

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One field: the specification's name, our attribute, its struct code (`H`, `11s`, ...)."""
 
     spec: str

@@ -12,7 +12,7 @@ References: QEMU, docs/interop/qcow2.txt ("Header", "Header extensions",
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from imagebuild.container.qcow2.format import (
     COMPRESSION_NAMES,
@@ -51,8 +51,7 @@ from imagebuild.errors import ImageFormatError, UnsupportedImageError
 
 
 # -- header ------------------------------------------------------------------------------------
-@dataclass
-class HeaderExtension:
+class HeaderExtension(NamedTuple):
     """One header extension (qcow2.txt "Header extensions"): its type and raw data."""
 
     type: int
@@ -65,31 +64,55 @@ class HeaderExtension:
             + self.data.ljust(padded, b"\0")
 
 
-@dataclass
 class Qcow2Header:
-    """The image header and its extensions (qcow2.txt "Header")."""
+    """The image header and its extensions (qcow2.txt "Header"), changed in place as the
+    image grows (refcount table, L1, feature bits).
 
-    version: int = 3
-    backing_file_offset: int = 0
-    backing_file_size: int = 0
-    cluster_bits: int = 16
-    size: int = 0
-    crypt_method: int = CRYPT_NONE
-    l1_size: int = 0
-    l1_table_offset: int = 0
-    refcount_table_offset: int = 0
-    refcount_table_clusters: int = 0
-    nb_snapshots: int = 0
-    snapshots_offset: int = 0
-    incompatible_features: int = 0
-    compatible_features: int = 0
-    autoclear_features: int = 0
-    refcount_order: int = DEFAULT_REFCOUNT_ORDER
-    header_length: int = V3_HEADER_LENGTH
-    compression_type: int = COMPRESSION_ZLIB
-    extra_fields: bytes = b""  # additional fields past compression_type, preserved
-    extensions: list[HeaderExtension] = field(default_factory=list)
-    backing_file: str | None = None
+    `extra_fields` are the bytes past compression_type, preserved; `extensions`
+    the header extensions in file order; `backing_file` the name, None without one.
+    """
+
+    __slots__ = ("autoclear_features", "backing_file", "backing_file_offset", "backing_file_size",
+                 "cluster_bits", "compatible_features", "compression_type", "crypt_method",
+                 "extensions", "extra_fields", "header_length", "incompatible_features", "l1_size",
+                 "l1_table_offset", "nb_snapshots", "refcount_order", "refcount_table_clusters",
+                 "refcount_table_offset", "size", "snapshots_offset", "version")
+
+    def __init__(self, *, version: int = 3, backing_file_offset: int = 0,
+                 backing_file_size: int = 0, cluster_bits: int = 16, size: int = 0,
+                 crypt_method: int = CRYPT_NONE, l1_size: int = 0, l1_table_offset: int = 0,
+                 refcount_table_offset: int = 0, refcount_table_clusters: int = 0,
+                 nb_snapshots: int = 0, snapshots_offset: int = 0,
+                 incompatible_features: int = 0, compatible_features: int = 0,
+                 autoclear_features: int = 0, refcount_order: int = DEFAULT_REFCOUNT_ORDER,
+                 header_length: int = V3_HEADER_LENGTH, compression_type: int = COMPRESSION_ZLIB,
+                 extra_fields: bytes = b"", extensions: list[HeaderExtension] | None = None,
+                 backing_file: str | None = None) -> None:
+        self.version = version
+        self.backing_file_offset = backing_file_offset
+        self.backing_file_size = backing_file_size
+        self.cluster_bits = cluster_bits
+        self.size = size
+        self.crypt_method = crypt_method
+        self.l1_size = l1_size
+        self.l1_table_offset = l1_table_offset
+        self.refcount_table_offset = refcount_table_offset
+        self.refcount_table_clusters = refcount_table_clusters
+        self.nb_snapshots = nb_snapshots
+        self.snapshots_offset = snapshots_offset
+        self.incompatible_features = incompatible_features
+        self.compatible_features = compatible_features
+        self.autoclear_features = autoclear_features
+        self.refcount_order = refcount_order
+        self.header_length = header_length
+        self.compression_type = compression_type
+        self.extra_fields = extra_fields
+        self.extensions: list[HeaderExtension] = [] if extensions is None else extensions
+        self.backing_file = backing_file
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Qcow2Header({fields})"
 
     @property
     def cluster_size(self) -> int:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagebuild.container.qcow2 import codec
 from imagebuild.container.qcow2.backing import (
@@ -61,10 +61,8 @@ from imagebuild.container.qcow2.format import (
 from imagebuild.container.qcow2.header import Qcow2Header
 from imagebuild.container.qcow2.hostfile import HostFile
 from imagebuild.container.qcow2.mapping import ClusterMap, Extent
-from imagebuild.container.qcow2.metadata import Snapshot, parse_snapshots
 from imagebuild.container.qcow2.read import read_guest
 from imagebuild.container.qcow2.refcounts import Refcounts
-from imagebuild.container.qcow2.references import rebuild_refcounts
 from imagebuild.container.qcow2.view import DataView
 from imagebuild.container.qcow2.write import write_compressed, write_guest
 from imagebuild.disk.device import RawFile
@@ -74,6 +72,9 @@ from imagebuild.errors import (
     ReadOnlyImageError,
     UnsupportedImageError,
 )
+
+if TYPE_CHECKING:
+    from imagebuild.container.qcow2.metadata import Snapshot
 
 __all__ = ["Qcow2Image", "open_image", "refuse_output_in_chain"]
 
@@ -173,6 +174,8 @@ class Qcow2Image:
         self.map.load()
         self.refcounts.load()
         if header.nb_snapshots:
+            from imagebuild.container.qcow2.metadata import parse_snapshots
+
             most = header.nb_snapshots * (64 + 2 * 65535 + 1024)
             table = self.host.pread(min(most, self.host.size - header.snapshots_offset),
                                     header.snapshots_offset)
@@ -191,6 +194,8 @@ class Qcow2Image:
                 f"not supported"
             )
         if rebuild and header.version >= 3 and header.incompatible_features & INCOMPAT_DIRTY:
+            from imagebuild.container.qcow2.references import rebuild_refcounts
+
             rebuild_refcounts(self)
         self.refcounts.end = max(size_to_clusters(self.host.size, self.cluster_bits),
                                  self.refcounts.last_referenced() + 1)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from imagebuild.container.qcow2.format import (
     L1E_OFFSET_MASK,
@@ -47,8 +47,7 @@ class ClusterKind(Enum):
     COMPRESSED = "compressed"  # compressed data at a host byte offset
 
 
-@dataclass(frozen=True)
-class Extent:
+class Extent(NamedTuple):
     """A run of guest bytes (`start`, `length`) of one kind.
 
     `host` is the host byte offset of NORMAL runs (and of preallocated ZERO

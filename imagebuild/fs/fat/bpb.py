@@ -38,7 +38,7 @@ A boot sector uses the FAT32 layout exactly when fat_sectors16 is 0, the test
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from imagebuild.errors import ImageFormatError
 from imagebuild.partition.sector0 import MAGIC
@@ -101,8 +101,7 @@ assert BPB.end == 0x24 and BPB16_TAIL.end == BPB_SIZE and BPB32_TAIL.end == BPB3
 VALID_SECTOR_SIZES = (512, 1024, 2048, 4096)
 
 
-@dataclass
-class FatParams:
+class FatParams(NamedTuple):
     """Every field of the BPB, plus the layout they imply.
 
     `pack()` returns the bytes 0..BPB_SIZE (or 0..BPB32_SIZE when
@@ -133,7 +132,7 @@ class FatParams:
     root_cluster: int = 0
     fsinfo_sector: int = 0
     backup_boot_sector: int = 0
-    reserved0: bytes = field(default=bytes(12))
+    reserved0: bytes = bytes(12)
     # extended BPB (at 0x24 on FAT12/16, at 0x40 on FAT32)
     drive_number: int = 0x80
     reserved1: int = 0
@@ -155,11 +154,9 @@ class FatParams:
         """Parse the BPB fields of `sector` (no validation: see `check()`)."""
         if len(sector) < BPB32_SIZE:
             raise ImageFormatError(f"{source}: {len(sector)} bytes is too short for a BPB")
-        params = cls(**BPB.unpack(sector))
-        tail = BPB32_TAIL if params.is_fat32 else BPB16_TAIL
-        for attr, value in tail.unpack(sector).items():
-            setattr(params, attr, value)
-        return params
+        head = BPB.unpack(sector)
+        tail = BPB16_TAIL if head["fat_sectors16"] else BPB32_TAIL  # as is_fat32
+        return cls(**head, **tail.unpack(sector))
 
     def check(self, device_sectors: int | None = None, source: str = "boot sector") -> None:
         """Raise ImageFormatError unless the fields describe a FAT a reader can walk."""
@@ -279,8 +276,7 @@ FSINFO_BODY = Layout("FSInfo body", "<", [  # after FSI_Reserved1 (480 bytes); F
 FSINFO_BODY_OFFSET = FSINFO_BODY.base
 
 
-@dataclass
-class FsInfo:
+class FsInfo(NamedTuple):
     """The FAT32 FSInfo sector as format.c fills it: both signatures, the free
     count and the last allocated cluster; the trailing 0xAA550000 signature of
     Microsoft's spec is not written by format (bytes 508..511 stay 0)."""
@@ -289,7 +285,7 @@ class FsInfo:
     next_free: int = 0xFFFFFFFF
     lead_signature: int = FSINFO_LEAD_SIGNATURE
     struct_signature: int = FSINFO_STRUCT_SIGNATURE
-    reserved2: bytes = field(default=bytes(12), compare=False)
+    reserved2: bytes = bytes(12)
 
     def pack(self, sector_size: int) -> bytes:
         """The whole FSInfo sector of `sector_size` bytes (the rest zero)."""

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from imagebuild.util.layout import Field, Layout
 
@@ -82,8 +82,7 @@ DOS_EPOCH = 315532800  # 1980-01-01T00:00:00Z
 DOS_LAST = 4354819198  # 2107-12-31T23:59:58Z
 
 
-@dataclass
-class DirEntry:
+class DirEntry(NamedTuple):
     """One short directory entry."""
 
     name: bytes  # 11 bytes, name[8] + ext[3]
@@ -132,8 +131,7 @@ class DirEntry:
         return f"{base}.{ext}" if ext else base
 
 
-@dataclass
-class LfnSlot:
+class LfnSlot(NamedTuple):
     """One long-name slot: 13 UTF-16 units of the name, its place, the short name's checksum.
 
     `ordinal` counts from 1 at the name's start, LFN_LAST marks the slot

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.fs.fat.bpb import (
@@ -105,26 +105,29 @@ MAX_FILE_SIZE = 0xFFFFFFFF
 WRITE_CHUNK = 4 << 20
 
 
-@dataclass(frozen=True)
-class FatFile:
+class FatFile(NamedTuple):
     """A file for the root directory: its FAT name and contents."""
 
     name: str
     data: bytes
 
 
-@dataclass
 class _Directory:
-    """The root directory as format builds it, with the clusters it hands out."""
+    """The root directory as format builds it, with the clusters it hands out: `capacity`
+    entries, `clusters` (format's count, 2 reserved included) of `cluster_bytes` each."""
 
-    capacity: int  # entries
-    cluster_bytes: int
-    clusters: int
-    fat_bits: int
-    entries: bytearray = field(default_factory=bytearray)
-    runs: list[tuple[int, int]] = field(default_factory=list)  # (first cluster, count)
-    last_cluster: int = 1  # format.c fatlast
-    names: dict[tuple[str, str], str] = field(default_factory=dict)
+    __slots__ = ("capacity", "cluster_bytes", "clusters", "entries", "fat_bits", "last_cluster",
+                 "names", "runs")
+
+    def __init__(self, capacity: int, cluster_bytes: int, clusters: int, fat_bits: int) -> None:
+        self.capacity = capacity
+        self.cluster_bytes = cluster_bytes
+        self.clusters = clusters
+        self.fat_bits = fat_bits
+        self.entries = bytearray()
+        self.runs: list[tuple[int, int]] = []  # (first cluster, count)
+        self.last_cluster = 1  # format.c fatlast
+        self.names: dict[tuple[str, str], str] = {}
 
     def allocate(self, count: int, what: str) -> int:
         """clustalloc(Sof), clustalloc(0)..., clustalloc(Eof): `count` consecutive clusters."""
@@ -210,8 +213,7 @@ def file_attributes(short: str) -> int:
     return ATTR_SYSTEM if lowered == "9load" or lowered.startswith("9boot") else 0
 
 
-@dataclass
-class FatPlan:
+class FatPlan(NamedTuple):
     """Everything format_fat writes, decided before it writes anything."""
 
     params: FatParams
@@ -406,12 +408,11 @@ def _boot_sector(
         sector[0:3] = program[0:3]
         sector[BPB_SIZE : len(program)] = program[BPB_SIZE:]
     if params is not None:
-        params.jump = bytes(sector[0:3])
+        params = params._replace(jump=bytes(sector[0:3]))
         if params.is_fat32:
             # Not written by format: what the boot program (or the old sector) has there.
-            params.reserved0 = bytes(sector[0x34:0x40])
-            params.reserved1 = sector[0x41]
-            params.volume_id = int.from_bytes(sector[0x43:0x47], "little")
+            params = params._replace(reserved0=bytes(sector[0x34:0x40]), reserved1=sector[0x41],
+                                     volume_id=int.from_bytes(sector[0x43:0x47], "little"))
         packed = params.pack()
         sector[: len(packed)] = packed
     sector[-2:] = BOOT_SIGNATURE

@@ -13,7 +13,7 @@ Microsoft, "FAT: General Overview of On-Disk Format" (2000), section 3.5
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from imagebuild.errors import LayoutError
 from imagebuild.fs.fat.bpb import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS
@@ -29,8 +29,7 @@ class FatError(LayoutError):
     """A FAT cannot be formatted as asked (bad boot program, names, sizes)."""
 
 
-@dataclass(frozen=True)
-class DiskType:
+class DiskType(NamedTuple):
     """A row of format.c's floppytype[] table."""
 
     name: str
@@ -67,8 +66,7 @@ def default_cluster_sectors(secs: int) -> int:
     return 1 << (i - 1).bit_length()
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """What format.c's "crock inside a crock" settles on for one partition."""
 
     fat_bits: int
@@ -99,12 +97,14 @@ class _Unsettled(FatError):
         self.least = least  # the smaller of the counts (+2) it alternates between
 
 
-@dataclass
 class Pass:
     """format.c globals that one run of dosfs() leaves changed for the next."""
 
-    reserved: int
-    alias_id: int = 0
+    __slots__ = ("alias_id", "reserved")
+
+    def __init__(self, reserved: int, alias_id: int = 0) -> None:
+        self.reserved = reserved
+        self.alias_id = alias_id
 
 
 def _fit_width(reserved: int, volsecs: int, sector_size: int, cluster: int, fat_bits: int
@@ -226,7 +226,7 @@ def _shortened(narrower: Layout, cluster: int) -> Layout:
     limit = FAT12_MAX_CLUSTERS if narrower.fat_bits == 12 else FAT16_MAX_CLUSTERS
     first_data = narrower.reserved_sectors + FAT_COUNT * narrower.fat_sectors
     first_data += narrower.root_sectors
-    return replace(narrower, clusters=limit + 2, volume_sectors=first_data + limit * cluster)
+    return narrower._replace(clusters=limit + 2, volume_sectors=first_data + limit * cluster)
 
 
 def cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int) -> Layout:
@@ -249,4 +249,4 @@ def cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int
     if fat_sectors == layout.fat_sectors:
         return layout
     data = layout.reserved_sectors + FAT_COUNT * fat_sectors + layout.root_sectors
-    return replace(layout, fat_sectors=fat_sectors, clusters=2 + (volsecs - data) // cluster)
+    return layout._replace(fat_sectors=fat_sectors, clusters=2 + (volsecs - data) // cluster)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageBuildError, ImageFormatError
@@ -38,8 +38,7 @@ class FatPathError(ImageBuildError):
     """A path names no file or directory of the FAT (or the wrong kind)."""
 
 
-@dataclass(frozen=True)
-class FatEntry:
+class FatEntry(NamedTuple):
     """A directory entry as a reader sees it."""
 
     name: str  # the long name, else the 8.3 name ("PLAN9.INI")
@@ -223,8 +222,7 @@ class FatVolume:
                 yield from self._walk(entry, path, seen)
 
 
-@dataclass(frozen=True)
-class DirRecord:
+class DirRecord(NamedTuple):
     """A short entry found in a directory's bytes, with its long name and where both lie.
 
     `first_slot` and `slot` are 32-byte slot indexes in the directory: its
