@@ -148,9 +148,9 @@ class Image:
                        for a in addrs)  # fmt: skip
         return out[: e.size]
 
-    def tree(self) -> dict[str, Entry]:
-        """Every path below the root (and "/" itself)."""
-        out = {"/": self.root()}
+    def tree(self, top: Entry | None = None) -> dict[str, Entry]:
+        """Every path below the root, or below `top` (and "/" itself)."""
+        out = {"/": self.root() if top is None else top}
         todo = ["/"]
         while todo:
             p = todo.pop()
@@ -166,3 +166,19 @@ class Image:
         tree = self.tree()
         text = self.data(tree["/adm/users"]).decode()
         return {int(line.split(":")[0]): line.split(":")[1] for line in text.splitlines()}
+
+
+class DumpView(Image):
+    """The dump file system (`filsys dump o`) as cw.c roread() reads it: from the cache only
+    while the slot is Cdump (2), Cread (3) or Cdump1 (5), otherwise from the worm."""
+
+    def block(self, waddr: int) -> bytes:
+        hit = self.slots.get(waddr)
+        if hit and hit[1] in (2, 3, 5):
+            return self.cblock(hit[0])
+        return self.wread(waddr * BS, BS)
+
+    def dumps(self) -> list[tuple[str, Entry]]:
+        """Every /yyyy/mmdd[n] in the order cfsdump() made them (slot order), with its root."""
+        ro = entry(self.tagged(self.roraddr, T_DIR, 1), 0)
+        return [(f"/{y.name}/{d.name}", d) for y in self.children(ro) for d in self.children(y)]

@@ -16,7 +16,9 @@ c bucket"), the bucket entries (a worm address in its own bucket, once, with a
 known state and an age below the bucket's generator, getcentry()), the worm's
 copy of the superblock (cw.c touchsb()), and that every Cread slot still equals
 its worm block.  We also count blocks below fsize that are neither in use nor
-free ("missing", which chk.c reports for plain devices).
+free ("missing", which chk.c reports for plain devices), and check one thing
+cwfs's check does not: that the next dump will reach every block changed
+since the last one (`dump_reach`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from imagebuild.errors import ImageFormatError
 from imagebuild.fs.cwfs.layout import (
     BKPERBLK,
     CEPERBK,
+    DALLOC,
     DIRPERBUF,
+    DTMP,
     FEPERBUF,
     FSPAR,
     INDPERBUF,
@@ -52,6 +56,7 @@ from imagebuild.fs.cwfs.layout import (
     Tfile,
     Tfree,
     Tind1,
+    Tind4,
     Tsuper,
     cache_geometry,
     dentry_at,
@@ -216,6 +221,62 @@ class _Checker:
             self.problem(f"{len(lost)} blocks neither in use nor free (missing), e.g. {lost[:5]}")
 
 
+def dump_reach(blocks: CwBlocks, root: int) -> list[str]:
+    """Blocks changed since the last dump that the next dump would not reach.
+
+    cw.c cwrecur() starts at the root and descends only into dirty blocks (isdirty():
+    Cdirty or Cwrite, or an indirect block in the cache at all), skipping DTMP files.  A
+    changed block (Cdirty, Cwrite) below a clean one would stay out of the next dump and the
+    tree would keep the block's old worm copy.  A real cwfs keeps the way dirty through the
+    atime every walk sets (9p2.c walkname()); this pass checks that it is.
+    """
+    problems: list[str] = []
+    stack: list[tuple[int, int, int, int, bool, str]] = [(root, Tdir, 0, QPROOT, True, "/")]
+    lost = 0
+    while stack:
+        addr, tag, tag1, qp, reach, path = stack.pop()
+        hit = blocks.slot(addr)
+        state = Cnone if hit is None else hit[1]
+        changed = state in (Cdirty, Cwrite)
+        if changed and not reach:
+            lost += 1
+            if len(problems) < 5:
+                problems.append(f"main: {path}: block {addr} changed since the last dump is out "
+                                "of the next dump's reach (its parent block is clean)")  # fmt: skip
+        reach = reach and (changed or (Tind1 <= tag <= Tind4 and state != Cnone))
+        if tag == Tfile:
+            continue
+        try:
+            block = blocks.read(addr)
+        except (CwfsError, ImageFormatError):
+            continue  # the tree walk reports it
+        if get_tag(block) != (tag, qp):
+            continue
+        if tag == Tdir:
+            for slot in range(DIRPERBUF):
+                d = dentry_at(block, slot)
+                if d.mode & (DALLOC | DTMP) != DALLOC:
+                    continue
+                t1 = Tdir if d.is_dir else Tfile
+                name = d.name.decode("utf-8", "replace")
+                sub = name if addr == root else path.rstrip("/") + "/" + name
+                for a in d.dblock[:NDBLOCK]:
+                    if a:
+                        stack.append((a, t1, 0, d.qpath, reach, sub))
+                for j in range(NIBLOCK):
+                    if d.iblocks[j]:
+                        stack.append((d.iblocks[j], Tind1 + j, t1, d.qpath, reach, sub))
+        else:
+            child, ctag1 = (tag1, 0) if tag == Tind1 else (tag - 1, tag1)
+            for k in range(INDPERBUF):
+                a = get_off(block, k)
+                if a:
+                    stack.append((a, child, ctag1, qp, reach, path))
+    if lost > len(problems):
+        problems.append(f"main: {lost} blocks changed since the last dump are out of its reach")
+    return problems
+
+
 def _check_cache(vol: CwfsVolume, cache_dev: BlockDevice, worm_dev: BlockDevice) -> list[str]:
     """The cache header's geometry, the bucket blocks and entries, Cread copies, the worm sb."""
     problems: list[str] = []
@@ -303,6 +364,7 @@ def fsck(fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = 
              if (s := vol.main.slot(a)) is not None and s[1] == Cdirty)  # fmt: skip
     main.missing(dirty)
     problems += main.problems
+    problems += dump_reach(vol.main, h.cwraddr)
     if other is not None and vol.other is not None:
         try:
             raw = vol.other.read(2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from imagebuild.errors import LayoutError
 from imagebuild.fs.cwfs.layout import (
     ADDFREE,
     CEPERBK,
@@ -44,8 +45,10 @@ from imagebuild.fs.cwfs.layout import (
     Tfile,
     Tind1,
     Tind4,
+    Tsuper,
     dentry_at,
     get_off,
+    get_tag,
     put_dentry,
     put_off,
 )
@@ -86,10 +89,14 @@ class Dump:
         self.fsize = 0
 
     def isdirty(self, addr: int, tag: int) -> bool:
+        """cw.c isdirty(): Cdirty or Cwrite, or an indirect block in the cache at all.
+
+        cwio(Oread) caches what it reads from the worm (Cread); our model reads it into
+        memory instead, so an indirect block read since the last dump counts as cached."""
         s = self.v.state(addr)
         if s in (Cdirty, Cwrite):
             return True
-        return Tind1 <= tag <= Tind4 and s != Cnone
+        return Tind1 <= tag <= Tind4 and (s != Cnone or addr in self.v.meta)
 
     def split(self, addr: int) -> int:
         """cw.c split(): Cdirty -> Cdump in place; Cwrite -> a copy at a fresh worm address."""
@@ -168,6 +175,7 @@ class Dump:
         self.fsize = h.fsize
         orba = h.cwraddr
         rba = self.recur(orba, Tdir, 0, QPROOT) or orba
+        self.check_all_reached()
         v.sb.fsize, v.sb.cwraddr = self.fsize, rba
         h.fsize, h.cwraddr = self.fsize, rba
         if self.fsize + 50 > h.wsize:  # "dump: worm full after dump"
@@ -202,6 +210,19 @@ class Dump:
         self.copy_to_worm()
         tree.root = Node(rba, 0)
         tree.forget_dirs()
+
+    def check_all_reached(self) -> None:
+        """After cwrecur() over the main tree: raise LayoutError if a block rewritten since the
+        last dump is still Cwrite, because cwrecur() did not reach it and the tree would lose
+        the change.  Only the superblock may be (sync() rewrote it in place)."""
+        v = self.v
+        for bn in sorted(v.buckets):
+            for c in v.buckets[bn].entry[:CEPERBK]:
+                if c.state == Cwrite and get_tag(v.block(c.waddr))[0] != Tsuper:
+                    raise LayoutError(
+                        f"cwfs dump: worm block {c.waddr}, changed since the last dump, was not "
+                        "reached from the root (cw.c cwrecur()); the image would lose it"
+                    )
 
     def date_entry(self, rba: int, now: int) -> None:
         """/yyyy/mmdd[n] in the dump root: copies of the frozen root Dentry (qid QPROOT)."""

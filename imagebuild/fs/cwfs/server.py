@@ -2,12 +2,16 @@
 
 A fid names a file by its path, resolved at each request: a dump between two
 requests moves directory blocks (cw.c rewalk() redoes open files' walks for
-the same reason).  Before each create or write we dump when the cache could
-not take the next cwgrow() (dump.py).  Names of
-users go through cwfs's table (uidgid.c strtouid()); where cwfs would store -2
-for a name it does not know (and show it as "none"), we refuse, so that every
-owner the proto names reads back.  A wstat ends a file's writes (mkfs renames
-its temporary file then), so it also writes out the blocks left partly filled.
+the same reason).  Each walk touches the directories it passes (9p2.c
+walkname()'s accessdir(FREAD)), and the attach the root: the same blocks a
+real session's walks and rewalk() mark modified, which is what lets the next
+dump's cwrecur() reach every block changed since the last one.  Before each
+create or write we dump when the cache could not take the next cwgrow()
+(dump.py).  Names of users go through cwfs's table (uidgid.c strtouid());
+where cwfs would store -2 for a name it does not know (and show it as "none"),
+we refuse, so that every owner the proto names reads back.  A wstat ends a
+file's writes (mkfs renames its temporary file then), so it also writes out
+the blocks left partly filled.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class CwfsServer:
 
     def attach(self, user: str) -> None:
         self.uid = self._id(user)
+        self.tree.touch(self.tree.root, self.tree.get(self.tree.root))
 
     def node(self, fid: Fid) -> Node:
         node = self._walk(fid.path)
@@ -75,8 +80,10 @@ class CwfsServer:
     def _walk(self, path: str) -> Node | None:
         node = self.tree.root
         for elem in [p for p in path.split("/") if p]:
-            if not self.tree.get(node).is_dir:
+            d = self.tree.get(node)
+            if not d.is_dir:
                 return None
+            self.tree.touch(node, d)  # walkname(): accessdir(FREAD) on the directory walked
             child = self.tree.lookup(node, elem.encode("utf-8", "surrogateescape"))
             if child is None:
                 return None

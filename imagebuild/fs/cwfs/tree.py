@@ -129,6 +129,17 @@ class FileTree:
             d.muid = uid
             d.version = (d.version + 1) & 0xFFFFFFFF
 
+    def touch(self, node: Node, d: Dentry) -> None:
+        """accessdir(FREAD) as walkname() and attach make it: the atime, and the Dentry's block
+        marked modified (Bmod) even when the time is unchanged.  This keeps every directory
+        on the way to a changed file dirty, which the dump's cwrecur() relies on to reach it
+        (cw.c cfsdump() walks every block only under noatime)."""
+        if d.atime != self.now:
+            d.atime = self.now
+            self.put(node, d)
+        else:
+            self.v.dirty(node.addr)
+
     # -- block addressing (dentry.c rel2abs/indfetch) -------------------------------------------
     def rel2abs(self, d: Dentry, a: int, tag: int) -> int:
         """Block `a` of the file, allocated with `tag` when missing and tag != 0."""
