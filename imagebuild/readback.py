@@ -203,9 +203,49 @@ def _cwfs_info(parts: PartFS) -> dict[str, Any] | None:
     return {"type": "cwfs", **dataclasses.asdict(summary)}
 
 
+def _attach_name(part: str, file: str) -> tuple[str, str]:
+    """`fs:ANAME:/PATH`: the attach name a 9P client gives the file server (gefs: a dataset
+    label such as adm or other, `%` allowed; cwfs: main, other or dump), "" when the spec
+    names none (the main tree); then the path."""
+    head, sep, rest = file.partition(":")
+    if part not in FS_PARTITIONS or not sep or "/" in head:
+        return "", file
+    return head.removeprefix("%"), rest or "/"
+
+
+def _gefs_label(path: Path, gefs: Any, aname: str) -> str:
+    """fs.c fsattach(): "" is main, any other name a label; "dump" lists the snapshots."""
+    labels = ", ".join(sorted(gefs.labels()))
+    if aname == "dump":
+        raise ImageBuildError(f"{path}: gefs attach name 'dump' (the snapshot list) is not "
+                              f"supported; name a dataset: {labels}")  # fmt: skip
+    if aname and aname not in gefs.labels():
+        raise ImageBuildError(f"{path}: gefs has no dataset {aname!r} (labels: {labels})")
+    return aname or "main"
+
+
+def _no_hjfs_aname(path: Path, aname: str) -> None:
+    if aname:
+        raise ImageBuildError(f"{path}: attach name {aname!r}: hjfs serves one tree (we do not "
+                              "read its dump); names are for gefs datasets and cwfs file "
+                              "systems")  # fmt: skip
+
+
+def _gefs_read(path: Path, gefs: Any, file: str, label: str) -> bytes:
+    """The file's bytes; on main, a missing /adm/users says where gefs keeps the users file."""
+    try:
+        return bytes(gefs.read(file, label))
+    except ImageBuildError as err:
+        if label == "main" and os.path.normpath("/" + file.lstrip("/")) == "/adm/users":
+            raise ImageBuildError(f"{err} in dataset main; gefs keeps the users file in the "
+                                  "adm dataset: fs:adm:/users") from None  # fmt: skip
+        raise
+
+
 @contextmanager
-def _cwfs_volume(path: Path, part: str) -> Iterator[Any]:
-    """For `fs:` on a disk prepared for cwfs (fscache, fsworm, other), its main file system."""
+def _cwfs_volume(path: Path, part: str, aname: str = "") -> Iterator[Any]:
+    """For `fs:` on a disk prepared for cwfs (fscache, fsworm, other), the file system the
+    attach name picks (main by default, other, dump)."""
     if part != "fs":
         yield None
         return
@@ -217,7 +257,7 @@ def _cwfs_volume(path: Path, part: str) -> Iterator[Any]:
         from imagebuild.fs.cwfs import CwfsVolume
 
         other = [parts[n] for n in ("other",) if n in parts]
-        yield CwfsVolume(parts["fscache"], parts["fsworm"], *other)
+        yield CwfsVolume(parts["fscache"], parts["fsworm"], *other, filsys=aname or "main")
 
 
 def _gefs(device: BlockDevice) -> Any:
@@ -271,7 +311,8 @@ def _iso(path: Path) -> Iterator[Any]:
 
 
 def cat(path: Path, spec: str) -> bytes:
-    """`9fat:plan9.ini` or `fs:/lib/ndb/local` -> the file's bytes."""
+    """`9fat:plan9.ini`, `fs:/lib/ndb/local` or `fs:adm:/users` (a gefs dataset, a cwfs
+    file system) -> the file's bytes."""
     return b"".join(cat_stream(path, spec))
 
 
@@ -282,7 +323,8 @@ def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
         with _iso(path) as iso:
             yield iso.read_file(file, joliet=part == "joliet")
             return
-    with _cwfs_volume(path, part) as cw:
+    aname, file = _attach_name(part, file)
+    with _cwfs_volume(path, part, aname) as cw:
         if cw is not None:
             yield bytes(cw.read(file))
             return
@@ -292,8 +334,9 @@ def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
 
             gefs = _gefs(device)
             if gefs is not None:
-                yield bytes(gefs.read(file))
+                yield _gefs_read(path, gefs, file, _gefs_label(path, gefs, aname))
                 return
+            _no_hjfs_aname(path, aname)
             yield from HjfsVolume(device).iter_read(file)
             return
         from imagebuild.fs.fat.format import FatVolume
@@ -311,7 +354,8 @@ def listing(path: Path, spec: str) -> list[dict[str, Any]]:
                  "size": e.length, "mtime": e.mtime}
                 for e in iso.listdir(directory, joliet=part == "joliet")
             ]
-    with _cwfs_volume(path, part) as cw:
+    aname, directory = _attach_name(part, directory)
+    with _cwfs_volume(path, part, aname) as cw:
         if cw is not None:
             return [
                 {"name": st.name, "mode": st.mode, "dir": st.is_dir, "uid": st.uid,
@@ -322,10 +366,16 @@ def listing(path: Path, spec: str) -> list[dict[str, Any]]:
         if part in FS_PARTITIONS:
             from imagebuild.fs.hjfs import HjfsVolume
 
+            gefs = _gefs(device)
+            if gefs is not None:
+                stats = gefs.scandir(directory, _gefs_label(path, gefs, aname))
+            else:
+                _no_hjfs_aname(path, aname)
+                stats = HjfsVolume(device).scandir(directory)
             return [
                 {"name": st.name, "mode": st.mode, "dir": st.is_dir, "uid": st.uid,
                  "gid": st.gid, "size": st.length, "mtime": st.mtime}
-                for st in (_gefs(device) or HjfsVolume(device)).scandir(directory)
+                for st in stats
             ]
         from imagebuild.fs.fat.format import FatVolume
 

@@ -79,3 +79,17 @@ def test_with_fs_rejects_bad_names() -> None:
     with pytest.raises(RecipeError, match="--fs"):
         with_fs(recipe, "zfs")
     assert with_fs(with_fs(recipe, "cwfs"), "hjfs").prep == recipe.prep
+
+
+def test_attach_names_pick_main_other_and_dump(root: Path, tmp_path: Path) -> None:
+    """9p2.c attach: fsstr(aname) names a filsys of the config; "" is main."""
+    from tests.test_cli import assert_one_line_error, imagebuild
+
+    out = tmp_path / "z.img"
+    proc = imagebuild("build", "zynq.img", "--fs", "cwfs", "--root", root, "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert listing(out, "fs:main:/") == listing(out, "fs:/")
+    assert [r["name"] for r in listing(out, "fs:other:/usr/glenda")] == ["tmp"]
+    assert listing(out, "fs:dump:/") == []  # ream dumps, but only cfsdump() adds /yyyy/mmdd
+    assert imagebuild("cat", out, "fs:main:/adm/users").stdout.startswith("-1:adm:adm:glenda")
+    assert_one_line_error(imagebuild("ls", out, "fs:adm:/"), "file systems: main, dump, other")

@@ -194,6 +194,12 @@ def test_a_tree_dumped_several_times_reads_back_in_main_and_in_every_dump(
         progress.append(_check_dump(view, users, entries, snap))
         a_sizes.append(len(view.children(snap["/a"])) if "/a" in snap else 0)
     assert progress == sorted(progress) and progress[-1] < len(entries)
+    # our reader's `dump` file system (fs:dump:/...) agrees on the last dump
+    last, ours_dump = names[-1], CwfsVolume(parts["fscache"], parts["fsworm"], filsys="dump")
+    ro_paths = {p[len(last) :]: st for p, st in ours_dump.walk(last)}
+    assert ro_paths.keys() == set(snap) - {"/"}
+    for e in [e for e in entries[: progress[-1]] if not e.is_dir][-5:]:
+        assert ours_dump.read(last + e.path) == e.source.read_bytes(), e.path
     # /a (several blocks) gained entries between dumps
     assert sum(1 for x, y in itertools.pairwise(a_sizes) if y > x) >= min_dumps // 2
     assert a_sizes[-1] <= len(img.children(tree["/a"])) > DIRPERBUF * 2

@@ -85,3 +85,21 @@ def test_raw_image_repairs_in_place(gefs_images: dict[str, Path], tmp_path: Path
     assert imagebuild("fsck", img, "fs").returncode == 1
     assert imagebuild("fsck", img, "fs", "--repair", "--in-place").returncode == 0
     assert imagebuild("fsck", img, "fs").returncode == 0
+
+
+def test_attach_names_pick_the_dataset_as_gefs_fsattach_does(
+    gefs_images: dict[str, Path],
+) -> None:
+    """fs.c fsattach(): "" attaches main, `adm`/`%adm` the adm dataset that holds /users."""
+    img = gefs_images["zynq.img"]
+    users = imagebuild("cat", img, "fs:adm:/users")
+    assert users.returncode == 0, users.stderr
+    assert users.stdout.startswith("-1:adm:adm:glenda\n0:none::\n")
+    assert imagebuild("cat", img, "fs:%adm:/users").stdout == users.stdout
+    main = imagebuild("ls", img, "fs:main:/")
+    assert main.returncode == 0 and main.stdout == imagebuild("ls", img, "fs:/").stdout
+    assert "tmp/" in imagebuild("ls", img, "fs:other:/usr/glenda").stdout
+    # main's /adm is the installer's directory: no users file there, as on 9front
+    assert_one_line_error(imagebuild("cat", img, "fs:/adm/users"), "fs:adm:/users")
+    assert_one_line_error(imagebuild("ls", img, "fs:nope:/"), "labels: adm, empty, main, other")
+    assert_one_line_error(imagebuild("cat", img, "fs:dump:/x"), "not supported")

@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
                    help="read the MBR with libparted too; any disagreement is an error")
     p.set_defaults(handler=run_inspect)
 
-    p = sub.add_parser("cat", help="print a file from an image: 9fat:plan9.ini, fs:/lib/ndb/local")
+    p = sub.add_parser("cat", help="print a file from an image: 9fat:plan9.ini, fs:/lib/ndb/local; "
+                       "fs:adm:/users names a gefs dataset or cwfs file system")
     p.add_argument("image", type=Path)
     p.add_argument("file", metavar="PART:PATH")
     p.set_defaults(handler=run_cat)

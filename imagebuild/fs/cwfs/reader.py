@@ -37,8 +37,11 @@ from imagebuild.fs.cwfs.layout import (
     TAG_NAMES,
     Bucket,
     Cache,
+    Cdump,
+    Cdump1,
     Cnone,
     Config,
+    Cread,
     Dentry,
     Superb,
     Tcache,
@@ -168,8 +171,26 @@ class CwBlocks(BlockSource):
         return self.cache.cwraddr
 
 
+class RoBlocks(CwBlocks):
+    """The dump file system (`filsys dump o`) as cw.c roread() reads it: a cache slot only
+    while it holds the worm's copy (Cdump, Cread, Cdump1), otherwise the worm block."""
+
+    def read(self, addr: int) -> bytes:
+        hit = self.slot(addr)
+        if hit is not None and hit[1] in (Cdump, Cread, Cdump1):
+            return self.device.pread(RBUFSIZE, hit[0] * RBUFSIZE)
+        if addr < 0 or (addr + 1) * RBUFSIZE > self.worm.size:
+            raise CwfsError(f"cwfs dump: worm block {addr} lies outside fsworm")
+        return self.worm.pread(RBUFSIZE, addr * RBUFSIZE)
+
+    @property
+    def root_addr(self) -> int:
+        return self.cache.roraddr
+
+
 class CwfsVolume:
-    """A cwfs file system (main by default) read through its blocks."""
+    """A cwfs file system read through its blocks: `filsys` main (the default), other, or
+    dump (the dump file system: /yyyy/mmdd, each a frozen copy of main's root)."""
 
     def __init__(self, fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = None,
                  *, filsys: str = "main") -> None:  # fmt: skip
@@ -180,8 +201,11 @@ class CwfsVolume:
             self.blocks: BlockSource = self.main
         elif filsys == "other" and self.other is not None:
             self.blocks = self.other
+        elif filsys == "dump":
+            self.blocks = RoBlocks(fscache, fsworm, self.config.newcache)
         else:
-            raise CwfsError(f"cwfs: no file system {filsys!r} here")
+            have = "main, dump" + (", other" if self.other is not None else "")
+            raise CwfsError(f"cwfs: no file system {filsys!r} (file systems: {have})")
         self._users: UserTable | None = None
         self._main_view = self if filsys == "main" else CwfsVolume(fscache, fsworm)
 
@@ -326,7 +350,7 @@ class CwfsVolume:
     def walk_entries(self, path: str = "/") -> Iterator[tuple[str, Dentry]]:
         """Every entry below `path`, parents before children, as (path, Dentry)."""
         top = self.lookup(path)
-        prefix = posixpath.normpath("/" + path).rstrip("/")
+        prefix = posixpath.normpath("/" + path.lstrip("/")).rstrip("/")
         stack: list[tuple[str, Dentry]] = [(prefix, top)]
         while stack:
             prefix, d = stack.pop()
