@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 BS = 16384
 MASK = (1 << 64) - 1
@@ -73,10 +74,18 @@ class File:
     is_dir: bool
 
 
+class Sliceable(Protocol):
+    """What the reader needs of an image: its length and byte ranges (bytes, a file view)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: slice, /) -> bytes: ...
+
+
 class Gefs:
     """Decode a whole gefs image (bytes), checking every pointer's hash on the way."""
 
-    def __init__(self, img: bytes) -> None:
+    def __init__(self, img: Sliceable) -> None:
         self.img = img
         self.pointers_checked = 0
         sb = img[:BS]
@@ -155,7 +164,8 @@ class Gefs:
         addr, h, _ = struct.unpack_from(">qQq", rec, 48)
         return self.tree(addr, h, ht)
 
-    def files(self, label: str = "main") -> dict[str, tuple[File, bytes]]:
+    def files(self, label: str = "main", *, data: bool = True) -> dict[str, tuple[File, bytes]]:
+        """Every path of the dataset with its File and, unless `data` is False, its bytes."""
         kvs = self.dataset(label)
         ents: dict[int, list[tuple[str, File]]] = {}
         root = None
@@ -177,21 +187,27 @@ class Gefs:
         todo = [("/", root)]
         while todo:
             path, f = todo.pop()
-            data = b""
+            body = b""
             if not f.is_dir:
-                parts = []
-                for off in range(0, f.length, BS):
-                    v = kvs.get(b"\x00" + struct.pack(">qQ", f.qid, off))
-                    n = min(BS, f.length - off)
-                    parts.append(bytes(n) if v is None else self.ptr(v)[:n])
-                data = b"".join(parts)
+                if data:
+                    body = self.read(kvs, f)
             else:
                 up = kvs.get(b"\x02" + struct.pack(">q", f.qid))
                 assert up is not None, f"{path}: no Kup backlink"
                 for name, c in ents.get(f.qid, []):
                     todo.append(((path.rstrip("/") + "/" + name), c))
-            out[path] = (f, data)
+            out[path] = (f, body)
         return out
+
+    def read(self, kvs: dict[bytes, bytes], f: File) -> bytes:
+        """The bytes of file `f` of the dataset whose tree is `kvs`: its Kdat blocks, holes
+        as zeros."""
+        parts = []
+        for off in range(0, f.length, BS):
+            v = kvs.get(b"\x00" + struct.pack(">qQ", f.qid, off))
+            n = min(BS, f.length - off)
+            parts.append(bytes(n) if v is None else self.ptr(v)[:n])
+        return b"".join(parts)
 
     def users(self) -> dict[int, str]:
         f = self.files("adm")["/users"][1].decode()

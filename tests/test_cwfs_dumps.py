@@ -130,9 +130,10 @@ def _check_entry(img: h.Image, users: dict[int, str], e: ProtoEntry, got: h.Entr
 
 
 def _check_dump(view: h.DumpView, users: dict[int, str], entries: list[ProtoEntry],
-                tree: dict[str, h.Entry]) -> int:  # fmt: skip
+                tree: dict[str, h.Entry]) -> tuple[int, bool]:  # fmt: skip
     """The number of proto entries the dump holds: exactly the first ones, each as finished,
-    and at most mkfs's temporary file of the next, holding a prefix of its bytes."""
+    and at most mkfs's temporary file of the next, holding a prefix of its bytes; and whether
+    it holds that file (a dump in the middle of a file's writes)."""
     done = 0
     while done < len(entries) and entries[done].path in tree:
         _check_entry(view, users, entries[done], tree[entries[done].path])
@@ -147,7 +148,7 @@ def _check_dump(view: h.DumpView, users: dict[int, str], entries: list[ProtoEntr
         assert temps[0] == nxt.path.rsplit("/", 1)[0] + "/" + MKFSTMP
         part = tree[temps[0]]
         assert view.data(part) == nxt.source.read_bytes()[: part.size]
-    return done
+    return done, bool(temps)
 
 
 # A 13 MiB fscache has one bucket of 135 slots (cacheinit(): msize 1): a dump every 92
@@ -187,13 +188,15 @@ def test_a_tree_dumped_several_times_reads_back_in_main_and_in_every_dump(
     names = [name for name, _ in dumps]
     assert len(names) >= min_dumps, names
     assert names == ["/2023/1114"] + [f"/2023/1114{k}" for k in range(1, len(names))]
-    progress = []
-    a_sizes = []
+    progress, midfile, a_sizes = [], [], []
     for _name, root in dumps:
         snap = view.tree(root)
-        progress.append(_check_dump(view, users, entries, snap))
+        done, temp = _check_dump(view, users, entries, snap)
+        progress.append(done)
+        midfile.append(temp)
         a_sizes.append(len(view.children(snap["/a"])) if "/a" in snap else 0)
     assert progress == sorted(progress) and progress[-1] < len(entries)
+    assert any(midfile)  # some file grew across a dump
     # our reader's `dump` file system (fs:dump:/...) agrees on the last dump
     last, ours_dump = names[-1], CwfsVolume(parts["fscache"], parts["fsworm"], filsys="dump")
     ro_paths = {p[len(last) :]: st for p, st in ours_dump.walk(last)}

@@ -136,6 +136,7 @@ class CwBlocks(BlockSource):
         if self.cache.msize <= 0 or self.cache.maddr <= CACHE_ADDR:
             raise CwfsError(f"cwfs: cache header has msize {self.cache.msize}")
         self._map: dict[int, bytes] = {}
+        self._index: dict[int, dict[int, tuple[int, int]]] = {}  # bucket -> waddr -> (i, state)
 
     def bucket(self, bn: int) -> Bucket:
         addr = self.cache.maddr + bn // BKPERBLK
@@ -148,11 +149,19 @@ class CwBlocks(BlockSource):
 
     def slot(self, waddr: int) -> tuple[int, int] | None:
         """(cache block, state) of the entry holding waddr, or None when only the worm has it."""
-        b = self.bucket(waddr % self.cache.msize)
-        for i, c in enumerate(b.entry):
-            if c.state != Cnone and c.waddr == waddr:
-                return self.cache.slot_addr(waddr, i, self.newcache), c.state
-        return None
+        bn = waddr % self.cache.msize
+        index = self._index.get(bn)
+        if index is None:
+            if len(self._index) > 4096:
+                self._index.clear()
+            index = self._index[bn] = {
+                c.waddr: (i, c.state) for i, c in enumerate(self.bucket(bn).entry)
+                if c.state != Cnone
+            }  # fmt: skip
+        hit = index.get(waddr)
+        if hit is None:
+            return None
+        return self.cache.slot_addr(waddr, hit[0], self.newcache), hit[1]
 
     def read(self, addr: int) -> bytes:
         hit = self.slot(addr)
