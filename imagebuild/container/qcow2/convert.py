@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
 RAW_BLOCK = 65536  # raw output: all-zero blocks of this size stay holes
-DEFLATE_BATCH = 1 << 20  # bytes of clusters per deflate task
+DEFLATE_BATCH = 65536  # bytes of clusters per deflate task (at least one cluster)
+QCOW2_MAX_THREADS = 4  # QEMU's qcow2 compresses on up to 4 threads; we use at least as many
 KERNEL_COPY = True  # copy raw sources with copy_file_range (False: through buffers)
 # below this cluster size, one pread per cluster to find the zero ones costs more than
 # reading the whole piece: smaller clusters go through buffers
@@ -72,7 +73,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     """Write the guest data of `src` (through its backing chain) to a standalone `dst`.
 
     Raw output is sparse; qcow2 output allocates only non-zero clusters
-    (deflated with `compress`, on `workers` threads: default one per CPU).
+    (deflated with `compress`, on `workers` threads: default one per CPU, at
+    least QEMU's 4).
     `sync` fsyncs the output before it replaces `dst`.  Raises
     UnsupportedImageError for an unknown format, ImageBuildError for
     `compress` with raw output, OutputError for an unwritable `dst`, and what
@@ -263,7 +265,7 @@ def _compressed(chunks: ReadAhead, out: Qcow2Image, workers: int | None) -> None
     from concurrent.futures import ThreadPoolExecutor
 
     cs = out.cluster_size
-    threads = workers or os.cpu_count() or 1
+    threads = workers or max(os.cpu_count() or 1, QCOW2_MAX_THREADS)
     step = max(cs, DEFLATE_BATCH // cs * cs)
     window = 2 * threads + 2  # tasks in flight: bounds memory, keeps every core busy
     pending: deque[Future[Deflated]] = deque()
