@@ -103,7 +103,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
             if raw is not None:
                 _copy_clusters(raw, parts, out)
                 return
-            chunks = ReadAhead(parts, _reader(source))
+            chunks = ReadAhead(parts, _reader(source), source.size)
             try:
                 if compress:
                     _compressed(chunks, out, workers)
@@ -148,12 +148,12 @@ def aligned_ranges(image: Source, align: int) -> Iterator[tuple[int, int]]:
         yield run_start, run_end
 
 
-def pieces(image: Source, align: int) -> list[Piece]:
+def pieces(image: Source, align: int) -> Iterator[Piece]:
     """The aligned ranges cut into (offset, length) pieces of at most CHUNK bytes, each
     range from its start: the allocation steps of every copy path."""
-    return [(pos, min(CHUNK, end - pos))
-            for first, end in aligned_ranges(image, align)
-            for pos in range(first, end, CHUNK)]
+    for first, end in aligned_ranges(image, align):
+        for pos in range(first, end, CHUNK):
+            yield pos, min(CHUNK, end - pos)
 
 
 def _reader(image: Source) -> ReadInto:
@@ -186,7 +186,7 @@ def _runs(indices: list[int]) -> Iterator[tuple[int, int]]:
         i = j
 
 
-def _copy_clusters(source: RawFile, parts: list[Piece], out: Qcow2Image) -> None:
+def _copy_clusters(source: RawFile, parts: Iterator[Piece], out: Qcow2Image) -> None:
     """Each piece's non-zero clusters, one host run per run of guest clusters, copied by
     the kernel: the layout `write_new_clusters` gives the same piece."""
     bits = out.cluster_bits
@@ -213,7 +213,7 @@ def _copy_clusters(source: RawFile, parts: list[Piece], out: Qcow2Image) -> None
         out.maybe_trim_cache()
 
 
-def _to_raw(source: Source, parts: list[Piece], size: int, tmp: os.PathLike[str],
+def _to_raw(source: Source, parts: Iterator[Piece], size: int, tmp: os.PathLike[str],
             raw: RawFile | None) -> None:
     """A sparse raw file: runs of non-zero RAW_BLOCK blocks, each run one pwrite, or
     one kernel copy from `raw` (the source, when it is a raw file)."""
@@ -227,7 +227,7 @@ def _to_raw(source: Source, parts: list[Piece], size: int, tmp: os.PathLike[str]
                     start = pos + first * RAW_BLOCK
                     copier.copy_run(start, start, min(count * RAW_BLOCK, pos + n - start))
             return
-        chunks = ReadAhead(parts, _reader(source))
+        chunks = ReadAhead(parts, _reader(source), size)
         try:
             for pos, data in chunks:
                 view = memoryview(data)

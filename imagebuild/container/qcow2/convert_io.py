@@ -22,7 +22,7 @@ import errno
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from imagebuild.container.qcow2.hostfile import is_zero, zeros
 
@@ -93,7 +93,7 @@ class KernelCopy:
             done += want
 
 
-def _batches(pieces: list[Piece], read_into: ReadInto, size: int,
+def _batches(pieces: Iterable[Piece], read_into: ReadInto, size: int,
              ) -> Iterator[list[tuple[int, memoryview]]]:
     """`pieces` read into READ_AHEAD + 2 buffers of `size` bytes (at least the largest
     piece) in turn, each made when first needed, gathered into batches that fill a
@@ -123,19 +123,21 @@ def _batches(pieces: list[Piece], read_into: ReadInto, size: int,
 class ReadAhead:
     """`(offset, bytes)` for each of `pieces`, read by a thread READ_AHEAD batches ahead.
 
-    `read_into(view, offset)` fills a view with source bytes.  The consumer
-    must be done with a piece when it asks for the next: the READ_AHEAD + 2
-    buffers (of BATCH bytes, or the total when smaller) are reused in turn.  An
+    `read_into(view, offset)` fills a view with source bytes; no piece is
+    longer than CHUNK or `source_size`.  The consumer must be done with a piece
+    when it asks for the next: the READ_AHEAD + 2 buffers (of BATCH bytes, or
+    `source_size` when smaller) are reused in turn.  An
     exception in the reader is raised again in the consumer.  `close()` stops
     the reader (it may be blocked on a full queue) and waits for it.
     """
 
     _DONE = object()
 
-    def __init__(self, pieces: list[Piece], read_into: ReadInto) -> None:
+    def __init__(self, pieces: Iterable[Piece], read_into: ReadInto, source_size: int,
+                 ) -> None:
         self._queue: queue.Queue[object] = queue.Queue(READ_AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(pieces, read_into),
+        self._thread = threading.Thread(target=self._run, args=(pieces, read_into, source_size),
                                         daemon=True, name="convert-read-ahead")
         self._thread.start()
 
@@ -148,10 +150,9 @@ class ReadAhead:
                 continue
         return False
 
-    def _run(self, pieces: list[Piece], read_into: ReadInto) -> None:
+    def _run(self, pieces: Iterable[Piece], read_into: ReadInto, source_size: int) -> None:
         try:
-            size = min(BATCH, sum(n for _, n in pieces))
-            for item in _batches(pieces, read_into, size):
+            for item in _batches(pieces, read_into, max(1, min(BATCH, source_size))):
                 if not self._put(item):
                     return
         except BaseException as err:  # handed to the consumer
