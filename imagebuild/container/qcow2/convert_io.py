@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from imagebuild.container.qcow2.hostfile import is_zero, zeros
+
+if TYPE_CHECKING:
+    import queue
 
 CHUNK = 8 << 20  # bytes per piece: one read, one write call (and one allocation run)
 BATCH = 16 << 20  # bytes handed from the reader thread to the writer at once
@@ -126,15 +128,20 @@ class ReadAhead:
     `read_into(view, offset)` fills a view with source bytes; no piece is
     longer than CHUNK or `source_size`.  The consumer must be done with a piece
     when it asks for the next: the READ_AHEAD + 2 buffers (of BATCH bytes, or
-    `source_size` when smaller) are reused in turn.  An
-    exception in the reader is raised again in the consumer.  `close()` stops
-    the reader (it may be blocked on a full queue) and waits for it.
+    `source_size` when smaller) are reused in turn.  An exception in the reader
+    is raised again in the consumer.  `close()` stops the reader (it may be
+    blocked on a full queue) and waits for it.  (queue and threading are
+    imported here: the kernel copy needs neither.)
     """
 
     _DONE = object()
 
     def __init__(self, pieces: Iterable[Piece], read_into: ReadInto, source_size: int,
                  ) -> None:
+        import queue
+        import threading
+
+        self._full = queue.Full
         self._queue: queue.Queue[object] = queue.Queue(READ_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(pieces, read_into, source_size),
@@ -146,7 +153,7 @@ class ReadAhead:
             try:
                 self._queue.put(item, timeout=0.1)
                 return True
-            except queue.Full:
+            except self._full:
                 continue
         return False
 
