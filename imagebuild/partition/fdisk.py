@@ -55,7 +55,7 @@ from imagebuild.partition.sector0 import (
 # ---------------------------------------------------------------------------------------------
 # The fdisk editor
 # ---------------------------------------------------------------------------------------------
-_OKNAME = re.compile(r"[ps](?:[ \t\n\f\r\v]*[+-]?[0-9]+)?")
+_OKNAME = r"[ps](?:[ \t\n\f\r\v]*[+-]?[0-9]+)?"  # compiled on first use: only scripts name parts
 
 FDISK_HELP = (
     "A name - set partition active\n"
@@ -235,7 +235,7 @@ class FdiskEditor(Editor):
 
     def cmd_okname(self, name: str) -> None:
         """fdisk cmdokname(): names are pN or sN."""
-        if _OKNAME.fullmatch(name) is None:
+        if re.fullmatch(_OKNAME, name) is None:
             raise EditError("name must be pN or sN")
 
     def cmd_help(self) -> None:

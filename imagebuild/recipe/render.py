@@ -16,7 +16,6 @@ bytes).  Every failure is a TemplateError naming the template and line.
 
 from __future__ import annotations
 
-import copy
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,7 +33,8 @@ if TYPE_CHECKING:
 # Our templates ship inside the package (imagebuild/templates/), so a wheel has them.
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 MAX_TEMPLATE_BYTES = 1 << 20
-_SET = re.compile(r"^([A-Za-z_][\w-]*)((?:\.[^.=\s]+)+)=(.*)$", re.DOTALL)
+# compiled on first use (re caches it): only --set needs it
+_SET = r"^([A-Za-z_][\w-]*)((?:\.[^.=\s]+)+)=(.*)$"
 # a variable value that only names base variables: rendered without jinja2
 _PLAIN_VALUE = re.compile(r"(?:[^{}]|\{\{\s*(?:target|objtype|kernel|kernels|demo)\s*\}\})*")
 _NAME = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -50,7 +50,7 @@ def parse_set(text: str) -> tuple[list[str], str]:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise TemplateError(f"--set {text!r}: not UTF-8 text") from None
-    match = _SET.match(text)
+    match = re.match(_SET, text, re.DOTALL)
     if not match:
         raise TemplateError(f"--set {text!r}: expected NAMESPACE.KEY=VALUE, e.g. plan9.console=0")
     namespace, dotted, value = match.groups()
@@ -151,7 +151,7 @@ def render_boot_files(
     }
     jinja = _Jinja(search)
     try:
-        variables = _expand(jinja, copy.deepcopy(recipe.vars), base)
+        variables = _expand(jinja, _fresh(recipe.vars), base)
     except TemplateError as err:  # a [vars] value of the recipe: name the recipe file
         raise TemplateError(f"{recipe.path}: [vars]: {err}") from None
     apply_sets(recipe, variables, sets)  # after expansion: --set values are literal
@@ -252,6 +252,16 @@ def _template_line(tb: TracebackType | None, filename: str) -> int | None:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of a TOML value whose tables and arrays may be changed: the nested dicts and
+    lists copied, the scalars (immutable) shared."""
+    if isinstance(value, dict):
+        return {key: _fresh(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fresh(item) for item in value]
+    return value
 
 
 def _expand(jinja: _Jinja, value: Any, base: Mapping[str, Any]) -> Any:

@@ -8,7 +8,7 @@ from imagebuild.errors import ImageBuildError
 
 _SUFFIXES = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
              "P": 1 << 50, "E": 1 << 60}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]?)\s*$")
+_SIZE = r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]?)\s*$"  # compiled on first use (re caches it)
 
 
 class SizeError(ImageBuildError):
@@ -17,7 +17,7 @@ class SizeError(ImageBuildError):
 
 def parse_size(text: str, what: str = "size") -> int:
     """'64K' -> 65536, '1.5G' -> 1610612736, '4096' -> 4096."""
-    match = _SIZE.match(text)
+    match = re.match(_SIZE, text)
     if not match or match.group(2).upper() not in _SUFFIXES:
         raise SizeError(
             f"{what} {text!r}: expected a number of bytes with an optional suffix K, M, G, T, P, E"
