@@ -24,15 +24,17 @@ VERB_GROUPS = {"build": "build", "list": "build", "demo-root": "build", "customi
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The argparse parser: the verbs of the group `argv` names, else of every group."""
+    """The argparse parser: only the verb `argv` names, else every verb of every group."""
     import importlib
 
     parser = _Parser(prog="imagebuild", description="Build 9front distribution disk images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     verb = next((a for a in (argv or ()) if not a.startswith("-")), None)
-    groups = [VERB_GROUPS[verb]] if verb in VERB_GROUPS else GROUPS
-    for group in groups:
+    if verb in VERB_GROUPS:
+        importlib.import_module(f"imagebuild.cli.{VERB_GROUPS[verb]}").register(sub, verb)
+        return parser
+    for group in GROUPS:
         importlib.import_module(f"imagebuild.cli.{group}").register(sub)
     return parser
 

@@ -11,8 +11,15 @@ from typing import Any
 DEMO_ROOT = Path("out") / "demo-root"
 
 
-def register(sub: Any) -> None:
-    """Add this group's verbs to the subparsers `sub` of build_parser()."""
+def register(sub: Any, only: str | None = None) -> None:
+    """Add this group's verbs (or only the verb `only`) to the subparsers `sub` of
+    build_parser()."""
+    for verb, add in _VERBS.items():
+        if only is None or only == verb:
+            add(sub)
+
+
+def _add_build(sub: Any) -> None:
     p = sub.add_parser("build", help="build a target's image into out/")
     p.add_argument("target", help="a target from `imagebuild list`, or a recipe .toml file")
     p.add_argument("--root", type=Path,
@@ -37,15 +44,21 @@ def register(sub: Any) -> None:
     _add_output_flags(p)
     p.set_defaults(handler=run_build)
 
+
+def _add_list(sub: Any) -> None:
     p = sub.add_parser("list", help="list the targets the recipes define")
     p.add_argument("--keys", action="store_true",
                    help="list the keys a recipe may use instead: type, default, meaning")
     p.set_defaults(handler=run_list)
 
+
+def _add_demo_root(sub: Any) -> None:
     p = sub.add_parser("demo-root", help="write the generated demo root (stand-in inputs)")
     p.add_argument("directory", type=Path, help="where to write it (created if needed)")
     p.set_defaults(handler=run_demo_root)
 
+
+def _add_customize(sub: Any) -> None:
     p = sub.add_parser("customize", help="write a qcow2 overlay that changes the boot partition")
     p.add_argument("base", type=Path, help="base qcow2 image (becomes the backing file)")
     p.add_argument("-o", "--output", type=output_path, required=True, help="overlay to write")
@@ -55,6 +68,10 @@ def register(sub: Any) -> None:
                    help="add or replace a file on the boot partition (repeatable)")
     _add_output_flags(p)
     p.set_defaults(handler=run_customize)
+
+
+_VERBS = {"build": _add_build, "list": _add_list, "demo-root": _add_demo_root,
+          "customize": _add_customize}
 
 
 def output_path(text: str) -> Path:

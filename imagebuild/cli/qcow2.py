@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 
-def register(sub: Any) -> None:
-    """Add `qcow2` and its verbs to the top-level parser."""
+def register(sub: Any, only: str | None = None) -> None:
+    """Add `qcow2` and its verbs to the top-level parser (`only`: this group has one verb)."""
     p = sub.add_parser("qcow2", help="create, inspect, check and convert qcow2 images")
     verbs = p.add_subparsers(dest="qcow2_command", required=True, metavar="VERB")
 

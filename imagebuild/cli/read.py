@@ -13,8 +13,15 @@ from typing import Any
 from imagebuild.errors import ImageBuildError, show_path
 
 
-def register(sub: Any) -> None:
-    """Add this group's verbs to the subparsers `sub` of build_parser()."""
+def register(sub: Any, only: str | None = None) -> None:
+    """Add this group's verbs (or only the verb `only`) to the subparsers `sub` of
+    build_parser()."""
+    for verb, add in _VERBS.items():
+        if only is None or only == verb:
+            add(sub)
+
+
+def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="show the layout of any image (qcow2 or raw)")
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -23,18 +30,24 @@ def register(sub: Any) -> None:
                    help="read the MBR with libparted too; any disagreement is an error")
     p.set_defaults(handler=run_inspect)
 
+
+def _add_cat(sub: Any) -> None:
     p = sub.add_parser("cat", help="print a file from an image: 9fat:plan9.ini, fs:/lib/ndb/local; "
                        "fs:adm:/users names a gefs dataset or cwfs file system")
     p.add_argument("image", type=Path)
     p.add_argument("file", metavar="PART:PATH")
     p.set_defaults(handler=run_cat)
 
+
+def _add_ls(sub: Any) -> None:
     p = sub.add_parser("ls", help="list a directory of an image: fs:/usr, 9fat:/")
     p.add_argument("image", type=Path)
     p.add_argument("directory", metavar="PART:PATH")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run_ls)
 
+
+def _add_fsck(sub: Any) -> None:
     p = sub.add_parser("fsck", help="check the fs partition (hjfs or gefs): blocks, trees, dirs")
     p.add_argument("image", type=Path)
     p.add_argument("partition", nargs="?", default="fs")
@@ -46,6 +59,9 @@ def register(sub: Any) -> None:
     where.add_argument("--in-place", action="store_true",
                        help="with --repair: modify IMAGE itself, without asking")
     p.set_defaults(handler=run_fsck)
+
+
+_VERBS = {"inspect": _add_inspect, "cat": _add_cat, "ls": _add_ls, "fsck": _add_fsck}
 
 
 def run_inspect(args: argparse.Namespace) -> int:
