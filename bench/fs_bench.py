@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -169,8 +170,8 @@ def make_9front_shaped_tree(root: Path, seed: int = 9) -> None:
             d = root / top / f"d{n % 37}" / f"e{n % 5}" / f"f{n}"
             d.mkdir(parents=True, exist_ok=True)
             (d / f"file{i}.c").write_bytes(_slice(blob, rng, size))
-    for d in ("tmp", "usr/glenda/tmp"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    for empty in ("tmp", "usr/glenda/tmp"):
+        (root / empty).mkdir(parents=True, exist_ok=True)
     pack = root / "dist/plan9front/.git/objects/pack"
     pack.mkdir(parents=True)
     (pack / "pack-0.pack").write_bytes(_slice(blob, rng, GIT_PACK))
@@ -213,6 +214,49 @@ def timed(fn: Callable[[], None], reset: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+class Run(NamedTuple):
+    seconds: float
+    max_rss_kb: int  # the child's peak resident set (getrusage ru_maxrss, KiB on Linux)
+    stderr: str
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run `argv` after a sync; its wall time, peak RSS and stderr (kept out of the bench's
+    output).  Exits naming the command if it fails.
+
+    The peak RSS comes from GNU time when it is there: a child forked from
+    this process inherits its resident size as a high-water mark, which
+    would hide the peak of a smaller command.
+    """
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        wrapped = argv
+        if os.access(GNU_TIME, os.X_OK):
+            wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name, *argv]
+        os.sync()  # start without the previous runs' writeback pending
+        start = time.perf_counter()
+        child = subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+        reported = rss.read().split()
+    if child.returncode != 0:
+        sys.exit(f"fs_bench: {argv[0]} failed ({child.returncode}):\n{text}")
+    max_rss = int(reported[-1]) if reported and reported[-1].isdigit() else usage.ru_maxrss
+    return Run(seconds, max_rss, text)
+
+
+def compile_sources() -> None:
+    """Byte-compile imagebuild once, so no timed run compiles it (PYTHONDONTWRITEBYTECODE)."""
+    import compileall
+
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "imagebuild"), quiet=1)
+
+
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
@@ -238,43 +282,53 @@ def compare_main(args: argparse.Namespace) -> None:
         nfiles, nbytes = tree_size(root)
         warm(root)
         size = load_recipe(TARGET).image_size("qcow2")
-        image, ext4, copy = work / "out.qcow2", work / "ext4.img", work / "copy"
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(TIMESTAMP))
+        out = work / "out"
+        out.mkdir()
+        compile_sources()
 
-        def run_imagebuild() -> None:
-            subprocess.run([sys.executable, "-m", "imagebuild", "build", TARGET, "--root",
-                            str(root), "-o", str(image), "--plain", "-q"], check=True, env=env)
+        # Every run writes to a path of its own and nothing is deleted until all are done:
+        # on ext4 without a journal, inodes freed in the last minute are skipped one by one
+        # when new ones are allocated (ialloc.c recently_deleted()), so `cp -r` just after
+        # deleting the previous copy's 17 000 files takes seconds more, and more each round.
+        def run_imagebuild(i: int) -> Run:
+            return run_measured([sys.executable, "-m", "imagebuild", "build", TARGET, "--root",
+                                 str(root), "-o", str(out / f"image{i}.qcow2"), "--plain", "-q"],
+                                env)  # fmt: skip
 
-        def run_mkfs() -> None:
-            with ext4.open("wb") as f:
+        def run_mkfs(i: int) -> Run:
+            image = out / f"ext4-{i}.img"
+            with image.open("wb") as f:
                 f.truncate(size)
-            subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(ext4)], check=True)
+            return run_measured(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image)])
 
-        def run_cp() -> None:
-            subprocess.run(["cp", "-r", str(root), str(copy)], check=True)
+        def run_cp(i: int) -> Run:
+            return run_measured(["cp", "-r", str(root), str(out / f"copy{i}")])
 
-        def reset() -> None:
-            image.unlink(missing_ok=True)
-            ext4.unlink(missing_ok=True)
-            shutil.rmtree(copy, ignore_errors=True)
-
-        sides: list[tuple[str, Callable[[], None]]] = [
+        sides: list[tuple[str, Callable[[int], Run]]] = [
             ("imagebuild", run_imagebuild), ("mkfs.ext4", run_mkfs), ("cp -r", run_cp)]
-        times: dict[str, list[float]] = {name: [] for name, _ in sides}
+        runs: dict[str, list[Run]] = {name: [] for name, _ in sides}
         print(f"fs_bench: {what}: {nfiles} files, {nbytes / MiB:.0f} MiB")
         print(f"  before: {load()}")
         for i in range(args.repeat):
             k = i % len(sides)
             for name, fn in sides[k:] + sides[:k]:  # rotate, so no side always runs first
-                times[name].append(timed(fn, reset))
+                runs[name].append(fn(i))
         print(f"  after:  {load()}")
-        med = {name: statistics.median(t) for name, t in times.items()}
-        for name, t in times.items():
-            print(f"  {name:11} median {med[name] * 1000:8.0f} ms   runs "
-                  + " ".join(f"{x * 1000:.0f}" for x in t))
-        print(f"  ratio imagebuild / mkfs.ext4  {med['imagebuild'] / med['mkfs.ext4']:6.2f}")
-        print(f"  ratio imagebuild / cp -r      {med['imagebuild'] / med['cp -r']:6.2f}")
-        reset()
+        med = {name: statistics.median(r.seconds for r in rs) for name, rs in runs.items()}
+        for name, rs in runs.items():
+            rss = max(r.max_rss_kb for r in rs) / 1024
+            print(f"  {name:11} median {med[name] * 1000:7.0f} ms  peak RSS {rss:5.1f} MiB   "
+                  "runs " + " ".join(f"{r.seconds * 1000:.0f}" for r in rs))
+        print(f"  ratio imagebuild / mkfs.ext4  {med['imagebuild'] / med['mkfs.ext4']:6.2f}"
+              "  (target <= 1.0)")
+        print(f"  ratio imagebuild / cp -r      {med['imagebuild'] / med['cp -r']:6.2f}"
+              "  (target <= 2.0)")
+        rss = max(r.max_rss_kb for r in runs["imagebuild"]) / 1024
+        print(f"  imagebuild peak RSS {rss:.1f} MiB (target <= 64 MiB)")
+        warnings = runs["imagebuild"][0].stderr.splitlines()
+        if warnings:
+            print(f"  imagebuild said (each run): {warnings[0]}")
 
 
 # -- --populate: hjfs alone against cp -r -------------------------------------------------------
@@ -301,15 +355,18 @@ def populate_main(args: argparse.Namespace) -> None:
         (work / "proto").write_text("+\n")
         warm(tree)
         copy = work / "copy"
+        copy.mkdir()
         image_path = work / "fs.img"
         image_size = max(args.mb * 2 + 64, 192) * MiB  # gefs wants 128 MiB at least
         kind = "?"
 
+        copies = iter(range(1 << 30))
+
         def reset_cp() -> None:
-            shutil.rmtree(copy, ignore_errors=True)
+            pass  # a new directory each run, deleted at the end (see compare_main)
 
         def run_cp() -> None:
-            subprocess.run(["cp", "-r", str(tree), str(copy)], check=True)
+            subprocess.run(["cp", "-r", str(tree), str(copy / str(next(copies)))], check=True)
 
         def reset_image() -> None:
             image_path.unlink(missing_ok=True)

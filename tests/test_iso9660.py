@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -198,7 +197,7 @@ def test_path_table_lists_a_directory_whose_record_fills_its_block(tmp_path: Pat
         (root / "top" / f"d{i:07d}").mkdir(parents=True)
     proto = tmp_path / "proto"
     proto.write_text("top\td775 sys sys\n\t+\n")
-    entries = [dataclasses.replace(e, uid="sys", gid="sys") for e in read_proto([proto], root)]
+    entries = [e.replace(uid="sys", gid="sys") for e in read_proto([proto], root)]
     complete = _write(tmp_path, entries, "c.iso", boot_image=None, efi_boot_image=None)
     faithful = _write(tmp_path, entries, "f.iso", boot_image=None, efi_boot_image=None,
                       faithful_path_table=True)

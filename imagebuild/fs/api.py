@@ -31,10 +31,11 @@ on a built image, whatever the file system.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from imagebuild.errors import LayoutError
 from imagebuild.fs.proto import DMAPPEND, DMDIR, DMEXCL, DMTMP
@@ -47,8 +48,7 @@ class FsRefused(LayoutError):
     """A file server refused a request (9P's Rerror); the message is the reason alone."""
 
 
-@dataclass(frozen=True)
-class Wstat:
+class Wstat(NamedTuple):
     """The fields of a wstat(5) request; None leaves a field as it is (nulldir(2)).
 
     `mode` is a Plan 9 Dir.mode (permission bits, DMDIR/DMAPPEND/DMEXCL/DMTMP
@@ -73,14 +73,40 @@ class FileStat(Protocol):
     def mtime(self) -> int: ...
 
 
-@dataclass(frozen=True)
 class SourceFile:
     """A regular file mkfs copies: its path on the host, its length in bytes as the proto
-    walk stat'ed it, and `where` (proto file:line and path) for messages."""
+    walk stat'ed it, and `where` (proto file:line and path) for messages.
 
-    path: Path
+    The path is kept as given, a string (`source_path`, for os.open); `path`
+    makes a Path of it.
+    """
+
+    __slots__ = ("length", "source_path", "where")
+
+    source_path: str
     length: int
     where: str
+
+    def __init__(self, path: str | os.PathLike[str], length: int, where: str) -> None:
+        self.source_path = path if isinstance(path, str) else os.fspath(path)
+        self.length = length
+        self.where = where
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source_path)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SourceFile):
+            return NotImplemented
+        return (self.source_path, self.length, self.where) == (
+            other.source_path, other.length, other.where)  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((self.source_path, self.length, self.where))
+
+    def __repr__(self) -> str:
+        return f"SourceFile({self.source_path!r}, {self.length}, {self.where!r})"
 
 
 class FileServer(Protocol[Fid]):

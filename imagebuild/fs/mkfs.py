@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from imagebuild.errors import InputError, LayoutError
-from imagebuild.fs.api import BulkCopy, FileServer, FsRefused, SourceFile, Wstat
+from imagebuild.fs.api import DMDIR, BulkCopy, FileServer, FsRefused, SourceFile, Wstat
 from imagebuild.fs.proto import ProtoEntry
 
 BUFLEN = 4096 - 8  # mkfs -z 4096: buflen = 4096-8 bytes per read and write
@@ -65,26 +65,51 @@ def zero_pieces(data: bytes | memoryview, size: int) -> list[int]:
     ]
 
 
+def _changed(source: SourceFile) -> InputError:
+    return InputError(f"{source.where}: {source.source_path} changed size since the proto was read")
+
+
 def open_source(source: SourceFile) -> int:
     """Open a source for reading (a file descriptor) and check it still has its length.
 
     Raises InputError naming `source.where` if it cannot be opened or has changed size.
     """
     try:
-        fd = os.open(source.path, os.O_RDONLY)
+        fd = os.open(source.source_path, os.O_RDONLY)
     except OSError as e:
-        raise InputError(f"{source.where}: can't open {source.path}: {e.strerror}") from None
+        raise InputError(f"{source.where}: can't open {source.source_path}: {e.strerror}") from None
     if os.fstat(fd).st_size != source.length:
         os.close(fd)
-        raise InputError(f"{source.where}: {source.path} changed size since the proto was read")
+        raise _changed(source)
     return fd
+
+
+def read_whole(source: SourceFile) -> bytes:
+    """The whole of a source in one read (for files of a few MB at most).
+
+    Raises InputError naming `source.where` if it cannot be opened or read,
+    or does not have its length (asking one byte more tells a grown file).
+    """
+    try:
+        fd = os.open(source.source_path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(f"{source.where}: can't open {source.source_path}: {e.strerror}") from None
+    try:
+        data = os.pread(fd, source.length + 1, 0)
+    except OSError as e:
+        raise InputError(f"{source.where}: can't read {source.source_path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) != source.length:
+        raise _changed(source)
+    return data
 
 
 def read_exact(fd: int, source: SourceFile, size: int, offset: int) -> bytes:
     """pread `size` bytes at `offset`; InputError if the file got shorter."""
     data = os.pread(fd, size, offset)
     if len(data) != size:
-        raise InputError(f"{source.where}: {source.path} changed size since the proto was read")
+        raise _changed(source)
     return data
 
 
@@ -144,68 +169,65 @@ def mkfs(
     except FsRefused as e:
         raise LayoutError(f"mkfs user {user!r}: {e}") from None
     bulk: BulkCopy[F] | None = server if isinstance(server, BulkCopy) else None
-    for entry in entries:
-        where = f"{entry.origin}: {entry.path}" if entry.origin else entry.path
+    walk, stat, create, wstat = server.walk, server.stat, server.create, server.wstat
+    default_uid, default_gid = default_owner
+    for entry in entries:  # mkfs.c protoenum(): uptodate, then mkdir or copy
+        path = entry.path
+        where = f"{entry.origin}: {path}" if entry.origin else path
+        if path[:1] != "/":
+            raise LayoutError(f"{where}: not a path in the new file system")
+        mtime = entry.mtime
+        if timestamp is not None and mtime > timestamp:
+            mtime = timestamp
+        uid = entry.uid if entry.uid is not None else default_uid
+        gid = entry.gid if entry.gid is not None else default_gid
         try:
-            _protoenum(server, entry, where, default_owner, timestamp, bulk, buflen)
+            existing = walk(path)
+            if existing is not None:
+                _uptodate(server, existing, entry, where, Wstat(entry.mode, None, gid, mtime), uid)
+                continue
+            parent_path, _, name = path.rpartition("/")
+            parent_path = parent_path or "/"
+            if name == MKFSTMP:
+                raise LayoutError(f"{where}: the name {MKFSTMP} is mkfs's temporary file")
+            parent = walk(parent_path)
+            if parent is None or not stat(parent).is_dir:
+                raise LayoutError(f"{where}: can't create: {parent_path} is not a directory")
+            if entry.mode & DMDIR:
+                fid = create(parent, name, entry.mode)
+                wstat(fid, Wstat(entry.mode, None, gid, mtime))
+            else:
+                if walk(parent_path.rstrip("/") + "/" + MKFSTMP) is not None:
+                    raise LayoutError(f"{where}: {parent_path} holds a file named {MKFSTMP}")
+                fid = create(parent, MKFSTMP, 0o666)
+                source = SourceFile(entry.source_path, entry.length, where)
+                if bulk is not None:
+                    bulk.copy(fid, source)
+                else:
+                    for offset, data in copy_writes(source, buflen):
+                        server.write(fid, offset, data)
+                wstat(fid, Wstat(entry.mode, None, gid, mtime, name))
+            wstat(fid, Wstat(None, uid))
         except FsRefused as e:
             raise LayoutError(f"{where}: {e}") from None
 
 
-def _protoenum(
-    server: FileServer[F],
-    entry: ProtoEntry,
-    where: str,
-    default_owner: tuple[str, str],
-    timestamp: int | None,
-    bulk: BulkCopy[F] | None,
-    buflen: int = BUFLEN,
+def _uptodate(
+    server: FileServer[F], existing: F, entry: ProtoEntry, where: str, attrs: Wstat, uid: str
 ) -> None:
-    """mkfs.c protoenum(): uptodate, then mkdir or copy."""
-    path = entry.path
-    if not path.startswith("/"):
-        raise LayoutError(f"{where}: not a path in the new file system")
-    mtime = entry.mtime if timestamp is None else min(entry.mtime, timestamp)
-    uid = entry.uid if entry.uid is not None else default_owner[0]
-    gid = entry.gid if entry.gid is not None else default_owner[1]
-    attrs = Wstat(mode=entry.mode, gid=gid, mtime=mtime)
-
-    existing = server.walk(path)
-    if existing is not None:
-        st = server.stat(existing)
-        if st.mtime & 0xFFFFFFFF >= mtime & 0xFFFFFFFF:  # uptodate()
-            return
-        if entry.is_dir and st.is_dir:  # mkdir(): the create fails, the wstats apply
-            server.wstat(existing, attrs)
-            server.wstat(existing, Wstat(uid=uid))
-            return
-        raise LayoutError(
-            f"{where}: already in the file system from an older source; "
-            "replacing files is not supported"
-        )
-    parent_path, name = path.rsplit("/", 1)
-    parent_path = parent_path or "/"
-    if name == MKFSTMP:
-        raise LayoutError(f"{where}: the name {MKFSTMP} is mkfs's temporary file")
-    parent = server.walk(parent_path)
-    if parent is None or not server.stat(parent).is_dir:
-        raise LayoutError(f"{where}: can't create: {parent_path} is not a directory")
-
-    if entry.is_dir:
-        fid = server.create(parent, name, entry.mode)
-        server.wstat(fid, attrs)
-    else:
-        if server.walk(parent_path.rstrip("/") + "/" + MKFSTMP) is not None:
-            raise LayoutError(f"{where}: {parent_path} holds a file named {MKFSTMP}")
-        fid = server.create(parent, MKFSTMP, 0o666)
-        source = SourceFile(entry.source, entry.length, where)
-        if bulk is not None:
-            bulk.copy(fid, source)
-        else:
-            for offset, data in copy_writes(source, buflen):
-                server.write(fid, offset, data)
-        server.wstat(fid, Wstat(mode=entry.mode, gid=gid, mtime=mtime, name=name))
-    server.wstat(fid, Wstat(uid=uid))
+    """mkfs.c uptodate() and mkdir() for a path that exists already: nothing when it is at
+    least as new as the source, the wstats for a directory, else an error."""
+    st = server.stat(existing)
+    if st.mtime & 0xFFFFFFFF >= (attrs.mtime or 0) & 0xFFFFFFFF:
+        return
+    if entry.is_dir and st.is_dir:  # mkdir(): the create fails, the wstats apply
+        server.wstat(existing, attrs)
+        server.wstat(existing, Wstat(uid=uid))
+        return
+    raise LayoutError(
+        f"{where}: already in the file system from an older source; "
+        "replacing files is not supported"
+    )
 
 
 __all__ = [
@@ -216,5 +238,6 @@ __all__ = [
     "mkfs",
     "open_source",
     "read_exact",
+    "read_whole",
     "zero_pieces",
 ]

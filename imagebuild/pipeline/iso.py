@@ -166,7 +166,7 @@ def write_iso_image(plan: IsoPlan, out: Any, scratch: Path) -> Any:
     bound = scratch / "plan9.ini"
     bound.write_bytes(plan.plan9ini)
     entries = [
-        dataclasses.replace(e, source=bound, length=len(plan.plan9ini), mtime=plan.now)
+        e.replace(source=bound, length=len(plan.plan9ini), mtime=plan.now)
         if e.path == ini_path else e
         for e in plan.entries
     ]

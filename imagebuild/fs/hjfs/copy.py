@@ -28,9 +28,9 @@ from imagebuild.errors import InputError
 from imagebuild.fs.api import SourceFile
 from imagebuild.fs.hjfs.emit import RunWriter, emit_file_blocks
 from imagebuild.fs.hjfs.layout import Dentry, howmany
-from imagebuild.fs.hjfs.pieces import read_pieces
+from imagebuild.fs.hjfs.pieces import PIECE, cut_piece, read_pieces
 from imagebuild.fs.hjfs.server import HjfsServer
-from imagebuild.fs.mkfs import BUFLEN
+from imagebuild.fs.mkfs import BUFLEN, read_whole
 
 FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * FILE_KEY + file_block
 
@@ -70,8 +70,8 @@ class DryCopier:
         self.written = 0  # how many of those write_placed() wrote
 
     def copy(self, server: HjfsServer, d: Dentry, source: SourceFile) -> int:
-        if not os.access(source.path, os.R_OK):
-            raise InputError(f"{source.where}: can't read {source.path}")
+        if not os.access(source.source_path, os.R_OK):
+            raise InputError(f"{source.where}: can't read {source.source_path}")
         self.placed.append(Placed(source, _place_dense(server, d, source.length)))
         return -(-source.length // BUFLEN)
 
@@ -124,6 +124,12 @@ class StreamCopier:
         if index < self.dense_files:  # written already by DryCopier.write_placed
             _place_dense(server, d, source.length)
             return -(-source.length // BUFLEN)
+        if source.length <= PIECE:  # most files: one read, one piece
+            piece = cut_piece(read_whole(source), 0, 0, source.length)[0]
+            numbers = server.place(d, piece.touched)
+            server.forget(numbers)
+            emit_file_blocks(self.sink, numbers, piece)
+            return piece.writes
         writes = 0
         for piece in read_pieces(source):
             writes += piece.writes

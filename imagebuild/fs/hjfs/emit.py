@@ -1,9 +1,10 @@
 """Putting hjfs blocks on the device: long runs of whole blocks, each with one pwrite.
 
-RunWriter gathers blocks at consecutive numbers and writes up to RUN_BYTES
-at once; emit_file_blocks turns a piece of a source file into TRAW blocks
-(a type byte, then 4095 bytes of data), leaving all-zero blocks unwritten
-because a fresh partition already reads as zeros.
+RunWriter gathers blocks at consecutive numbers in one buffer and writes up
+to RUN_BYTES at once; emit_file_blocks turns a piece of a source file into
+TRAW blocks (a type byte, then 4095 bytes of data) copied straight into that
+buffer, leaving all-zero blocks unwritten because a fresh partition already
+reads as zeros.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from imagebuild.fs.hjfs.pieces import Piece
 from imagebuild.fs.mkfs import open_source, read_exact, zero_pieces
 from imagebuild.util.progress import Progress
 
-RUN_BYTES = 2 << 20  # write in runs of up to this many bytes
+RUN_BYTES = 4 << 20  # write in runs of up to this many bytes
 MAX_GAP = 32  # blocks of zeros a run may bridge to reach the next block
-_RAW_TYPE = bytes((TRAW,))
-
+_ZEROS = memoryview(bytes(MAX_GAP * BLOCK))
 
 
 def emit_file_blocks(out: RunWriter, numbers: Sequence[int], piece: Piece) -> None:
@@ -32,17 +32,25 @@ def emit_file_blocks(out: RunWriter, numbers: Sequence[int], piece: Piece) -> No
     is 0 too).
     """
     touched, offset = piece.touched, piece.offset
+    if not touched:
+        return
     view = memoryview(piece.data)
-    first = offset // RBLOCK  # the piece starts on a block boundary
-    zero_blocks = {first + k for k in zero_pieces(piece.data, RBLOCK)}
+    zero_blocks = piece.zero_blocks
+    if not zero_blocks and zero_blocks is not None and _counts_up(numbers) and _counts_up(touched):
+        out.put_data(numbers[0], view, touched[0] * RBLOCK - offset, len(touched))
+        return  # the common case: one run without zero blocks
+    if zero_blocks is None:
+        first = offset // RBLOCK  # the piece starts on a block boundary
+        zero_blocks = {first + k for k in zero_pieces(piece.data, RBLOCK)}
     for i, n in _runs(numbers, touched):
         start = touched[i] * RBLOCK - offset
-        pieces = [view[p : p + RBLOCK] for p in range(start, start + n * RBLOCK, RBLOCK)]
-        zero = [k for k in range(n) if touched[i + k] in zero_blocks] if zero_blocks else []
+        if not zero_blocks:
+            out.put_data(numbers[i], view, start, n)
+            continue
         written = 0
-        for k in [*zero, n]:
+        for k in [*(k for k in range(n) if touched[i + k] in zero_blocks), n]:
             if written < k:
-                out.put_raw(numbers[i + written], pieces[written:k])
+                out.put_data(numbers[i + written], view, start + written * RBLOCK, k - written)
             written = k + 1
 
 
@@ -51,75 +59,110 @@ def _runs(numbers: Sequence[int], touched: Sequence[int]) -> Iterator[tuple[int,
 
     None for empty lists: a read piece that is all zero touches no block.
     """
-    if not numbers:
+    count = len(numbers)
+    if not count:
+        return
+    if _counts_up(numbers) and _counts_up(touched):
+        yield 0, count  # the common case: one run
         return
     breaks = [
         k
-        for k in range(1, len(numbers))
+        for k in range(1, count)
         if numbers[k] != numbers[k - 1] + 1 or touched[k] != touched[k - 1] + 1
     ]
-    for first, end in zip([0, *breaks], [*breaks, len(numbers)], strict=True):
+    for first, end in zip([0, *breaks], [*breaks, count], strict=True):
         yield first, end - first
 
 
-class RunWriter:
-    """Collects whole blocks and writes them in runs of up to RUN_BYTES, each with one pwrite.
+def _counts_up(seq: Sequence[int]) -> bool:
+    """Whether `seq` (not empty) is first, first+1, first+2, ..."""
+    if isinstance(seq, range):
+        return seq.step == 1
+    return seq[-1] - seq[0] == len(seq) - 1 and seq == list(range(seq[0], seq[-1] + 1))
 
-    A run is kept as the list of its parts and joined when written, so file
-    data is copied once between the read and the write.  A short gap (up to
-    MAX_GAP blocks) before the next block is filled with zeros when nothing
-    at or past it was written yet: the blocks there (directory, indirect
-    blocks) are written later anyway, and whole zero clusters cost nothing
-    in a container that skips them.
+
+class RunWriter:
+    """Collects whole blocks in a buffer and writes them in runs of up to RUN_BYTES, each with
+    one pwrite.
+
+    File data is copied once, from the bytes read into the buffer.  A short
+    gap (up to MAX_GAP blocks) before the next block is filled with zeros
+    when nothing at or past it was written yet: the blocks there (directory,
+    indirect blocks) are written later anyway, and whole zero clusters cost
+    nothing in a container that skips them.  Blocks are written in the order
+    they are put, so the device sees its first write to every region in the
+    same order whatever the runs' lengths.
     """
 
     def __init__(self, dev: BlockDevice, progress: Progress | None = None) -> None:
         self.dev = dev
         self.progress = progress
-        self.parts: list[bytes | memoryview] = []
-        self.length = 0  # bytes in parts
+        self.buf = bytearray(RUN_BYTES)
+        self.length = 0  # bytes of the run in buf
         self.start = 0  # the block the run starts at
         self.high = 0  # one past the highest block put so far
         self.written = 0
 
-    def put(self, b: int, block: bytes) -> None:
-        if block != ZERO_BLOCK:  # a fresh partition already reads as zeros
-            self._put_parts(b, [block], BLOCK)
-
-    def put_raw(self, b: int, pieces: Sequence[memoryview]) -> None:
-        """TRAW blocks b, b+1, ... holding `pieces` of RBLOCK bytes (the last may be short)."""
-        parts = [part for piece in pieces for part in (_RAW_TYPE, piece)]
-        fill = RBLOCK - len(pieces[-1])
-        if fill:
-            parts.append(bytes(fill))
-        self._put_parts(b, parts, len(pieces) * BLOCK)
-
-    def _put_parts(self, b: int, parts: list[bytes | memoryview], length: int) -> None:
-        if self.parts:
-            end = self.start + self.length // BLOCK
+    def _room(self, b: int) -> int:
+        """Make block `b` the next one of the run (flushing, or bridging a short gap with
+        zeros, first); how many blocks fit from there."""
+        length = self.length
+        if length:
+            end = self.start + length // BLOCK
             gap = b - end
-            if 0 < gap <= MAX_GAP and end == self.high and self.length + length <= RUN_BYTES:
-                self.parts.append(bytes(gap * BLOCK))  # never written: zeros for now
-                self.length += gap * BLOCK
-            elif b != end or self.length + length > RUN_BYTES:
-                self.flush()
-        self.high = max(self.high, b + length // BLOCK)
-        if not self.parts:
-            self.start = b
-        self.parts += parts
-        self.length += length
-        if self.length == length and length >= RUN_BYTES // 2:  # a long run goes out alone
+            if gap == 0 and length < RUN_BYTES:
+                return (RUN_BYTES - length) // BLOCK
+            if 0 < gap <= MAX_GAP and end == self.high and length + (gap + 1) * BLOCK <= RUN_BYTES:
+                self.buf[length : length + gap * BLOCK] = _ZEROS[: gap * BLOCK]
+                self.length = length = length + gap * BLOCK
+                return (RUN_BYTES - length) // BLOCK
             self.flush()
+        self.start = b
+        return RUN_BYTES // BLOCK
+
+    def put(self, b: int, block: bytes) -> None:
+        """Block `b` holding `block` (BLOCK bytes); an all-zero one is left unwritten."""
+        if block == ZERO_BLOCK:  # a fresh partition already reads as zeros
+            return
+        self._room(b)
+        self.buf[self.length : self.length + BLOCK] = block
+        self.length += BLOCK
+        self.high = max(self.high, b + 1)
+
+    def put_data(self, b: int, data: memoryview, start: int, count: int) -> None:
+        """TRAW blocks b, b+1, ... b+count-1 holding data[start:], RBLOCK bytes each (the last
+        may be short: its tail is zero)."""
+        buf = self.buf
+        end = len(data)
+        while count > 0:
+            fit = min(count, self._room(b))
+            pos = self.length
+            full = min(fit, (end - start) // RBLOCK)  # blocks with RBLOCK bytes of data
+            blocks = range(pos, pos + full * BLOCK, BLOCK)
+            for dst, src in zip(blocks, range(start, start + full * RBLOCK, RBLOCK), strict=True):
+                buf[dst] = TRAW
+                buf[dst + 1 : dst + BLOCK] = data[src : src + RBLOCK]
+            pos += full * BLOCK
+            if full < fit:  # the last block of the file
+                src = start + full * RBLOCK
+                tail = end - src
+                buf[pos] = TRAW
+                buf[pos + 1 : pos + 1 + tail] = data[src:end]
+                buf[pos + 1 + tail : pos + BLOCK] = _ZEROS[: RBLOCK - tail]
+                pos += BLOCK
+            self.length = pos
+            b += fit
+            self.high = max(self.high, b)
+            start += fit * RBLOCK
+            count -= fit
 
     def flush(self) -> None:
-        if not self.parts:
+        if not self.length:
             return
-        data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-        self.dev.pwrite(data, self.start * BLOCK)
-        self.written += len(data)
+        self.dev.pwrite(memoryview(self.buf)[: self.length], self.start * BLOCK)
+        self.written += self.length
         if self.progress is not None:
             self.progress("fs", self.written, None)
-        self.parts = []
         self.length = 0
 
 

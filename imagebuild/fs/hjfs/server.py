@@ -45,6 +45,7 @@ from imagebuild.fs.hjfs.layout import (
     name_problem,
     ref_blocks,
 )
+from imagebuild.fs.mkfs import MKFSTMP
 
 if TYPE_CHECKING:
     from imagebuild.fs.hjfs.copy import Copier
@@ -76,6 +77,9 @@ def _storable(name: str) -> bytes:
     if problem:
         raise FsRefused(f"hjfs cannot store this name: {problem}")
     return name_bytes
+
+
+_MKFSTMP_BYTES = MKFSTMP.encode()
 
 
 def _parent_of(path: str) -> str:
@@ -151,6 +155,13 @@ class HjfsServer:
         indirect blocks on the way to each table of pointers, then the data
         blocks it lacks.
         """
+        n = len(touched)
+        if 0 < n <= NDIRECT and touched[-1] < NDIRECT and not any(d.db):
+            new = self.alloc.getfree_many(n)  # a small file's first blocks, all direct
+            db = d.db
+            for bl, b in zip(touched, new, strict=True):
+                db[bl] = b
+            return new
         out: list[int] = []
         i = 0
         while i < len(touched):
@@ -221,42 +232,43 @@ class HjfsServer:
                 self.blocks.pop(b, None)
 
     # -- requests as a uid (console, users, mkfs) -------------------------------------------
-    def newentry(self, parent: Node, name: bytes, perm: int, uid: int, *, noperm: bool) -> Node:
+    def newentry(
+        self, parent: Node, name: bytes, perm: int, uid: int, *, noperm: bool,
+        path: str | None = None,
+    ) -> Node:
         """fs2.c chancreat(): newentry (maybe a new directory block), newqid, modified(parent).
 
         `noperm` is the console's CHFNOPERM: the parent's permissions do not
-        mask `perm`.  The new node is registered under its path.
+        mask `perm`.  The new node is registered under its path (`path`, or
+        the parent's with `name` added).
         """
         pd = parent.dentry
         bi, slot = divmod(parent.entries, DEPERBLK)
-        blk, new = self.getblk(pd, bi, create=bi == pd.size)
-        if new:
-            self.blocks[blk] = [None] * DEPERBLK
-            pd.size = bi + 1
+        blk = pd.db[bi] if bi < NDIRECT else 0
+        if not blk:
+            blk, new = self.getblk(pd, bi, create=bi == pd.size)
+            if new:
+                self.blocks[blk] = [None] * DEPERBLK
+                pd.size = bi + 1
         qid = self.qidpath
-        self.qidpath += 1
-        self.modified(pd, uid)
+        self.qidpath = qid + 1
+        now = self.now
+        pd.mtime = pd.atime = now  # modified()
+        pd.muid = uid
+        pd.vers = (pd.vers + 1) & 0xFFFFFFFF
         if not noperm:
             if perm & DMDIR:
                 perm &= ~0o777 | (pd.mode & 0o777)
             else:
                 perm &= ~0o666 | (pd.mode & 0o666)
-        d = Dentry(
-            name=name,
-            uid=uid,
-            muid=uid,
-            gid=pd.gid,
-            mode=DALLOC | (perm & 0o777),
-            path=qid,
-            type=(perm >> 24) & 0xFF,
-            atime=self.now,
-            mtime=self.now,
-        )
+        d = Dentry(name, uid, uid, pd.gid, DALLOC | (perm & 0o777), qid, 0, (perm >> 24) & 0xFF,
+                   0, [0] * NDIRECT, [0] * NINDIRECT, now, now)  # fmt: skip
         content = self.blocks[blk]
         assert isinstance(content, list)
         content[slot] = d
         parent.entries += 1
-        path = parent.path.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
+        if path is None:
+            path = parent.path.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
         node = self.paths[path] = Node(d, blk, slot, path)
         return node
 
@@ -283,13 +295,22 @@ class HjfsServer:
             d.mode = (d.mode & ~0o777) | (mode & 0o777)
             d.type = (mode >> 24) & 0xFF
         if name is not None:
-            d.name = name
-            parent_path = _parent_of(node.path)
-            self.modified(self.paths[parent_path].dentry, by)
-            if self.paths.get(node.path) is node:
-                del self.paths[node.path]
-            node.path = parent_path.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
-            self.paths[node.path] = node
+            self.rename(node, name, name.decode("utf-8", "surrogateescape"), by)
+
+    def rename(self, node: Node, name: bytes, text: str, by: int | None = None) -> None:
+        """chanwstat()'s rename in place to `name` (`text` decoded): the parent is modified
+        by `by` (the attached user if None)."""
+        node.dentry.name = name
+        paths = self.paths
+        parent_path = _parent_of(node.path)
+        pd = paths[parent_path].dentry
+        pd.mtime = pd.atime = self.now  # modified()
+        pd.muid = self.creator if by is None else by
+        pd.vers = (pd.vers + 1) & 0xFFFFFFFF
+        if paths.get(node.path) is node:
+            del paths[node.path]
+        node.path = (parent_path + "/" if parent_path != "/" else "/") + text
+        paths[node.path] = node
 
     def write_bytes(self, node: Node, offset: int, data: bytes | memoryview, uid: int) -> None:
         """fs2.c chanwrite() of literal bytes, kept in the model."""
@@ -349,10 +370,12 @@ class HjfsServer:
     def create(self, parent: Node, name: str, perm: int) -> Node:
         """chancreat() as the attached user; FsRefused for a name hjfs cannot store or that
         exists."""
-        name_bytes = _storable(name)
-        if parent.path.rstrip("/") + "/" + name in self.paths:
+        name_bytes = _MKFSTMP_BYTES if name == MKFSTMP else _storable(name)
+        ppath = parent.path
+        path = (ppath + "/" if ppath != "/" else "/") + name
+        if path in self.paths:
             raise FsRefused("file exists")
-        return self.newentry(parent, name_bytes, perm, self.creator, noperm=False)
+        return self.newentry(parent, name_bytes, perm, self.creator, noperm=False, path=path)
 
     def write(self, fid: Node, offset: int, data: bytes | memoryview) -> None:
         """chanwrite() of `data` at byte `offset`, kept in the model (one modified())."""
@@ -360,15 +383,24 @@ class HjfsServer:
 
     def wstat(self, fid: Node, change: Wstat) -> None:
         """chanwstat(); FsRefused for an unknown user or group or a name hjfs cannot store."""
-        self.setstat(
-            fid,
-            mode=change.mode,
-            uid=None if change.uid is None else self.uid_of(change.uid),
-            gid=None if change.gid is None else self.uid_of(change.gid),
-            mtime=change.mtime,
-            name=None if change.name is None else _storable(change.name),
-            by=self.creator,
-        )
+        mode, uid, gid, mtime, name = change
+        uids = self.uids
+        uid_n = None if uid is None else uids[uid] if uid in uids else self.uid_of(uid)
+        gid_n = None if gid is None else uids[gid] if gid in uids else self.uid_of(gid)
+        name_bytes = None if name is None else _storable(name)
+        d = fid.dentry
+        if uid_n is not None:
+            d.uid = uid_n
+        if gid_n is not None:
+            d.gid = gid_n
+        if mtime is not None:
+            d.mtime = mtime & 0xFFFFFFFF  # Dir.mtime is 32 bits on the wire
+        if mode is not None:
+            d.mode = (d.mode & ~0o777) | (mode & 0o777)
+            d.type = (mode >> 24) & 0xFF
+        if name_bytes is not None:
+            assert name is not None
+            self.rename(fid, name_bytes, name)
 
     def copy(self, fid: Node, source: SourceFile) -> None:
         """api.BulkCopy: what mkfs's writes of `source` leave, by the writer's Copier."""

@@ -147,7 +147,7 @@ class HjfsPlan:
                         n += 1
                     index, bl = divmod(content, FILE_KEY)
                     data = sources.read(index, bl * RBLOCK, n * RBLOCK)
-                    piece = Piece(bl * RBLOCK, data, list(range(bl, bl + n)), 0, False)
+                    piece = Piece(bl * RBLOCK, data, range(bl, bl + n), 0, False)
                     emit_file_blocks(out, range(b, b + n), piece)
                     i += n
                     continue

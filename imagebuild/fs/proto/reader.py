@@ -258,54 +258,80 @@ class _ProtoReader:
         if not directory.is_dir():
             raise self.fail(f"{me.new or '/'}: can't open source directory {directory}")
         ident = self.stat(directory, me.new or "/").ident
-        if ident in self.expanding:
-            raise self.fail(f"{me.new}: source {directory} contains itself (a symbolic link loop)")
-        self.expanding.add(ident)
+        relative = me.old is not None and not me.old.startswith("/")
+        rooted = me.old if me.old is not None else me.new
+        if relative or self.tree.plain(rooted):
+            self.expand_plain(me, recursive, str(directory), ident)
+            return
+        self.enter(me, directory, ident)
         try:
-            relative = me.old is not None and not me.old.startswith("/")
-            rooted = me.old if me.old is not None else me.new
-            if relative or self.tree.plain(rooted):
-                self.expand_plain(me, recursive, directory)
-            else:
-                self.expand(me, recursive, self.listdir(me, directory))
+            self.expand(me, recursive, self.listdir(me, directory))
         finally:
             self.expanding.discard(ident)
 
-    def expand_plain(self, me: _File, recursive: bool, directory: Path) -> None:
-        """expand() for a directory whose entries all come from `directory` itself: one
-        scandir and one stat per entry (what expand() finds through lookups and stats)."""
+    def enter(self, me: _File, directory: Path | str, ident: tuple[int, int]) -> None:
+        """Note that `+` is inside `directory`; ProtoError if it is already (a link loop)."""
+        if ident in self.expanding:
+            raise self.fail(f"{me.new}: source {directory} contains itself (a symbolic link loop)")
+        self.expanding.add(ident)
+
+    def expand_plain(
+        self, me: _File, recursive: bool, directory: str, ident: tuple[int, int]
+    ) -> None:
+        """expand() for a directory whose entries all come from `directory` itself (and so do
+        its subdirectories' entries): one scandir per directory and one stat per entry, what
+        expand() finds through lookups and stats, and copyfile(permonly) made once."""
+        self.enter(me, directory, ident)
+        try:
+            self._expand_plain(me, recursive, directory)
+        finally:
+            self.expanding.discard(ident)
+
+    def _expand_plain(self, me: _File, recursive: bool, directory: str) -> None:
         try:
             with os.scandir(directory) as it:
-                found = sorted(it, key=lambda e: e.name)
+                found = sorted(it, key=_entry_name)
         except OSError as e:
             raise self.fail(
                 f"{me.new or '/'}: can't read source directory {directory}: {e.strerror}"
             ) from None
-        skip = self.opt.skip if self.opt is not None else None
+        o = self.opt  # the options stay as they are while `+` expands
+        skip = o.skip if o is not None else None
+        uid = me.uid if me.uid != "-" else (o.uid if o is not None else None)
+        gid = me.gid if me.gid != "-" else (o.gid if o is not None else None)
+        keep, put = -1, 0  # copyfile(permonly): the line's rw bits, else the mode= options'
+        if me.mode != NO_MODE:
+            keep, put = ~0o666, me.mode & 0o666
+        elif o is not None and o.mask:
+            keep, put = ~o.mask, o.mode & o.mask
         new_prefix = me.new.rstrip("/") + "/"
+        origin = self.origin
+        emit = self.emit
         for entry in found:
             name = entry.name
             if skip is not None and skip.search(name):
                 continue
-            child = _File(
-                new_prefix + name,
-                name,
-                mkpath(me.old, name) if me.old is not None else None,
-                me.uid,
-                me.gid,
-                me.mode,
-            )
             try:
                 st = entry.stat()
             except OSError as e:
                 raise self.fail(
-                    f"{child.new}: can't stat source {entry.path}: {e.strerror}"
+                    f"{new_prefix + name}: can't stat source {entry.path}: {e.strerror}"
                 ) from None
-            info = self.source_dir(st, child.new, entry.path)
-            if info.mode & DMDIR and not recursive:
-                continue  # `*` copies only the files
-            if self.copyfile(child, Path(entry.path), info, permonly=True) and recursive:
-                self.mktree(child, recursive)
+            st_mode = st.st_mode
+            if stat.S_ISREG(st_mode):
+                mode = ((st_mode & 0o777) & keep | put) & MODE_MASK
+                emit(ProtoEntry(new_prefix + name, mode, uid, gid, entry.path,
+                                int(st.st_mtime), st.st_size, origin))  # fmt: skip
+            elif not stat.S_ISDIR(st_mode):
+                raise self.fail(f"{new_prefix + name}: source {entry.path} is neither a file "
+                                "nor a directory")  # fmt: skip
+            elif recursive:
+                mode = ((DMDIR | (st_mode & 0o777)) & keep | put) & MODE_MASK
+                emit(ProtoEntry(new_prefix + name, mode, uid, gid, entry.path,
+                                int(st.st_mtime), 0, origin))  # fmt: skip
+                old = mkpath(me.old, name) if me.old is not None else None
+                child = _File(new_prefix + name, name, old, me.uid, me.gid, me.mode)
+                self.expand_plain(child, recursive, entry.path, (st.st_dev, st.st_ino))
 
     def expand(self, me: _File, recursive: bool, names: list[str]) -> None:
         for name in names:
@@ -394,6 +420,10 @@ class _ProtoReader:
             )
         )
         return bool(mode & DMDIR)
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _read_lines(paths: Sequence[Path]) -> list[_Line]:
