@@ -19,7 +19,7 @@ from imagebuild.fs.hjfs.pieces import Piece
 from imagebuild.fs.mkfs import open_source, read_exact, zero_pieces
 from imagebuild.util.progress import Progress
 
-RUN_BYTES = 4 << 20  # write in runs of up to this many bytes
+RUN_BYTES = 2 << 20  # write in runs of up to this many bytes
 MAX_GAP = 32  # blocks of zeros a run may bridge to reach the next block
 _ZEROS = memoryview(bytes(MAX_GAP * BLOCK))
 

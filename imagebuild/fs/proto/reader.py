@@ -91,6 +91,7 @@ class _ProtoReader:
         self.origin = "?"
         self.opt: _Opt | None = None
         self.expanding: set[tuple[int, int]] = set()  # directories `+` is inside of
+        self.mtimes: dict[int, int] = {}  # one int object per distinct mtime
 
     # -- errors --
     def fail(self, message: str) -> ProtoError:
@@ -307,6 +308,7 @@ class _ProtoReader:
         new_prefix = me.new.rstrip("/") + "/"
         origin = self.origin
         emit = self.emit
+        mtimes = self.mtimes
         for entry in found:
             name = entry.name
             if skip is not None and skip.search(name):
@@ -318,17 +320,19 @@ class _ProtoReader:
                     f"{new_prefix + name}: can't stat source {entry.path}: {e.strerror}"
                 ) from None
             st_mode = st.st_mode
+            mtime = int(st.st_mtime)
+            mtime = mtimes.setdefault(mtime, mtime)  # a checkout's files share a few times
             if stat.S_ISREG(st_mode):
                 mode = ((st_mode & 0o777) & keep | put) & MODE_MASK
                 emit(ProtoEntry(new_prefix + name, mode, uid, gid, entry.path,
-                                int(st.st_mtime), st.st_size, origin))  # fmt: skip
+                                mtime, st.st_size, origin))  # fmt: skip
             elif not stat.S_ISDIR(st_mode):
                 raise self.fail(f"{new_prefix + name}: source {entry.path} is neither a file "
                                 "nor a directory")  # fmt: skip
             elif recursive:
                 mode = ((DMDIR | (st_mode & 0o777)) & keep | put) & MODE_MASK
                 emit(ProtoEntry(new_prefix + name, mode, uid, gid, entry.path,
-                                int(st.st_mtime), 0, origin))  # fmt: skip
+                                mtime, 0, origin))  # fmt: skip
                 old = mkpath(me.old, name) if me.old is not None else None
                 child = _File(new_prefix + name, name, old, me.uid, me.gid, me.mode)
                 self.expand_plain(child, recursive, entry.path, (st.st_dev, st.st_ino))
