@@ -239,7 +239,10 @@ def plan_layout(
     cluster_sectors: int | None = None,
     timestamp: int = 0,
 ) -> FatPlan:
-    """format.c dosfs() without the I/O: both passes, so both passes' checks apply."""
+    """format.c dosfs() without the I/O: the commit pass, with what the check pass left it.
+
+    Raises FatError for every refusal, judged on the layout that is written.
+    """
     type_name = HARD if disk_type is None else disk_type
     if type_name not in DISK_TYPES:
         raise FatError(f"disk type {type_name!r}: unknown (known: {', '.join(DISK_TYPES)})")
@@ -288,12 +291,13 @@ def plan_layout(
                 f"FAT{chosen.fat_bits} ({chosen.clusters - 2} clusters of {cluster} sectors)"
             )
     state = Pass(reserved=reserved)
-    plan = None
-    for _ in ("check", "commit"):
-        plan = _plan_pass(state, secs, sector_size, dtype, cluster, label_bytes,
-                          hidden_sectors, files, timestamp)
-    assert plan is not None
-    return plan
+    # format's check pass, for what it leaves the commit pass: FAT32 grows the reserved
+    # count, long names go on numbering aliases.  Its layout is not judged: where
+    # settle_width gives the passes different layouts, files must fit the one written.
+    fit_layout(state, secs, sector_size, cluster, 12)
+    state.alias_id += sum(1 for file in files if is_long_name(file.name))
+    return _plan_pass(state, secs, sector_size, dtype, cluster, label_bytes,
+                      hidden_sectors, files, timestamp)
 
 
 def _plan_pass(

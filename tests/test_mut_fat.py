@@ -1,0 +1,162 @@
+"""disk/format's size refusals at their edges, found untested by a mutation run.
+
+The data area holds exactly the clusters the FAT spec's count gives (section 3.5:
+CountofClusters from the BPB), no more; the FAT's width is the one that count implies,
+also where format.c's own pass would give up ("can't decide how many clusters to use")
+or leave a FAT32 with a FAT16's count; a boot program must fit before the 0x55AA
+signature (format.c: "boot block too large") and jump past the BPB.  Checked against
+fsck.fat -n and mtools where an image is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagebuild.disk.device import BlockDevice, RawFile
+from imagebuild.fs.fat.bpb import BPB32_SIZE, BPB_SIZE, FatParams
+from imagebuild.fs.fat.format import FatError, FatFile, format_fat, plan_layout
+from imagebuild.fs.fat.layout import width_for
+from tests.test_fat_format import (
+    FAT32_FORMAT_FINDINGS,
+    LABEL_MESSAGE,
+    fsck,
+    needs_fsck,
+    needs_mtools,
+    payload,
+)
+from tests.test_fat_rules import partition
+
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
+
+
+def _plan(secs: int, files: list[FatFile] | None = None, **kw: object) -> FatParams:
+    return plan_layout(secs, 512, sectors_per_track=63, heads=16, hidden_sectors=63,
+                       files=files or [], **kw).params  # type: ignore[arg-type]
+
+
+def _root_clusters(p: FatParams) -> int:
+    """A FAT32 root directory's clusters: format's 512 entries (32 sectors) rounded down to
+    whole clusters, at least one."""
+    root_sectors = 512 * 32 // 512
+    root_sectors -= root_sectors % p.sectors_per_cluster
+    return max(root_sectors, p.sectors_per_cluster) // p.sectors_per_cluster
+
+
+def _last_cluster(p: FatParams) -> int:
+    """The last cluster format hands out: the spec's count + 1 on FAT12/16.  On FAT32,
+    format.c counts its clusters after the root directory's sectors, though the root
+    lies in the data area: the last root_clusters clusters stay unused (format's quirk,
+    kept; its FSInfo free count says the same)."""
+    last = p.cluster_count + 1
+    return last - _root_clusters(p) if p.is_fat32 else last
+
+
+def _free_clusters(p: FatParams) -> int:
+    """The clusters left for files: clusters 2..last, less the FAT32 root's."""
+    free = _last_cluster(p) - 1
+    return free - _root_clusters(p) if p.is_fat32 else free
+
+
+# (secs, -c): format's ordinary FAT12/16/32, its shortened FAT12 (4130, 4148, 4149: the
+# FAT16 pass leaves a FAT12 count or never settles), its FAT16 where the FAT16 pass never
+# settles and FAT32 would have a FAT16 count (66080, 66081), and the first FAT32 sizes whose
+# count is a FAT32's only with the root directory's clusters in it (66551).
+EDGES = [(2000, None), (4130, None), (4148, None), (4149, None), (20000, None),
+         (66080, 1), (66081, 1), (66551, 1), (70000, 1)]
+
+
+@pytest.mark.parametrize(("secs", "cluster"), EDGES)
+def test_the_data_area_holds_exactly_the_spec_count(secs: int, cluster: int | None) -> None:
+    p = _plan(secs, cluster_sectors=cluster)
+    assert p.fat_bits == width_for(p.cluster_count)
+    assert p.total_sectors <= secs
+    room = _free_clusters(p) * p.cluster_size
+    size = p.cluster_size
+    fits = _plan(secs, [FatFile("a", bytes(room - size)), FatFile("b", bytes(size))],
+                 cluster_sectors=cluster)
+    assert fits == p
+    with pytest.raises(FatError) as err:
+        _plan(secs, [FatFile("a", bytes(room - size)), FatFile("b", bytes(size + 1))],
+              cluster_sectors=cluster)
+    last = _last_cluster(p)
+    assert str(err.value) == (f"file 'b' ({size + 1} bytes): data does not fit on disk (needs "
+                              f"cluster {last + 1}, the partition has clusters 2..{last})")
+
+
+@needs_fsck
+@needs_mtools
+@pytest.mark.parametrize(("secs", "cluster"), [(4148, None), (66080, 1), (66551, 1)])
+def test_full_volumes_at_the_width_edges_read_back(tmp_path: Path, secs: int,
+                                                   cluster: int | None) -> None:
+    import subprocess
+
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, secs * 512)
+    part = BlockDevice(storage).slice(0, secs, "dos")
+    p = _plan(secs, cluster_sectors=cluster)
+    data = payload(_free_clusters(p) * p.cluster_size, secs)
+    params = format_fat(part, [FatFile("full", data)], cluster_sectors=cluster, xflag=True,
+                        timestamp=1700000000)
+    storage.close()
+    assert params.fat_bits == p.fat_bits
+    findings = [f for f in fsck(path) if f not in FAT32_FORMAT_FINDINGS
+                and not f.startswith("Free cluster summary")]
+    assert findings == LABEL_MESSAGE
+    out = subprocess.run(["mtype", "-i", str(path), "::full"], capture_output=True,
+                         check=True, env=MTOOLS_ENV)
+    assert out.stdout == data
+    info = subprocess.run(["minfo", "-i", str(path)], capture_output=True, text=True,
+                          check=False, env=MTOOLS_ENV)
+    if info.returncode == 0:  # minfo names the width it reads
+        assert f"FAT{p.fat_bits}" in info.stdout or "big FAT" in info.stdout or \
+            "fat bits" in info.stdout.lower()
+
+
+def test_a_count_format_cannot_settle_is_refused_as_format_does() -> None:
+    """format.c dosfs(): fatal("can't decide how many clusters to use (%d? %d?)")."""
+    with pytest.raises(FatError, match=r"^can't decide how many clusters to use \(\d+\? \d+\?\)$"):
+        _plan(344, cluster_sectors=1)
+
+
+# -- the boot program (-b): format.c "boot block too large"; our stricter checks ---------------
+def _program(size: int, jump: int = BPB_SIZE - 2) -> bytes:
+    return bytes([0xEB, jump]) + bytes(size - 2)
+
+
+def test_a_boot_program_must_fit_before_the_signature() -> None:
+    format_fat(partition(), pbs=_program(510), dos=False)
+    with pytest.raises(FatError) as err:
+        format_fat(partition(), pbs=_program(511), pbs_source="big.pbs", dos=False)
+    assert str(err.value) == ("boot program big.pbs: boot block too large (511 bytes; at most "
+                              "510 fit before the boot signature)")
+
+
+def test_a_boot_program_must_reach_past_the_bpb() -> None:
+    format_fat(partition(), pbs=_program(BPB_SIZE + 1), dos=False)
+    with pytest.raises(FatError) as err:
+        format_fat(partition(), pbs=_program(BPB_SIZE), pbs_source="p", dos=False)
+    assert str(err.value) == (f"boot program p: pbs too small ({BPB_SIZE} bytes; its code "
+                              f"starts after the BPB at {BPB_SIZE:#x})")
+
+
+def test_a_boot_program_must_jump_over_the_bpb_and_no_further_is_needed() -> None:
+    format_fat(partition(), pbs=_program(200, BPB_SIZE - 2), dos=False)
+    with pytest.raises(FatError) as err:
+        format_fat(partition(), pbs=_program(200, BPB_SIZE - 3), pbs_source="p", dos=False)
+    assert str(err.value) == (f"boot program p: jumps to {BPB_SIZE - 1:#x}, inside the BPB "
+                              f"that ends at {BPB_SIZE:#x}")
+    with pytest.raises(FatError) as err2:
+        format_fat(partition(), pbs=b"\xe9\xeb" + bytes(198), pbs_source="p", dos=False)
+    assert str(err2.value) == ("boot program p: doesn't start with a short jump (first byte "
+                               "0xe9, want 0xeb)")
+    # on FAT32 the BPB ends at 0x5A: a jump to 0x3E lands inside it
+    with pytest.raises(FatError, match=f"inside the BPB that ends at {BPB32_SIZE:#x}$"):
+        format_fat(partition(70000), pbs=_program(200), cluster_sectors=1)
+
+
+def test_a_name_clash_names_both_files() -> None:
+    with pytest.raises(FatError) as err:
+        _plan(8000, [FatFile("Kernel", b"1"), FatFile("KERNEL", b"2")])
+    assert str(err.value) == "file 'KERNEL': name clashes with file 'Kernel' in the root"

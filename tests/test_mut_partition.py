@@ -1,0 +1,176 @@
+"""fdisk and prep script errors and printouts that a mutation run found untested.
+
+Each message is the `?message` 9front's editor prints (sys/src/cmd/disk/prep/edit.c,
+prep.c, fdisk.c), here as "SOURCE:LINE: message" with nothing written; each printout is
+the editor's cmdsum/dumplist format.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mbr_helpers import MiB, SparseStorage
+
+from imagebuild.disk.device import BlockDevice, PartFS
+from imagebuild.errors import ImageFormatError, LayoutError
+from imagebuild.partition import fdisk, mbr, prep
+from imagebuild.partition.dostable import read_mbr
+from imagebuild.partition.edit import cmdsum_size
+from imagebuild.partition.prep import Plan9Partition, read_table, unpack_table
+from imagebuild.partition.sector0 import TYPES
+
+P = Plan9Partition
+
+
+def _blank_disk(size: int) -> PartFS:
+    parts = PartFS(BlockDevice(SparseStorage(size)))
+    mbr.install_bootcode(parts["data"])
+    return parts
+
+
+def _plan9_disk(size: int = 300 * MiB) -> PartFS:
+    parts = _blank_disk(size)
+    fdisk.fdisk_auto(parts)
+    return parts
+
+
+def _table_text(parts: PartFS) -> str:
+    return parts["plan9"].read_sectors(1).rstrip(b"\0").decode()
+
+
+# -- the editor's argument checks (edit.c: return "args") -------------------------------------
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ("d\n", "pi.fdisk:1: args"),
+        ("a p1 0 10\nw\nd p1 p2\n", "pi.fdisk:3: args"),
+        ("P x\n", "pi.fdisk:1: args"),
+        ("p x\n", "pi.fdisk:1: args"),
+        ("w x\n", "pi.fdisk:1: args"),
+        ("q x\n", "pi.fdisk:1: args"),
+        (". 1 2\n", "pi.fdisk:1: args"),
+        ("a\n", "pi.fdisk:1: args"),
+        ("A\n", "pi.fdisk:1: args"),
+        ("t\n", "pi.fdisk:1: args"),
+        ("t p9 FAT32\n", "pi.fdisk:1: unknown partition"),
+    ],
+)
+def test_fdisk_wrong_argument_counts_are_refused_with_edit_c_words(script: str,
+                                                                  message: str) -> None:
+    parts = _blank_disk(1885 * MiB)
+    before = parts["data"].pread(512, 0)
+    with pytest.raises(LayoutError) as err:
+        fdisk.fdisk_script(parts, script, source="pi.fdisk")
+    assert str(err.value) == message
+    assert parts["data"].pread(512, 0) == before and list(parts) == []
+
+
+def test_deleting_a_partition_is_a_change_that_needs_a_write() -> None:
+    parts = _blank_disk(1885 * MiB)
+    fdisk.fdisk_script(parts, "a p1 0 10\nw\n")
+    with pytest.raises(LayoutError, match=r"^<fdisk script>:1: changes not written"):
+        fdisk.fdisk_script(PartFS(parts.disk), "d p1\n", blank=False)
+    with pytest.raises(LayoutError, match=r"^<fdisk script>:2: changes unwritten$"):
+        fdisk.fdisk_script(PartFS(parts.disk), "d p1\nq\n", blank=False)
+    assert read_mbr(parts["data"])[0].used  # nothing was written
+
+
+def test_fdisk_type_list_is_dumplist_four_to_a_line() -> None:
+    """fdisk.c dumplist(): each description as %-16s, a newline after every fourth and
+    after a short last line."""
+    expected = ""
+    n = 0
+    for code in range(256):
+        if code in TYPES:
+            expected += f"{TYPES[code][0]:<16}"
+            if n % 4 == 3:
+                expected += "\n"
+            n += 1
+    if n % 4:
+        expected += "\n"
+    parts = _blank_disk(1885 * MiB)
+    out: list[str] = []
+    fdisk.fdisk_script(parts, "a p1 0 10\nt p1\n?\nFAT32\nw\n", output=out.append)
+    assert expected in out
+    assert n > 4 and expected.count("\n") == -(-n // 4)
+
+
+# -- prep: names, defaults, printouts ---------------------------------------------------------
+def test_prep_bad_name_and_default_source_are_prep_c_words() -> None:
+    parts = _plan9_disk()
+    with pytest.raises(LayoutError) as err:
+        prep.prep_script(parts, "a a/b 2 10\nw\n")
+    assert str(err.value) == "<prep script>:1: bad character in name"
+    with pytest.raises(LayoutError) as err2:
+        prep.prep_script(parts, "a fs 1 10\nw\n")
+    assert str(err2.value) == "<prep script>:1: overlaps with the pbs and/or the partition table"
+    assert _table_text(parts) == ""
+
+
+def test_prep_prints_the_table_first_and_marks_changed_parts() -> None:
+    """prep.c cmdsum: "%c %-12s %*lld %-*lld (%lld sectors, SIZE)", ' for a changed part,
+    `empty` for a gap; prep runs `p` before reading commands."""
+    parts = _plan9_disk()
+    prep.write_table(parts, [P("fs", 2, 1000)])
+    out: list[str] = []
+    prep.prep_script(parts, "a other 1000 3048\np\nw\n", blank=False, output=out.append)
+    w = len(str(parts["plan9"].size))  # libdisk mkwidth(): digits of the size in bytes
+    end = parts["plan9"].secs
+    first = [
+        f"  {'empty':<12} {0:>{w}} {2:<{w}} (2 sectors, 1.00 KB)\n",
+        f"  {'fs':<12} {2:>{w}} {1000:<{w}} (998 sectors, 499.00 KB)\n",
+        f"  {'empty':<12} {1000:>{w}} {end:<{w}} ({end - 1000} sectors, "
+        f"{cmdsum_size((end - 1000) * 512)})\n",
+    ]
+    assert out[:3] == first
+    assert f"' {'other':<12} {1000:>{w}} {3048:<{w}} (2048 sectors, 1.00 MB)\n" in out[3:]
+
+
+# -- prep without -b: the table on disk is read, kept and stays registered ---------------------
+def test_prep_without_b_keeps_the_parts_partfs_knows() -> None:
+    parts = _plan9_disk()
+    off = parts["plan9"].offset
+    prep.write_table(parts, [P("fs", 2, 1000)])
+    prep.prep_script(parts, "a other 1000 2000\nw\n", blank=False)
+    assert _table_text(parts) == "part fs 2 1000\npart other 1000 2000\n"
+    assert [(n, a, b) for n, a, b in parts if n != "plan9"] == [
+        ("fs", off + 2, off + 1000), ("other", off + 1000, off + 2000)]
+
+
+def test_write_table_starts_blank_by_default() -> None:
+    parts = _plan9_disk()
+    prep.write_table(parts, [P("fs", 2, 1000)])
+    assert prep.write_table(parts, [P("x", 500, 600)]) == [P("x", 500, 600)]
+    assert _table_text(parts) == "part x 500 600\n"
+    with pytest.raises(LayoutError) as err:
+        prep.write_table(parts, [P("y", 550, 700)], blank=False)
+    assert str(err.value) == 'plan9: part y 550 700: start sector in partition "x"'
+
+
+# -- reading sector 1 -------------------------------------------------------------------------
+def test_read_table_names_the_disk_and_partition_and_checks_the_end() -> None:
+    parts = _plan9_disk()
+    plan9 = parts["plan9"]
+    plan9.pwrite(f"part fs 2 {plan9.secs + 1}\n".encode().ljust(512, b"\0"), 512)
+    with pytest.raises(ImageFormatError) as err:
+        read_table(plan9)
+    assert str(err.value).startswith("data plan9: partition table line ")
+    assert str(err.value).endswith(f"lie outside the partition ({plan9.secs} sectors)")
+    plan9.pwrite(b"part fs 2 1x\npart b 10 20\n".ljust(512, b"\0"), 512)
+    assert read_table(plan9, strict=False) == [P("fs", 2, 1), P("b", 10, 20)][1:]
+    whole = BlockDevice(SparseStorage(4 * 512), name="disk")
+    whole.pwrite(b"part a 1 2x\n".ljust(512, b"\0"), 512)
+    with pytest.raises(ImageFormatError, match=r"^disk: partition table line "):
+        read_table(whole)
+
+
+def test_a_one_sector_partition_has_no_table() -> None:
+    disk = BlockDevice(SparseStorage(4 * 512), name="disk")
+    assert read_table(disk.slice(2, 3, "tiny")) == []
+
+
+def test_a_plus_sign_is_not_a_number_prep_writes() -> None:
+    with pytest.raises(ImageFormatError) as err:
+        unpack_table(b"part fs +2 10\n".ljust(512, b"\0"))
+    assert str(err.value) == ("plan9: partition table line 'part fs +2 10': start and end "
+                              "must be numbers")
+    assert unpack_table(b"part fs +2 10\n".ljust(512, b"\0"), strict=False) == [P("fs", 2, 10)]
