@@ -52,6 +52,12 @@ def _table_text(parts: PartFS) -> str:
         ("A\n", "pi.fdisk:1: args"),
         ("t\n", "pi.fdisk:1: args"),
         ("t p9 FAT32\n", "pi.fdisk:1: unknown partition"),
+        ("x\n", "pi.fdisk:1: unknown command 'x'"),
+        ("a p1 0 10\nR\n", "pi.fdisk:2: R: partition tables restored to their initial state"),
+        # four slots: p1, p2, p3 and the extended partition that holds s1
+        ("a p1 0 10\na p2 10 20\na p3 20 30\na s1 30 40\na p4 50 60\n",
+         "pi.fdisk:5: no room for partition"),
+        ("", "pi.fdisk:0: changes not written (the script has no 'w')"),
     ],
 )
 def test_fdisk_wrong_argument_counts_are_refused_with_edit_c_words(script: str,
@@ -89,7 +95,8 @@ def test_fdisk_type_list_is_dumplist_four_to_a_line() -> None:
         expected += "\n"
     parts = _blank_disk(1885 * MiB)
     out: list[str] = []
-    fdisk.fdisk_script(parts, "a p1 0 10\nt p1\n?\nFAT32\nw\n", output=out.append)
+    # prompts read the next lines, leading blanks skipped (edit.c getline)
+    fdisk.fdisk_script(parts, "a p1 0 10\nt p1\n   ?\nFAT32\nw\n", output=out.append)
     assert expected in out
     assert n > 4 and expected.count("\n") == -(-n // 4)
 
@@ -174,3 +181,48 @@ def test_a_plus_sign_is_not_a_number_prep_writes() -> None:
     assert str(err.value) == ("plan9: partition table line 'part fs +2 10': start and end "
                               "must be numbers")
     assert unpack_table(b"part fs +2 10\n".ljust(512, b"\0"), strict=False) == [P("fs", 2, 10)]
+
+
+def test_a_secondary_partition_at_cylinder_0_keeps_the_first_track() -> None:
+    """fdisk.c cmdadd(): start 0 moves a track in, past the MBR, for pN and sN (whose EBR
+    then sits a track in and its data another track on)."""
+    parts = _blank_disk(1885 * MiB)
+    entries = fdisk.fdisk_script(parts, "a s1 0 10\nw\n")
+    sectors = 63
+    ext = [e for e in entries if e.used]
+    assert len(ext) == 1 and ext[0].lba == sectors
+    assert parts["data"].read_sectors(0)[510:] == b"\x55\xaa"
+    assert list(parts) == [("plan9", 2 * sectors, 10 * 64 * 63)]  # data a track past the EBR
+
+
+def test_active_moves_to_one_partition_and_counts_as_a_change() -> None:
+    parts = _blank_disk(1885 * MiB)
+    fdisk.fdisk_script(parts, "a p1 0 10\na p2 10 20\na p3 20 30\nA p1\nw\n")
+    assert [e.active for e in read_mbr(parts["data"])[:3]] == [0x80, 0, 0]
+    with pytest.raises(LayoutError, match=r"^<fdisk script>:1: changes not written"):
+        fdisk.fdisk_script(PartFS(parts.disk), "A p2\n", blank=False)
+    out: list[str] = []
+    fdisk.fdisk_script(PartFS(parts.disk), "A p2\np\nw\n", blank=False, output=out.append)
+    # the table before the script (p1, p2, p3, the gap), then `p`: ' marks what changed
+    assert [line[:5] for line in out[:3]] == [" * p1", "   p2", "   p3"]
+    assert [line[:5] for line in out[4:7]] == ["'  p1", "'* p2", "   p3"]
+    assert [e.active for e in read_mbr(parts["data"])[:3]] == [0, 0x80, 0]
+
+
+def test_a_new_type_counts_as_a_change() -> None:
+    parts = _blank_disk(1885 * MiB)
+    fdisk.fdisk_script(parts, "a p1 0 10\nw\n")
+    with pytest.raises(LayoutError, match=r"^<fdisk script>:1: changes not written"):
+        fdisk.fdisk_script(PartFS(parts.disk), "t p1 LINUX\n", blank=False)
+    out: list[str] = []
+    fdisk.fdisk_script(PartFS(parts.disk), "t p1 LINUX\np\nw\n", blank=False,
+                       output=out.append)
+    assert out[2].startswith("'  p1") and out[2].rstrip().endswith("LINUX")
+    assert read_mbr(parts["data"])[0].type == 0x83
+
+
+def test_prep_percent_is_of_the_partition_size() -> None:
+    """calc.y FRAC: `50%` is half the size of what prep edits, in sectors."""
+    parts = _plan9_disk()
+    secs = parts["plan9"].secs
+    assert prep.prep_script(parts, "a fs 2 50%\nw\n") == [P("fs", 2, secs * 50 // 100)]
