@@ -226,3 +226,22 @@ def test_prep_percent_is_of_the_partition_size() -> None:
     parts = _plan9_disk()
     secs = parts["plan9"].secs
     assert prep.prep_script(parts, "a fs 2 50%\nw\n") == [P("fs", 2, secs * 50 // 100)]
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("part a 1", "expected 'part NAME START END'"),
+    ("part a 1 2 3", "expected 'part NAME START END'"),
+    ("parts a 1 2", "expected 'part NAME START END'"),
+    ("part a 5 5", "start 5 is not below end 5"),
+])
+def test_a_malformed_table_line_is_named_with_its_problem(line: str, problem: str) -> None:
+    sector = f"part ok 20 30\n{line}\n".encode().ljust(512, b"\0")
+    with pytest.raises(ImageFormatError) as err:
+        unpack_table(sector)
+    assert str(err.value) == f"plan9: partition table line {line!r}: {problem}"
+    assert unpack_table(sector, strict=False) == [P("ok", 20, 30)]  # prep skips the line
+
+
+def test_adjacent_parts_in_any_order_and_any_name_are_read() -> None:
+    sector = b"part XBOX 10 20\npart fs 2 10\npart nvram 20 21\n".ljust(512, b"\0")
+    assert unpack_table(sector) == [P("XBOX", 10, 20), P("fs", 2, 10), P("nvram", 20, 21)]
