@@ -47,7 +47,7 @@ def test_source_date_epoch_only_ascii_digits(monkeypatch: pytest.MonkeyPatch,
     assert str(err.value) == f"SOURCE_DATE_EPOCH={value!r}: must be a whole number of seconds"
 
 
-@pytest.mark.parametrize("value", [str(MAX_EPOCH + 1), "9" * 11, "9" * 400])
+@pytest.mark.parametrize("value", [str(MAX_EPOCH + 1), "9" * 11, "9" * 5000])  # int(): 4300
 def test_source_date_epoch_past_2106_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                 value: str) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
@@ -84,8 +84,9 @@ def test_file_options_read_and_collect_the_unreadable(tmp_path: Path) -> None:
 def test_file_option_limit_and_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"12345")
     assert read_file_options([f"a={tmp_path / 'a'}"], limit=5)[0] == [("a", b"12345")]
-    with pytest.raises(InputError, match=r"5 bytes, more than 4$"):
+    with pytest.raises(InputError) as big:
         read_file_options([f"a={tmp_path / 'a'}"], limit=4)
+    assert str(big.value) == f"{tmp_path / 'a'}: --file is 5 bytes, more than 4"
 
     def no_memory(path: str, limit: int, what: str) -> bytes:
         raise MemoryError
