@@ -160,3 +160,90 @@ def test_a_name_clash_names_both_files() -> None:
     with pytest.raises(FatError) as err:
         _plan(8000, [FatFile("Kernel", b"1"), FatFile("KERNEL", b"2")])
     assert str(err.value) == "file 'KERNEL': name clashes with file 'Kernel' in the root"
+
+
+# -- format.c's geometry, transcribed separately from dosfs() -------------------------------------
+class _CantDecide(Exception):
+    pass
+
+
+def _dosfs_reference(volsecs: int, clustersize: int, nresrv: int) -> tuple[int, ...]:
+    """sys/src/cmd/disk/format.c dosfs(), the "Tryagain" loop, 512-byte sectors: returns
+    (fatbits, clusters, fatsecs, rootsecs, rootfiles, nresrv) as format leaves them."""
+    secsize, dirsize = 512, 32
+    fatbits = 12
+    while True:
+        if fatbits == 32:
+            nresrv += 1
+        clusters = 0
+        i = 0
+        while True:
+            fatsecs = (fatbits * clusters + 8 * secsize - 1) // (8 * secsize)
+            rootsecs = volsecs // 200
+            rootfiles = rootsecs * (secsize // dirsize)
+            if rootfiles > 512:
+                rootfiles = 512
+                rootsecs = rootfiles // (secsize // dirsize)
+            if fatbits == 32:
+                rootsecs -= rootsecs % clustersize
+                if rootsecs <= 0:
+                    rootsecs = clustersize
+                rootfiles = rootsecs * (secsize // dirsize)
+            data = nresrv + 2 * fatsecs + (rootfiles * dirsize + secsize - 1) // secsize
+            newclusters = 2 + (volsecs - data) // clustersize
+            if newclusters == clusters:
+                break
+            clusters = newclusters
+            if i > 10:
+                raise _CantDecide
+            i += 1
+        if fatbits == 12 and clusters >= 0xFF7:
+            fatbits = 16
+        elif fatbits == 16 and clusters >= 0xFFF7:
+            fatbits = 32
+        else:
+            return fatbits, clusters, fatsecs, rootsecs, rootfiles, nresrv
+
+
+def _reference(volsecs: int, clustersize: int, reserved: int) -> tuple[int, ...] | None:
+    """Both of format's passes (nresrv carries over); None where format gives up."""
+    try:
+        check = _dosfs_reference(volsecs, clustersize, reserved)
+        return _dosfs_reference(volsecs, clustersize, check[5])
+    except _CantDecide:
+        return None
+
+
+@pytest.mark.parametrize(("cluster", "sizes"), [
+    (None, range(200, 140_000, 331)),
+    (1, range(200, 70_000, 97)),
+    (4, range(2_000, 280_000, 1013)),
+])
+def test_the_layout_is_format_c_wherever_format_c_is_sound(cluster: int | None,
+                                                           sizes: range) -> None:
+    from imagebuild.fs.fat.layout import default_cluster_sectors
+
+    compared = 0
+    for secs in sizes:
+        c = cluster or default_cluster_sectors(secs)
+        ref = _reference(secs, c, 1)
+        try:
+            p = _plan(secs, cluster_sectors=cluster)
+        except FatError as err:
+            assert ref is None or ref[1] - 2 < 1, (secs, str(err))
+            continue
+        if ref is None:
+            continue  # gives up; we settle on the narrower width (docs/fat.md)
+        fatbits, _clusters, fatsecs, rootsecs, rootfiles, nresrv = ref
+        first_data = nresrv + 2 * fatsecs + (0 if fatbits == 32 else rootsecs)
+        sound = width_for((secs - first_data) // c) == fatbits
+        if fatbits == 32:  # and the FAT maps every cluster (else we grow it)
+            sound = sound and fatsecs * 128 >= 2 + (secs - nresrv - 2 * fatsecs) // c
+        if not sound:
+            continue
+        compared += 1
+        assert (p.fat_bits, p.reserved_sectors, p.total_sectors, p.sectors_per_cluster) == \
+            (fatbits, nresrv, secs, c), secs
+        assert (p.fat_sectors32 if fatbits == 32 else p.fat_sectors16) == fatsecs, secs
+        assert p.root_entries == (0 if fatbits == 32 else rootfiles), secs
+    assert compared > len(sizes) * 9 // 10
