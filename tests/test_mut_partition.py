@@ -245,3 +245,61 @@ def test_a_malformed_table_line_is_named_with_its_problem(line: str, problem: st
 def test_adjacent_parts_in_any_order_and_any_name_are_read() -> None:
     sector = b"part XBOX 10 20\npart fs 2 10\npart nvram 20 21\n".ljust(512, b"\0")
     assert unpack_table(sector) == [P("XBOX", 10, 20), P("fs", 2, 10), P("nvram", 20, 21)]
+
+
+def test_dot_is_printed_and_set_by_the_dot_command() -> None:
+    """edit.c editdot(): `.` prints "\\t. N", `. expr` sets dot; `a` ends with dot = end."""
+    parts = _plan9_disk()
+    out: list[str] = []
+    table = prep.prep_script(parts, ". 100\n.\na fs . 200\n.\nw\n", output=out.append)
+    assert table == [P("fs", 100, 200)]
+    assert [line for line in out if line.startswith("\t.")] == ["\t. 100\n", "\t. 200\n"]
+
+
+def test_add_takes_what_its_line_gives_and_prompts_for_the_rest() -> None:
+    parts = _plan9_disk()
+    assert prep.prep_script(parts, "a fs 2\n1000\nw\n") == [P("fs", 2, 1000)]
+
+
+def test_a_taken_name_is_refused_before_any_prompt_reads_a_line() -> None:
+    parts = _blank_disk(1885 * MiB)
+    with pytest.raises(LayoutError) as err:
+        fdisk.fdisk_script(parts, "a p1 0 10\na p1\n10\n20\nw\n", source="s")
+    assert str(err.value) == 's:2: already have partition with name "p1"'
+
+
+def test_a_part_may_not_start_where_another_starts() -> None:
+    parts = _plan9_disk()
+    with pytest.raises(LayoutError) as err:
+        prep.prep_script(parts, "a a 2 10\na b 2 5\nw\n", source="s")
+    assert str(err.value) == 's:2: start sector in partition "a"'
+
+
+def test_a_full_table_prints_no_empty_gap_after_it() -> None:
+    parts = _plan9_disk()
+    out: list[str] = []
+    prep.prep_script(parts, "a fs 2 $\np\nw\n", output=out.append)
+    listing = out[out.index(next(line for line in out if line.startswith("' fs"))) - 1:]
+    assert [line.split()[0] for line in listing] == ["empty", "'"]
+
+
+def test_fdisk_help_is_edit_c_help_then_fdisk_lines() -> None:
+    from imagebuild.partition.edit import HELP_TEXT
+    from imagebuild.partition.fdisk import FDISK_HELP
+
+    parts = _blank_disk(1885 * MiB)
+    out: list[str] = []
+    fdisk.fdisk_script(parts, "h\na p1 0 10\nw\n", output=out.append)
+    assert out[1:3] == [HELP_TEXT, FDISK_HELP + "\n"]
+    assert FDISK_HELP.splitlines()[0] == "A name - set partition active"
+
+
+@pytest.mark.parametrize(("size", "text"), [
+    (0, "0 B "), (1023, "1023 B "), (1 << 10, "1.00 KB"), ((1 << 20) - 1, "1023.99 KB"),
+    (1 << 20, "1.00 MB"), (3 << 30, "3.00 GB"), (1 << 40, "1.00 TB"),
+    ((1 << 41) + (1 << 39), "2.50 TB"),
+])
+def test_cmdsum_size_is_prep_c_s(size: int, text: str) -> None:
+    """prep.c cmdsum(): sz/div "." (sz%div)*100/div "%.2d", suffix KB..TB for powers of
+    1024; "B " under 1 KB."""
+    assert cmdsum_size(size) == text
