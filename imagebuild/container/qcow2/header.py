@@ -150,6 +150,8 @@ class Qcow2Header:
 
         Sets header_length, backing_file_offset and backing_file_size to match.
         """
+        if self.backing_file is None:
+            self.backing_file_offset = self.backing_file_size = 0
         fixed = self._pack_fixed()
         body = bytearray(fixed)
         for ext in self.extensions:
@@ -162,8 +164,6 @@ class Qcow2Header:
             body += name
             fixed = self._pack_fixed()
             body[: len(fixed)] = fixed
-        else:
-            self.backing_file_offset = self.backing_file_size = 0
         if len(body) > self.cluster_size:
             raise UnsupportedImageError(
                 f"header, extensions and backing file name take {len(body)} bytes, "
@@ -304,7 +304,7 @@ class Qcow2Header:
                     f"{MAX_BACKING_FILE_NAME})"
                 )
             end = self.backing_file_offset + self.backing_file_size
-            if end > len(data):
+            if end > min(cs, len(data)):
                 raise ImageFormatError(
                     f"{name}: backing_file_offset {self.backing_file_offset} + size "
                     f"{self.backing_file_size} runs past the first cluster or end of file"
@@ -329,16 +329,19 @@ def _check_table(name: str, what: str, offset: int, length: int, cs: int, file_s
 
 
 def _parse_extensions(data: bytes, header: Qcow2Header, name: str) -> list[HeaderExtension]:
-    """Header extensions from header_length up to the end marker (all of them, in order)."""
+    """Header extensions from header_length up to the end marker or the end of the area
+    (where the backing file name or the first cluster starts): all of them, in order."""
     limit = min(len(data), header.cluster_size)
-    if header.backing_file_offset and header.backing_file_offset > header.header_length:
+    if header.backing_file_offset:
+        # The area ends where the backing file name starts (qcow2_do_open's ext_end): a
+        # version 2 name right after the 72-byte header leaves no room for extensions.
         limit = min(limit, header.backing_file_offset)
     pos = header.header_length
     found: list[HeaderExtension] = []
     while True:
         if pos + EXTENSION_HEADER.size > limit:
-            if pos >= limit and header.version == 2:
-                return found  # a v2 header may end without a marker
+            if pos >= limit:
+                return found  # the area may end without a marker (qcow2_read_extensions)
             raise ImageFormatError(
                 f"{name}: header extension at offset {pos} runs past the end of the header "
                 f"area ({limit} bytes)"

@@ -1,0 +1,87 @@
+"""Creating overlays and opening backing chains: the refusals and promises of create.py and
+backing.py at their edges, each checked against qemu-img as well as our own reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from qcow2_helpers import MiB, needs_qemu_img, qemu_img
+
+from imagebuild.container.qcow2.backing import BackingFileMissing
+from imagebuild.container.qcow2.image import Qcow2Image
+
+pytestmark = needs_qemu_img
+
+
+def _qemu_missing_path(overlay: Path) -> str:
+    """The backing file path qemu-img says it could not open."""
+    result = qemu_img("check", overlay, check=False)
+    found = re.search(r"Could not open backing file: Could not open '([^']*)'", result.stderr)
+    assert result.returncode != 0 and found, result.stderr
+    return found.group(1)
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_missing_backing_names_the_path_qemu_looks_for(tmp_path: Path, relative: bool) -> None:
+    """A relative backing name is looked for beside the overlay (QEMU's path_combine): the
+    message names both the stored name and, when they differ, where it looked, which is
+    where qemu-img looks too."""
+    (tmp_path / "sub").mkdir()
+    base = tmp_path / "base.raw"
+    base.write_bytes(bytes(MiB))
+    overlay = tmp_path / "sub" / "o.qcow2"
+    name = "../base.raw" if relative else str(base)
+    Qcow2Image.create(overlay, backing_file=name).close()
+    base.unlink()
+    with pytest.raises(BackingFileMissing) as caught:
+        Qcow2Image.open(overlay)
+    message = str(caught.value)
+    qemu_path = os.path.abspath(_qemu_missing_path(overlay))
+    assert message.startswith(f"{overlay}: backing file {name!r} not found")
+    looked = re.search(r" \(looked for (.*)\); the overlay", message)
+    if relative:
+        assert looked and os.path.abspath(looked.group(1)) == qemu_path
+    else:
+        assert qemu_path == name and not looked and "not found; the overlay" in message
+
+
+def test_new_overlay_reads_and_copies_on_write_through_its_backing_file(tmp_path: Path) -> None:
+    """The image create() returns is already open on its backing chain: reads see the base,
+    and a partial write into an unallocated cluster keeps the rest of the base's cluster
+    (what qemu-img reads back through the chain)."""
+    base = tmp_path / "base.raw"
+    data = bytes(range(256)) * (MiB // 256)
+    base.write_bytes(data)
+    overlay = tmp_path / "o.qcow2"
+    with Qcow2Image.create(overlay, backing_file="base.raw", cluster_size=4096) as image:
+        assert image.backing is not None and image.backing_path == str(base)
+        assert image.pread(8192, 4000) == data[4000:12192]
+        image.pwrite(b"new bytes!", 5000)
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(data[:5000] + b"new bytes!" + data[5010:])
+    result = qemu_img("compare", "-f", "qcow2", "-F", "raw", overlay, expected, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert qemu_img("check", overlay, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("size,fits", [(128 << 30, True), ((128 << 30) + 1, False)])
+def test_create_l1_table_limit_like_qemu(tmp_path: Path, size: int, fits: bool) -> None:
+    """QEMU's 32 MiB L1 limit: 512-byte clusters map at most 128 GiB (qcow2.txt "size")."""
+    from imagebuild.errors import UnsupportedImageError
+
+    ours = tmp_path / "o.qcow2"
+    if fits:  # (qemu-img create takes seconds to write its 32 MiB L1 table; info opens ours)
+        Qcow2Image.create(ours, size, cluster_size=512).close()
+        info = json.loads(qemu_img("info", "--output=json", ours).stdout)
+        assert info["virtual-size"] == size
+    else:
+        theirs = qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512",
+                          tmp_path / "q.qcow2", str(size), check=False)
+        assert theirs.returncode == 1 and "too large" in theirs.stderr
+        with pytest.raises(UnsupportedImageError, match="32 MiB"):
+            Qcow2Image.create(ours, size, cluster_size=512)
+        assert not ours.exists()
