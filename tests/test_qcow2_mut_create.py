@@ -85,3 +85,22 @@ def test_create_l1_table_limit_like_qemu(tmp_path: Path, size: int, fits: bool) 
         with pytest.raises(UnsupportedImageError, match="32 MiB"):
             Qcow2Image.create(ours, size, cluster_size=512)
         assert not ours.exists()
+
+
+@pytest.mark.parametrize("size,refcount_order", [(16 << 30, 6), (32 << 30, 4)])
+def test_create_sizes_the_refcount_table_for_a_large_l1_up_front(
+        tmp_path: Path, size: int, refcount_order: int) -> None:
+    """With 512-byte clusters an L1 table of several MiB needs a refcount table of several
+    clusters: create() sizes it before laying out, so QEMU's order holds (header, refcount
+    table covering all of them, refcount block 0, L1 table) and qemu-img check finds nothing."""
+    import struct
+
+    path = tmp_path / "o.qcow2"
+    Qcow2Image.create(path, size, cluster_size=512, refcount_order=refcount_order).close()
+    l1_size, l1_offset, rt_offset, rt_clusters = struct.unpack_from(
+        ">IQQI", path.read_bytes()[:72], 36)
+    clusters = 1 + rt_clusters + 1 + l1_size * 8 // 512  # up to the end of the L1 table
+    assert rt_clusters * 512 // 8 * (512 * 8 >> refcount_order) >= clusters
+    assert rt_clusters > 1 and rt_offset == 512 and l1_offset == 512 * (1 + rt_clusters + 1)
+    result = qemu_img("check", path, check=False)
+    assert result.returncode == 0 and "No errors" in result.stdout, result.stdout

@@ -72,7 +72,8 @@ def _first_cluster(path: Path) -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("options", [("cluster_size=65536",), ("cluster_size=4096",),
-                                     ("compat=0.10", "cluster_size=4096")])
+                                     ("compat=0.10", "cluster_size=4096"),
+                                     ("compression_type=zstd",)])
 @pytest.mark.parametrize("with_backing", [False, True])
 def test_pack_writes_qemus_header_bytes(tmp_path: Path, options: tuple[str, ...],
                                         with_backing: bool) -> None:
@@ -94,6 +95,20 @@ def test_pack_writes_qemus_header_bytes(tmp_path: Path, options: tuple[str, ...]
     assert packed == first[: len(packed)] and not first[len(packed) :].strip(b"\0")
     assert {k: getattr(header, k) for k in expected} == expected
     assert expected["header_length"] == (72 if "compat=0.10" in options else 112)
+    assert header.compression_type == ("compression_type=zstd" in options)
+
+
+def test_pack_keeps_unknown_additional_header_fields(tmp_path: Path) -> None:
+    """qcow2.txt "Additional fields", rule 2: a field past compression_type that we do not
+    know is preserved when the header is written again (qemu-img ignores it too)."""
+    path = patch(qemu_image(tmp_path / "q.qcow2", MiB, "cluster_size=4096"),
+                 (HEADER_LENGTH, ">I", 120), (112, ">B", 0xAB), (120, ">Q", 0))
+    assert qemu_verdict(path) is None and our_verdict(path) is None
+    first, size = _first_cluster(path)
+    header = Qcow2Header.unpack(first, str(path), size)
+    assert header.extra_fields == bytes(7) + b"\xab"
+    header.header_length = 0
+    assert header.pack() == first[:128] and header.header_length == 120
 
 
 def test_pack_without_backing_clears_its_offset(tmp_path: Path) -> None:
