@@ -104,3 +104,19 @@ def test_create_sizes_the_refcount_table_for_a_large_l1_up_front(
     assert rt_clusters > 1 and rt_offset == 512 and l1_offset == 512 * (1 + rt_clusters + 1)
     result = qemu_img("check", path, check=False)
     assert result.returncode == 0 and "No errors" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("size,cluster,backing", [(MiB, 65536, None), (4 * MiB, 512, "b.raw"),
+                                                  (16 * MiB, 4096, "b.raw")])
+def test_create_writes_qemus_first_cluster(tmp_path: Path, size: int, cluster: int,
+                                           backing: str | None) -> None:
+    """Cluster 0 of a new image is qemu-img create's, byte for byte: version 3 header,
+    extensions, backing file name, and zeros to the end of the cluster."""
+    (tmp_path / "b.raw").write_bytes(bytes(size))
+    ours, theirs = tmp_path / "o.qcow2", tmp_path / "q.qcow2"
+    Qcow2Image.create(ours, None if backing else size, cluster_size=cluster,
+                      backing_file=backing).close()
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}",
+             *(["-b", backing, "-F", "raw"] if backing else []), theirs,
+             *([] if backing else [str(size)]))
+    assert ours.read_bytes()[:cluster] == theirs.read_bytes()[:cluster]
