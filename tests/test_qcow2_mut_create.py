@@ -106,17 +106,44 @@ def test_create_sizes_the_refcount_table_for_a_large_l1_up_front(
     assert result.returncode == 0 and "No errors" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("size,cluster,backing", [(MiB, 65536, None), (4 * MiB, 512, "b.raw"),
-                                                  (16 * MiB, 4096, "b.raw")])
+@pytest.mark.parametrize("size,cluster,backing,order", [
+    (MiB, 65536, None, 4), (4 * MiB, 512, "b.raw", 4), (16 * MiB, 4096, "b.raw", 4),
+    (MiB, 65536, None, 6), (MiB, 4096, None, 0)])
 def test_create_writes_qemus_first_cluster(tmp_path: Path, size: int, cluster: int,
-                                           backing: str | None) -> None:
-    """Cluster 0 of a new image is qemu-img create's, byte for byte: version 3 header,
-    extensions, backing file name, and zeros to the end of the cluster."""
+                                           backing: str | None, order: int) -> None:
+    """Cluster 0 of a new image is qemu-img create's, byte for byte: version 3 header
+    (refcount_order included), extensions, backing file name, zeros to the cluster's end."""
     (tmp_path / "b.raw").write_bytes(bytes(size))
     ours, theirs = tmp_path / "o.qcow2", tmp_path / "q.qcow2"
     Qcow2Image.create(ours, None if backing else size, cluster_size=cluster,
-                      backing_file=backing).close()
-    qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}",
+                      backing_file=backing, refcount_order=order).close()
+    qemu_img("create", "-q", "-f", "qcow2",
+             "-o", f"cluster_size={cluster},refcount_bits={1 << order}",
              *(["-b", backing, "-F", "raw"] if backing else []), theirs,
              *([] if backing else [str(size)]))
     assert ours.read_bytes()[:cluster] == theirs.read_bytes()[:cluster]
+
+
+@pytest.mark.parametrize("length", [1023, 1024])
+def test_create_backing_name_length_limit_like_qemu(tmp_path: Path, length: int) -> None:
+    """qcow2.txt "backing_file_size": at most 1023 bytes; qemu-img create draws the same line."""
+    from imagebuild.errors import UnsupportedImageError
+
+    parts = [letter * 200 for letter in "abcd"]  # (file names stop at 255 bytes)
+    name = "/".join([*parts, "e" * (length - 4 * 201)])
+    assert len(name.encode()) == length
+    (tmp_path / "/".join(parts)).mkdir(parents=True)
+    (tmp_path / name).write_bytes(bytes(MiB))
+    ours, theirs = tmp_path / "o.qcow2", tmp_path / "q.qcow2"
+    result = qemu_img("create", "-q", "-f", "qcow2", "-b", name, "-F", "raw", theirs,
+                      check=False)
+    if length <= 1023:
+        assert result.returncode == 0, result.stderr
+        Qcow2Image.create(ours, backing_file=name).close()
+        assert ours.read_bytes()[:65536] == theirs.read_bytes()[:65536]
+    else:
+        assert result.returncode == 1 and "Could not assign backing file" in result.stderr
+        with pytest.raises(UnsupportedImageError, match=r"o\.qcow2: backing file name longer "
+                                                        r"than 1023 bytes"):
+            Qcow2Image.create(ours, backing_file=name)
+        assert not ours.exists()
