@@ -293,3 +293,26 @@ def test_header_field_limits_like_qemu(tmp_path: Path, case: str) -> None:
             assert image.header.backing_file == info.get("backing-filename")
     if case.startswith("L1 table at offset 0"):
         assert qemu_img("check", path, check=False).returncode == 2  # corruptions
+
+
+@pytest.mark.parametrize("edit,ours,qemu", [
+    ((4, ">I", 4), "version 4 (only 2 and 3 are known)", "Unsupported qcow2 version 4"),
+    ("cut 100", "truncated header: file has 100 bytes, a version 3 header needs 104",
+     "header too short"),
+    ("cut 50", "truncated header: file has 50 bytes, a qcow2 header needs 72",
+     "header too short"),
+    ((BACKING_FILE_OFFSET, ">QI", 1024, 2), "backing file name b'\\xff\\xfe' is not valid UTF-8",
+     None),
+])
+def test_refusals_name_the_file_and_the_problem(tmp_path: Path, edit: object, ours: str,
+                                                qemu: str | None) -> None:
+    """One line naming the file, the field and its value; qemu-img refuses the same headers
+    (a backing name that is not UTF-8 it passes on as bytes: we have to show it as text)."""
+    path = qemu_image(tmp_path / "q.qcow2", MiB, "cluster_size=4096")
+    if isinstance(edit, str):
+        path.write_bytes(path.read_bytes()[: int(edit.split()[1])])
+    else:
+        patch(path, edit, (1024, "2s", b"\xff\xfe"))
+    assert our_verdict(path) == f"{path}: {ours}"
+    theirs = qemu_verdict(path)
+    assert (theirs is None) if qemu is None else (theirs is not None and qemu in theirs)
