@@ -87,7 +87,10 @@ def test_create_l1_table_limit_like_qemu(tmp_path: Path, size: int, fits: bool) 
         assert not ours.exists()
 
 
-@pytest.mark.parametrize("size,refcount_order", [(16 << 30, 6), (32 << 30, 4)])
+@pytest.mark.parametrize("size,refcount_order", [
+    (16 << 30, 6), (32 << 30, 4),
+    (3968 * 64 * 32768, 6),  # a 3968-cluster L1: the metadata just needs a 2nd table cluster
+])
 def test_create_sizes_the_refcount_table_for_a_large_l1_up_front(
         tmp_path: Path, size: int, refcount_order: int) -> None:
     """With 512-byte clusters an L1 table of several MiB needs a refcount table of several
