@@ -102,11 +102,11 @@ def test_pack_keeps_unknown_additional_header_fields(tmp_path: Path) -> None:
     """qcow2.txt "Additional fields", rule 2: a field past compression_type that we do not
     know is preserved when the header is written again (qemu-img ignores it too)."""
     path = patch(qemu_image(tmp_path / "q.qcow2", MiB, "cluster_size=4096"),
-                 (HEADER_LENGTH, ">I", 120), (112, ">B", 0xAB), (120, ">Q", 0))
+                 (HEADER_LENGTH, ">I", 120), (112, ">B", ord("X")), (120, ">Q", 0))
     assert qemu_verdict(path) is None and our_verdict(path) is None
     first, size = _first_cluster(path)
     header = Qcow2Header.unpack(first, str(path), size)
-    assert header.extra_fields == bytes(7) + b"\xab"
+    assert header.extra_fields == bytes(7) + b"X"  # only the zero padding is dropped
     header.header_length = 0
     assert header.pack() == first[:128] and header.header_length == 120
 
@@ -243,6 +243,9 @@ CASES: dict[str, tuple[tuple[str, ...], object, bool, bool]] = {
     # over the header (qemu-img check: cluster 0 referenced twice)
     "L1 table ends at end of file": ((), [], False, False),
     "L1 table 1 byte past end of file": ((), [("grow", 0x300F)], True, False),
+    "refcount table 1 cluster past end of file": (
+        (), [(REFCOUNT_TABLE_OFFSET, ">Q", 0x3000)], True, False),
+    "snapshot table past end of file": ((), [(NB_SNAPSHOTS, ">IQ", 1, 0x3000)], True, False),
     "L1 table at offset 0": ((), [(L1_TABLE_OFFSET, ">Q", 0)], True, False),
     "snapshot table at offset 0": ((), [(NB_SNAPSHOTS, ">IQ", 1, 0)], True, False),
     # backing_file_size: at most 1023 bytes, and the name lies inside the first cluster
