@@ -150,3 +150,23 @@ def test_create_backing_name_length_limit_like_qemu(tmp_path: Path, length: int)
                                                         r"than 1023 bytes"):
             Qcow2Image.create(ours, backing_file=name)
         assert not ours.exists()
+
+
+def test_create_file_mode_and_given_backing_format_like_qemu(tmp_path: Path) -> None:
+    """A new image gets qemu-img create's mode under the same umask, and a backing format
+    given by the caller is the one used to read the base (a qcow2 file read as raw shows
+    its own header bytes, as qemu-img reads it)."""
+    base = tmp_path / "base.qcow2"
+    Qcow2Image.create(base, MiB).close()
+    ours, theirs = tmp_path / "o.qcow2", tmp_path / "q.qcow2"
+    old = os.umask(0o022)
+    try:
+        with Qcow2Image.create(ours, backing_file="base.qcow2", backing_format="raw") as image:
+            head = image.pread(4, 0)
+        qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "raw", theirs)
+    finally:
+        os.umask(old)
+    assert ours.stat().st_mode == theirs.stat().st_mode
+    raw = tmp_path / "q.raw"
+    qemu_img("convert", "-O", "raw", theirs, raw)
+    assert head == raw.read_bytes()[:4] == b"QFI\xfb"
