@@ -170,3 +170,13 @@ def test_create_file_mode_and_given_backing_format_like_qemu(tmp_path: Path) -> 
     raw = tmp_path / "q.raw"
     qemu_img("convert", "-O", "raw", theirs, raw)
     assert head == raw.read_bytes()[:4] == b"QFI\xfb"
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_create_fsyncs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       sync: bool) -> None:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    Qcow2Image.create(tmp_path / "o.qcow2", MiB, sync=sync).close()
+    assert bool(calls) == sync
