@@ -8,7 +8,6 @@ error; that costs libparted's start-up, so it is asked for, not the default.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,10 +230,11 @@ def _no_hjfs_aname(path: Path, aname: str) -> None:
                               "systems")  # fmt: skip
 
 
-def _gefs_read(path: Path, gefs: Any, file: str, label: str) -> bytes:
-    """The file's bytes; on main, a missing /adm/users says where gefs keeps the users file."""
+def _gefs_read(path: Path, gefs: Any, file: str, label: str) -> Iterator[bytes]:
+    """The file's bytes a block at a time; on main, a missing /adm/users says where gefs
+    keeps the users file."""
     try:
-        return bytes(gefs.read(file, label))
+        return iter(gefs.iter_read(file, label))
     except ImageBuildError as err:
         if label == "main" and os.path.normpath("/" + file.lstrip("/")) == "/adm/users":
             raise ImageBuildError(f"{err} in dataset main; gefs keeps the users file in the "
@@ -317,16 +317,16 @@ def cat(path: Path, spec: str) -> bytes:
 
 
 def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
-    """The file's bytes in pieces; an hjfs file is streamed block by block (bounded memory)."""
+    """The file's bytes in pieces, streamed block by block (bounded memory)."""
     part, file = _split_spec(path, spec)
     if part in ISO_TREES:
         with _iso(path) as iso:
-            yield iso.read_file(file, joliet=part == "joliet")
+            yield from iso.iter_file(file, joliet=part == "joliet")
             return
     aname, file = _attach_name(part, file)
     with _cwfs_volume(path, part, aname) as cw:
         if cw is not None:
-            yield bytes(cw.read(file))
+            yield from cw.iter_read(file)
             return
     with _partition(path, part) as device:
         if part in FS_PARTITIONS:
@@ -334,7 +334,7 @@ def cat_stream(path: Path, spec: str) -> Iterator[bytes]:
 
             gefs = _gefs(device)
             if gefs is not None:
-                yield _gefs_read(path, gefs, file, _gefs_label(path, gefs, aname))
+                yield from _gefs_read(path, gefs, file, _gefs_label(path, gefs, aname))
                 return
             _no_hjfs_aname(path, aname)
             yield from HjfsVolume(device).iter_read(file)
@@ -387,7 +387,8 @@ def listing(path: Path, spec: str) -> list[dict[str, Any]]:
 
 
 def check_fs(path: Path, part: str) -> list[str]:
-    """Recount every hjfs reference and walk every directory; the problems found."""
+    """Recount every hjfs reference and walk every directory; the problems found.  A gefs
+    check's warnings are printed on stdout as they come, each on its own line."""
     if part not in FS_PARTITIONS:
         raise ImageBuildError(f"{path}: fsck checks hjfs partitions ({', '.join(FS_PARTITIONS)})")
     from imagebuild.fs.hjfs import fsck
@@ -403,8 +404,8 @@ def check_fs(path: Path, part: str) -> list[str]:
             from imagebuild.fs.gefs import fsck as gefs_fsck
 
             result = gefs_fsck(gefs)
-            for w in result.warnings:
-                print(f"imagebuild: {path}:{part}: warning: {w}", file=sys.stderr)
+            for w in result.warnings:  # on stdout with the problems: stderr gets one line
+                print(f"{path}:{part}: warning: {w}")
             return result.errors
         return fsck(device)
 

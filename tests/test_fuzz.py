@@ -96,6 +96,7 @@ class Runner:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", DRIVER, str(MEMORY_LIMIT), str(TIME_LIMIT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"),  # as on a UTF-8 terminal
         )
 
     def run(self, argv: list[str], seconds: int = TIME_LIMIT) -> tuple[int, str]:

@@ -117,11 +117,15 @@ def run_ls(args: argparse.Namespace) -> int:
         return 0
     import time
 
+    lines = []
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e["mtime"]))
         mode = _plan9_mode(e["mode"]) if e["uid"] else ("d" if e["dir"] else "-")
-        print(f"{mode} {e['uid'] or '-':<8} {e['gid'] or '-':<8} {e['size']:>10} {when} "
-              f"{e['name']}{'/' if e['dir'] else ''}")
+        lines.append(f"{mode} {e['uid'] or '-':<8} {e['gid'] or '-':<8} {e['size']:>10} {when} "
+                     f"{e['name']}{'/' if e['dir'] else ''}\n")
+    # a name that is not UTF-8 is kept as surrogates: its bytes go out as they are on disk
+    sys.stdout.flush()
+    sys.stdout.buffer.write("".join(lines).encode("utf-8", "surrogateescape"))
     return 0
 
 
@@ -142,11 +146,14 @@ def run_fsck(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.repair:
-        line = repair_fs(args.image, args.partition, overlay=args.output, in_place=args.in_place)
+        with _naming_image(args.image):
+            line = repair_fs(args.image, args.partition, overlay=args.output,
+                             in_place=args.in_place)
         print(f"{args.output or args.image}:{args.partition}: {line}")
         args.image = args.output or args.image
 
-    problems = check_fs(args.image, args.partition)
+    with _naming_image(args.image):  # a reader's error names the image too
+        problems = check_fs(args.image, args.partition)
     for line in problems:
         print(f"{args.image}:{args.partition}: {line}")
     if problems:

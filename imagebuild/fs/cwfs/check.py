@@ -333,6 +333,19 @@ def _check_cache(vol: CwfsVolume, cache_dev: BlockDevice, worm_dev: BlockDevice)
     return [f"main: {p}" for p in problems]
 
 
+def _dirty_blocks(cw: CwBlocks, lo: int, hi: int) -> Iterator[int]:
+    """The worm addresses in [lo, hi) whose cache entry (the one slot() finds) is Cdirty, in
+    order: a pass over the buckets, not over [lo, hi), whose end is read from the image."""
+    found = []
+    for bn in range(cw.cache.msize):
+        first: dict[int, int] = {}  # slot() takes a bucket's first live entry for an address
+        for c in cw.bucket(bn).entry[:CEPERBK]:
+            if c.state != Cnone and c.waddr % cw.cache.msize == bn:
+                first.setdefault(c.waddr, c.state)
+        found += [a for a, state in first.items() if state == Cdirty and lo <= a < hi]
+    return iter(sorted(found))
+
+
 def fsck(fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = None) -> list[str]:
     """Check main (and other, when its partition is given); the problems found, [] when clean."""
     try:
@@ -360,8 +373,7 @@ def fsck(fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = 
     main.run(h.cwraddr)
     # fresh blocks (Cdirty) must be in the tree or on the free list; a rewritten block a
     # dump moved elsewhere (Cwrite, like the previous superblock) may be neither
-    dirty = (a for a in range(main.fstart, main.fsize)
-             if (s := vol.main.slot(a)) is not None and s[1] == Cdirty)  # fmt: skip
+    dirty = _dirty_blocks(vol.main, main.fstart, main.fsize)
     main.missing(dirty)
     problems += main.problems
     problems += dump_reach(vol.main, h.cwraddr)
@@ -375,6 +387,6 @@ def fsck(fscache: BlockDevice, fsworm: BlockDevice, other: BlockDevice | None = 
         osb = Superb.unpack(raw)
         oc = _Checker("other", vol.other, osb, cw=False)
         oc.run(3)
-        oc.missing(iter(range(oc.fstart, oc.fsize)))
+        oc.missing(iter(range(oc.fstart, min(oc.fsize, other.size // RBUFSIZE))))
         problems += oc.problems
     return problems

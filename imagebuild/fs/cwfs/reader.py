@@ -277,7 +277,11 @@ class CwfsVolume:
                     left -= 1
 
     def entries(self, d: Dentry) -> Iterator[Dentry]:
+        seen: set[int] = set()  # a block named twice: indirect blocks could loop for hours
         for addr in self.data_blocks(d):
+            if addr in seen:
+                raise CwfsError(f"cwfs: directory block {addr} appears twice in one directory")
+            seen.add(addr)
             block = self.tagged(addr, Tdir, d.qpath)
             for slot in range(DIRPERBUF):
                 e = dentry_at(block, slot)
@@ -346,6 +350,9 @@ class CwfsVolume:
         d = self.lookup(path)
         if d.is_dir:
             raise CwfsError(f"cwfs: {path}: is a directory")
+        worm = self.blocks.worm if isinstance(self.blocks, CwBlocks) else self.blocks.device
+        if d.size > worm.size:  # only holes could fill it: zeros for hours
+            raise CwfsError(f"cwfs: {path}: size {d.size} bytes is more than the partition holds")
         return self.iter_entry(d)
 
     def read(self, path: str) -> bytes:
@@ -361,8 +368,12 @@ class CwfsVolume:
         top = self.lookup(path)
         prefix = posixpath.normpath("/" + path.lstrip("/")).rstrip("/")
         stack: list[tuple[str, Dentry]] = [(prefix, top)]
+        seen: set[int] = set()  # directory qid paths: a loop would walk forever
         while stack:
             prefix, d = stack.pop()
+            if d.qpath in seen:
+                raise CwfsError(f"cwfs: {prefix or '/'}: directory qid {d.qpath:#x} appears twice")
+            seen.add(d.qpath)
             for e in self.entries(d):
                 path = prefix + "/" + e.name.decode("utf-8", "surrogateescape")
                 yield path, e

@@ -55,6 +55,7 @@ from imagebuild.fs.gefs.layout import (
     ent_key_parts,
     label_key,
     label_value_parts,
+    s32,
     snap_key,
     unpack_node,
 )
@@ -86,9 +87,11 @@ def is_gefs(pread: Pread) -> bool:
 def statupdate(val: bytes, msg: bytes) -> bytes:
     """tree.c statupdate(): apply an Owstat message to a Kent value."""
     d = Xdir.unpack(val)
+    if not msg:
+        raise GefsFormatError("gefs: malformed wstat message")
     op = msg[0]
     p = 1
-    d.vers += 1
+    d.vers = (d.vers + 1) & 0xFFFFFFFF
     fields = ((OWSIZE, 8, "length"), (OWMODE, 4, "mode"), (OWMTIME, 8, "mtime"),
               (OWATIME, 8, "atime"), (OWUID, 4, "uid"), (OWGID, 4, "gid"), (OWMUID, 4, "muid"))
     for bit, n, name in fields:
@@ -125,8 +128,8 @@ def apply_msg(kvs: dict[bytes, bytes], op: int, key: bytes, val: bytes) -> None:
                 t.succ = link
             else:
                 t.pred = link
-            t.nlbl += struct.unpack_from(">b", val, 8)[0]
-            t.nref += struct.unpack_from(">b", val, 9)[0]
+            t.nlbl = s32(t.nlbl + struct.unpack_from(">b", val, 8)[0])  # C's int arithmetic
+            t.nref = s32(t.nref + struct.unpack_from(">b", val, 9)[0])
             kvs[key] = t.pack()
     else:
         raise GefsFormatError(f"gefs: unknown message op {op}")
@@ -288,7 +291,7 @@ class GefsVolume:
         return [ds.stat(path.rstrip("/") + "/" + n) for n in ds.listdir(path)]
 
     def iter_read(self, path: str, label: str = "main") -> Iterator[bytes]:
-        yield self.read(path, label)
+        return self.dataset(label).iter_read(path)
 
     def summary(self) -> GefsSummary:
         """Blocks used and free (from the arena headers) and what the main dataset holds."""
@@ -353,23 +356,38 @@ class _Dataset:
         return sorted(n.decode("utf-8", "surrogateescape") for n in self.children.get(d.qid, {}))
 
     def read(self, path: str) -> bytes:
+        return b"".join(self.iter_read(path))
+
+    def iter_read(self, path: str) -> Iterator[bytes]:
+        """The file's bytes a block at a time, holes as zeros.  A length past the partition's
+        size is refused (GefsFormatError): only a hole could fill it, and reading it would
+        stream zeros for hours."""
         _, d = self._walk1(path)
         if d.qtype & QTDIR:
             raise GefsError(f"{path}: is a directory")
-        out = bytearray()
-        run: list[Bptr] = []  # blocks whose hashes are checked together (blkhash_many)
+        if d.length > self.vol.size:
+            raise GefsFormatError(
+                f"gefs: {path}: length {d.length} bytes is more than the partition holds")
+        return self._blocks(d)
+
+    def _blocks(self, d: Xdir) -> Iterator[bytes]:
+        """Runs of at most 256 blocks, their hashes checked together (blkhash_many)."""
+        left = d.length
+        run: list[Bptr] = []
         for off in range(0, d.length, BLKSZ):
             v = self.kvs.get(dat_key(d.qid, off))
             if v is None:
-                out += self.vol.checked_many(run) + bytes(min(BLKSZ, d.length - off))
+                piece = self.vol.checked_many(run) + bytes(min(BLKSZ, d.length - off))
                 run = []
-                continue
-            run.append(Bptr.unpack(v))
-            if len(run) == 256:
-                out += self.vol.checked_many(run)
-                run = []
-        out += self.vol.checked_many(run)
-        return bytes(out[: d.length])
+            else:
+                run.append(Bptr.unpack(v))
+                if len(run) < 256:
+                    continue
+                piece, run = self.vol.checked_many(run), []
+            yield piece[:left]
+            left -= len(piece)
+        if run:
+            yield self.vol.checked_many(run)[:left]
 
     def walk(self) -> Iterator[tuple[str, GefsStat]]:
         if self.root is None:

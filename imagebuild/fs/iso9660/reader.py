@@ -9,7 +9,7 @@ read from the image is checked against the image's size before use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imagebuild.fs.iso9660 import eltorito
@@ -31,6 +31,7 @@ from imagebuild.fs.proto import DMDIR
 
 MAX_DESCRIPTORS = 64  # a set longer than this is not one we wrote or can trust
 MAX_DIRECTORY = 64 << 20  # refuse directory extents larger than this
+READ_CHUNK = 1 << 20  # `cat` reads a file this much at a time
 
 Pread = Callable[[int, int], bytes]  # (size, offset) -> bytes
 
@@ -136,7 +137,8 @@ class IsoImage:
         if plan9 is not None:
             if plan9.name is not None:
                 name = plan9.name.decode("utf-8", "replace")
-            mode, uid, gid = plan9.mode, plan9.uid.decode(), plan9.gid.decode()
+            mode = plan9.mode  # names and owners from the image need not be UTF-8
+            uid, gid = plan9.uid.decode("utf-8", "replace"), plan9.gid.decode("utf-8", "replace")
         else:
             mode = (DMDIR | 0o555) if record.is_dir else 0o444
             uid = gid = ""
@@ -177,12 +179,18 @@ class IsoImage:
         return self.entry(record, joliet)
 
     def read_file(self, path: str, joliet: bool = False) -> bytes:
+        return b"".join(self.iter_file(path, joliet))
+
+    def iter_file(self, path: str, joliet: bool = False) -> Iterator[bytes]:
+        """The file's bytes in pieces of at most READ_CHUNK bytes (bounded memory); raises
+        IsoFormatError for a directory or an extent past the image's end."""
         record = self.lookup_record(path, joliet)
         if record.is_dir:
             raise IsoFormatError(f"{self.name}: {path}: is a directory")
-        if record.data_length == 0:
-            return b""
-        return self.read(record.extent * BLOCK_SIZE, record.data_length, path)
+        start, length = record.extent * BLOCK_SIZE, record.data_length
+        self.read(start + length, 0, path)  # the whole extent lies inside the image
+        return (self.read(start + at, min(READ_CHUNK, length - at), path)
+                for at in range(0, length, READ_CHUNK))
 
     def walk(self, joliet: bool = False) -> list[tuple[str, IsoEntry]]:
         """Every entry, depth first, with its path; directories met twice are an error."""
