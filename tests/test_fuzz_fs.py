@@ -634,3 +634,54 @@ def test_ls_prints_a_name_that_is_not_utf8(cwfs_image: Path, tmp_path: Path) -> 
         _undo(cwfs_image, original)
     assert done.returncode == 0, done.stderr
     assert b" \xffello\n" in done.stdout
+
+
+def test_gefs_empty_key(runner: Runner, gefs_image: Path) -> None:
+    """A key of no bytes in the snapshot tree: `k[0]` raised IndexError in inspect and fsck."""
+    m = gefs_map(gefs_image)
+    snap = m.blocks["snap"][0]
+    with gefs_image.open("rb") as f:
+        f.seek(m.base + snap)
+        block = f.read(BS)
+    data = 6 if struct.unpack_from(">H", block)[0] == 2 else 10  # a leaf, else a pivot
+    (first,) = struct.unpack_from(">H", block, data)
+    p = data + first
+    (nk,) = struct.unpack_from(">H", block, p)
+    (nv,) = struct.unpack_from(">H", block, p + 2 + nk)
+    value = block[p + 4 + nk : p + 4 + nk + nv]
+    original = _gefs_patch(gefs_image, m, snap, p, struct.pack(">HH", 0, nv) + value)
+    try:
+        problems = check_verbs(runner, gefs_image, FS_VERBS, KNOWN_LIMIT)
+        code, stderr = runner.run(["ls", str(gefs_image), "fs:/"], KNOWN_LIMIT)
+    finally:
+        _undo(gefs_image, original)
+    assert not problems, problems
+    assert code == 1 and "empty key" in stderr, stderr
+
+
+@pytest.mark.parametrize("fs", ["gefs", "cwfs"])
+def test_owner_names_skip_a_huge_users_file(fs: str, gefs_image: Path, cwfs_image: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """/adm/users was read whole for owner names, however long the image said it was; past
+    MAX_USERS bytes (here lowered to 16) it is not read, and the listing still works."""
+    import importlib
+
+    from imagebuild.readback import listing
+
+    module = importlib.import_module(f"imagebuild.fs.{fs}.reader")
+    reads: list[str] = []
+    cls = module._Dataset if fs == "gefs" else module.CwfsVolume
+    real = cls.read
+
+    def read(self: object, path: str) -> bytes:
+        reads.append(path)
+        return bytes(real(self, path))
+
+    monkeypatch.setattr(cls, "read", read)
+    image = gefs_image if fs == "gefs" else cwfs_image
+    names = [row["name"] for row in listing(image, "fs:/")]
+    assert reads and reads[0].endswith("/users"), reads
+    reads.clear()
+    monkeypatch.setattr(module, "MAX_USERS", 16)
+    assert [row["name"] for row in listing(image, "fs:/")] == names
+    assert not reads, reads

@@ -276,3 +276,47 @@ def test_cat_streams_a_file_past_the_end(runner: Runner, iso_images: dict[str, P
     finally:
         restore(patched)
     assert code == 1 and "past the image's end" in stderr and image.name in stderr, stderr
+
+
+def test_overlapping_directories_are_refused(runner: Runner,
+                                             iso_images: dict[str, Path]) -> None:
+    """Directories whose extents overlap (here every one of /'s subdirectories covers a long
+    run of zero blocks) made walk read the same bytes again and again: quadratic in the
+    image's size.  More directory bytes than the image holds is an error."""
+    from imagebuild.fs.iso9660.reader import IsoFormatError, open_iso
+
+    image = iso_images["386.iso"]
+    data = image.read_bytes()
+    blocks = len(data) // BLOCK
+    zero = [not any(data[b * BLOCK : (b + 1) * BLOCK]) for b in range(blocks)]
+    start, end, b = 0, 0, 17
+    while b < blocks:  # the longest run of zero blocks past the descriptors
+        if zero[b]:
+            e = b
+            while e < blocks and zero[e]:
+                e += 1
+            if e - b > end - start:
+                start, end = b, e
+            b = e
+        b += 1
+    root = next(r for r in iso_regions(image) if r.name == "dir-root").offset // BLOCK
+    subdirs = [a for a in directory_records(data, root, BLOCK)
+               if data[a + 32] > 1 and data[a + 25] & 2]
+    assert len(subdirs) * (end - start) // 2 > blocks, "the run is long enough to overlap"
+    both = IsoField(0, 4, "both")
+    patches = []
+    for i, at in enumerate(subdirs):
+        patches += [(at + 2, both.encode(start + i)),
+                    (at + 10, both.encode((end - start - i) * BLOCK))]
+    patched = apply(image, patches)
+    try:
+        problems = check_verbs(runner, image, ISO_VERBS)
+        iso, close = open_iso(str(image))
+        try:
+            with pytest.raises(IsoFormatError, match="directories overlap"):
+                iso.walk()
+        finally:
+            close()
+    finally:
+        restore(patched)
+    assert not problems, problems

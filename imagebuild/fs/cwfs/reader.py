@@ -56,6 +56,7 @@ from imagebuild.fs.cwfs.layout import (
 from imagebuild.fs.cwfs.tree import mkmode9p2
 from imagebuild.fs.cwfs.users import UserTable
 
+MAX_USERS = 1 << 20  # bytes of /adm/users read for owner names (a real one holds a few hundred)
 
 class CwfsError(ImageFormatError):
     """The partitions do not hold a readable cwfs file system."""
@@ -306,6 +307,8 @@ class CwfsVolume:
     def users(self) -> UserTable:
         if self._users is None:
             try:
+                if self._main_view.lookup("/adm/users").size > MAX_USERS:  # read from the image
+                    raise CwfsError(f"cwfs: /adm/users is longer than {MAX_USERS} bytes")
                 self._users = UserTable.parse(self._main_view.read("/adm/users"))
             except CwfsError:
                 self._users = UserTable.default()

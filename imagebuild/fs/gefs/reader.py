@@ -65,6 +65,7 @@ Pread = Callable[[int, int], bytes]
 
 # 32 arenas of 4 TiB hold 2**33 blocks; pivots have two children or more
 MAX_HEIGHT = 40
+MAX_USERS = 1 << 20  # bytes of /users read for owner names (a real one holds a few hundred)
 
 
 class GefsError(ImageBuildError):
@@ -218,6 +219,8 @@ class GefsVolume:
             raise GefsFormatError(f"gefs: block {bp.addr:#x} appears twice in one tree")
         seen.add(bp.addr)
         n = self.node(bp)
+        if any(not k for k, _ in n.vals) or any(not m.key for m in n.msgs):
+            raise GefsFormatError(f"gefs: node {bp.addr:#x} holds an empty key (no key type)")
         if n.btype == TLEAF:
             if depth != ht - 1:
                 raise GefsFormatError(f"gefs: leaf {bp.addr:#x} above the bottom of the tree")
@@ -259,7 +262,10 @@ class GefsVolume:
     def users(self) -> dict[int, str]:
         """id -> name from the adm dataset's /users (user.c parseusers, first pass)."""
         if self._users is None:
-            text = self.dataset("adm").read("/users").decode("utf-8", "replace")
+            adm = self.dataset("adm")
+            if adm._walk1("/users")[1].length > MAX_USERS:  # a length read from the image
+                raise GefsFormatError(f"gefs: /users is longer than {MAX_USERS} bytes")
+            text = adm.read("/users").decode("utf-8", "replace")
             self._users = {}
             for line in text.split("\n"):
                 f = line.split(":")

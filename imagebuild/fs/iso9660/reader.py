@@ -193,15 +193,21 @@ class IsoImage:
                 for at in range(0, length, READ_CHUNK))
 
     def walk(self, joliet: bool = False) -> list[tuple[str, IsoEntry]]:
-        """Every entry, depth first, with its path; directories met twice are an error."""
+        """Every entry, depth first, with its path; directories met twice, or more directory
+        bytes than the image holds (overlapping extents), are an IsoFormatError."""
         out: list[tuple[str, IsoEntry]] = []
         seen: set[int] = set()
+        total = 0  # directory bytes read: distinct extents that do not overlap fit the image
         stack: list[tuple[str, DirectoryRecord]] = [("", self._root(joliet))]
         while stack:
             path, record = stack.pop()
             if record.extent in seen:
                 raise IsoFormatError(f"{self.name}: {path or '/'}: directory loop")
             seen.add(record.extent)
+            total += record.data_length
+            if total > self.size:
+                raise IsoFormatError(f"{self.name}: {path or '/'}: directories overlap "
+                                     f"({total} bytes of them in a {self.size}-byte image)")
             subdirs = []
             for _, child in self.records(record):
                 if child.is_dot:
