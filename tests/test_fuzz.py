@@ -8,7 +8,8 @@ seed: the image, the region and the bytes written follow from it alone.
 Every read verb (`inspect`, `inspect --json`, `ls`, `cat`, `fsck`, `qcow2 info/check/map`)
 runs in a child process with a wall-clock limit and an address-space limit.  A verb
 must then end with exit status 0 or 1 (`qcow2 check` also 2 and 3, as documented), no
-traceback and at most one line on stderr, and must leave the image as it was.
+traceback, at most one line on stderr (on failure exactly one, naming the image), and
+must leave the image as it was.
 
 The children are forked from one driver process that has imported imagebuild once
 (a fresh interpreter per run would cost the suite minutes); `test_entry_point_*`
@@ -367,7 +368,10 @@ def verb_argv(verb: list[str], image: Path) -> list[str]:
 
 def check_verbs(runner: Runner, image: Path, verbs: list[list[str]],
                 limit: int = TIME_LIMIT) -> list[str]:
-    """Every verb's violations, one line each (empty: all well-behaved)."""
+    """Every verb's violations, one line each (empty: all well-behaved): a status other
+    than 0 or 1 (`qcow2 check`: 0 to 3), a traceback, more than one line on stderr, a
+    failure without exactly one line naming the image, a verb still running after `limit`
+    s of CPU time, a changed image."""
     problems = []
     before = image.stat()
     for verb in verbs:
@@ -384,6 +388,8 @@ def check_verbs(runner: Runner, image: Path, verbs: list[list[str]],
             problems.append(f"{what}: traceback: {lines[-1] if lines else ''}")
         elif len(lines) > 1:
             problems.append(f"{what}: {len(lines)} lines on stderr: {lines[:2]}")
+        elif code == 1 and (len(lines) != 1 or image.name not in lines[0]):
+            problems.append(f"{what}: failed without one line naming the image: {lines}")
     after = image.stat()
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         problems.append("a read verb changed the image")

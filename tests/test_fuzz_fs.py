@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,10 +41,10 @@ from tests.test_fuzz import (
     Runner,
     _build,
     apply,
+    check_verbs,
     plan9_partition,
     plan9_table,
     raw_head,
-    verb_argv,
 )
 from tests.test_fuzz import fuzz_root as fuzz_root  # the module-scoped demo root, shared
 
@@ -93,39 +92,11 @@ def partition(path: Path, name: str) -> tuple[int, int]:
     raise AssertionError(f"no partition {name}")
 
 
-# -- what a verb must do -----------------------------------------------------------------------
+# -- the verbs (tests/test_fuzz.py check_verbs says what each must do) -------------------------
 
 
 FS_VERBS = [["inspect"], ["inspect", "--json"], ["ls", "fs:/rc/bin"], ["ls", "fs:/adm"],
             ["cat", "fs:/rc/bin/big"], ["cat", "fs:/adm/users"], ["fsck"]]
-
-
-def check_verbs(runner: Runner, image: Path, verbs: list[list[str]],
-                limit: int = TIME_LIMIT) -> list[str]:
-    """Every verb's violations, one line each: a status other than 0 or 1, a traceback,
-    more than one line on stderr, a failure without exactly one line naming the image,
-    a verb still running after `limit` s of CPU time, a changed image."""
-    problems = []
-    before = image.stat()
-    for verb in verbs:
-        code, stderr = runner.run(verb_argv(verb, image), limit)
-        lines = stderr.strip().splitlines()
-        what = " ".join(verb)
-        if code in (-signal.SIGXCPU, -signal.SIGALRM):
-            problems.append(f"{what}: still running after {limit} s of CPU time")
-            limit = 2  # one hang found: the other verbs need not each take the full limit
-        elif code not in (0, 1):
-            problems.append(f"{what}: exit status {code}")
-        if "Traceback" in stderr:
-            problems.append(f"{what}: traceback: {lines[-1] if lines else ''}")
-        elif len(lines) > 1:
-            problems.append(f"{what}: {len(lines)} lines on stderr: {lines[:2]}")
-        elif code == 1 and (len(lines) != 1 or image.name not in lines[0]):
-            problems.append(f"{what}: failed without one line naming the image: {lines}")
-    after = image.stat()
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        problems.append("a read verb changed the image")
-    return problems
 
 
 # -- gefs: where the blocks and pointers are ---------------------------------------------------

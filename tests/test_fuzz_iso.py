@@ -1,12 +1,12 @@
 """Fuzzing the ISO 9660 reader: the ISO targets with bytes of their metadata changed.
 
-Regions: the primary and Joliet volume descriptors, the El Torito boot record and
-catalog, the path table, the directory records of the root and of /rc/bin (extent,
-data length, flags, record and identifier lengths) in both trees, and mk9660's Plan 9
-system-use fields (our images carry those in place of Rock Ridge).  The metadata is
-found by a small parser written here from ECMA-119 and El Torito, not by our reader.
-Both-byte-order fields are written in both orders, so a case gets past the first
-consistency check and reaches what uses the value.
+Regions: the hybrid's MBR entry for the ESP, the primary and Joliet volume
+descriptors, the El Torito boot record and catalog, the path table, the directory
+records of the root and of /rc/bin (extent, data length, flags, record and identifier
+lengths) in both trees, and mk9660's Plan 9 system-use fields (our images carry those
+in place of Rock Ridge).  The metadata is found by a small parser written here from
+ECMA-119 and El Torito, not by our reader.  Both-byte-order fields are written in both
+orders, so a case gets past the first consistency check and reaches what uses the value.
 
 Each case runs `inspect`, `inspect --json`, `ls` and `cat` on the `iso:`, `joliet:`
 and `esp:` trees in a limited child (tests/test_fuzz.py's runner), and every verb must
@@ -25,9 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_fuzz import INTERESTING, KNOWN_LIMIT, TIME_LIMIT, Runner, _build, apply, restore
+from tests.test_fuzz import (
+    INTERESTING,
+    KNOWN_LIMIT,
+    TIME_LIMIT,
+    Runner,
+    _build,
+    apply,
+    check_verbs,
+    restore,
+)
 from tests.test_fuzz import fuzz_root as fuzz_root  # the module-scoped demo root, shared
-from tests.test_fuzz_fs import check_verbs
 
 BLOCK = 2048
 CASES = 8 * int(os.environ.get("FUZZ_SCALE", "1"))  # seeds per region kind and image
@@ -148,7 +156,10 @@ def iso_regions(path: Path) -> list[IsoRegion]:
     assert {0, 1, 2, 255} <= kinds, kinds
     pvd, boot, svd = 16 * BLOCK, 17 * BLOCK, 18 * BLOCK
     assert data[pvd] == 1 and data[boot] == 0 and data[svd] == 2
-    regions = [descriptor_region("pvd", 16), descriptor_region("svd", 18),
+    mbr = [IsoField(446 + 16 * i + at, w, "le") for i in range(2) for at, w in
+           ((0, 1), (4, 1), (8, 4), (12, 4))]  # the hybrid's ESP: status, type, start, sectors
+    regions = [IsoRegion("mbr", 446, 32, tuple(mbr)),
+               descriptor_region("pvd", 16), descriptor_region("svd", 18),
                IsoRegion("boot-record", boot, 80, (IsoField(boot + 0x47, 4, "le"),))]
     catalog = _u32(data, boot + 0x47) * BLOCK
     entry = [(0, 1, "le"), (1, 1, "le"), (2, 2, "le"), (6, 2, "le"), (8, 4, "le")]
@@ -200,15 +211,16 @@ def iso_mutate(region: IsoRegion, rng: random.Random,
 
 
 ISO_VERBS = [["inspect"], ["inspect", "--json"], ["ls", "iso:/rc/bin"], ["cat", "iso:/rc/bin/big"],
-             ["ls", "joliet:/rc/bin"], ["cat", "joliet:/rc/bin/hello"], ["ls", "esp:/"]]
+             ["ls", "joliet:/rc/bin"], ["cat", "joliet:/rc/bin/hello"], ["ls", "esp:/"],
+             ["cat", "esp:/9bootfat"]]
 
 # (image, kind, seed) -> the bug, kept as strict xfails until fixed
 KNOWN: dict[tuple[str, str, int], str] = {}
 
 
 def _params() -> list[object]:
-    kinds = {"pvd": CASES, "svd": CASES // 2, "boot-record": CASES // 4, "catalog": CASES,
-             "path-table": CASES // 4, "dir-root": CASES, "dir-rc-bin": CASES,
+    kinds = {"mbr": CASES // 2, "pvd": CASES, "svd": CASES // 2, "boot-record": CASES // 4,
+             "catalog": CASES, "path-table": CASES // 4, "dir-root": CASES, "dir-rc-bin": CASES,
              "joliet-root": CASES // 2, "joliet-rc-bin": CASES // 2}
     out = []
     for target in ("386.iso", "amd64.iso"):
@@ -320,3 +332,15 @@ def test_overlapping_directories_are_refused(runner: Runner,
     finally:
         restore(patched)
     assert not problems, problems
+
+
+def test_inspect_names_the_image_on_a_bad_partition(runner: Runner,
+                                                    iso_images: dict[str, Path]) -> None:
+    """The hybrid's ESP entry running past the image: inspect's one line named no file."""
+    image = iso_images["amd64.iso"]
+    patched = apply(image, [(446 + 12, (1 << 30).to_bytes(4, "little"))])
+    try:
+        code, stderr = runner.run(["inspect", str(image)])
+    finally:
+        restore(patched)
+    assert code == 1 and stderr.count("\n") == 1 and image.name in stderr, stderr

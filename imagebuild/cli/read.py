@@ -68,7 +68,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     """`imagebuild inspect`: tables, or --json."""
     from imagebuild.readback import inspect_image
 
-    info = inspect_image(args.image, verify=args.verify)
+    with _naming_image(args.image):  # e.g. a partition table's error names the image too
+        info = inspect_image(args.image, verify=args.verify)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()

@@ -233,8 +233,12 @@ def dump_reach(blocks: CwBlocks, root: int) -> list[str]:
     problems: list[str] = []
     stack: list[tuple[int, int, int, int, bool, str]] = [(root, Tdir, 0, QPROOT, True, "/")]
     lost = 0
+    seen: set[int] = set()  # a block met again (a loop, a shared block) is not walked again
     while stack:
         addr, tag, tag1, qp, reach, path = stack.pop()
+        if addr in seen:
+            continue
+        seen.add(addr)
         hit = blocks.slot(addr)
         state = Cnone if hit is None else hit[1]
         changed = state in (Cdirty, Cwrite)
