@@ -141,3 +141,15 @@ def test_a_tree_mk9660_cannot_store_is_one_line_and_no_output(
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".bad.iso*"))
+
+
+@pytest.mark.parametrize("target", ["386.iso", "amd64.iso"])
+def test_build_without_q_prints_the_iso_layout(root: Path, tmp_path: Path, target: str) -> None:
+    """Without -q a build reads its image back and prints it: for an ISO target too, whose
+    plan has no fs partition to read."""
+    out = tmp_path / target
+    result = _cli("build", target, "--root", str(root), "-o", str(out), "--plain")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "ISO 9660 volume descriptors:" in result.stdout
+    assert "El Torito boot catalog" in result.stdout

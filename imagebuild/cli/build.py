@@ -103,7 +103,7 @@ def resolve_root(root: Path | None) -> Path:
 def run_build(args: argparse.Namespace) -> int:
     """`imagebuild build`: plan, write, then print the layout; the exit status."""
     from imagebuild.cli.report import build_progress, print_layout
-    from imagebuild.pipeline.build import BuildOptions, build
+    from imagebuild.pipeline.build import BuildOptions, BuildPlan, build
     from imagebuild.pipeline.demo import is_demo_root
     from imagebuild.recipe.load import load_recipe
 
@@ -121,8 +121,8 @@ def run_build(args: argparse.Namespace) -> int:
     if not args.quiet:
         from imagebuild.readback import inspect_image
 
-        print_layout(inspect_image(plan.output, fs=plan.fs_entries is not None),
-                     plain=args.plain)
+        wrote_fs = not isinstance(plan, BuildPlan) or plan.fs_entries is not None
+        print_layout(inspect_image(plan.output, fs=wrote_fs), plain=args.plain)
     if plan.missing_sources:
         from imagebuild.fs.proto import missing_summary
 

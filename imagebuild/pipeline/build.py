@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagebuild.disk.device import RawFile
 from imagebuild.errors import InputError, show_path
@@ -23,11 +24,16 @@ from imagebuild.pipeline.write import lay_out, write_image
 from imagebuild.recipe.load import Recipe
 from imagebuild.util.progress import Progress
 
+if TYPE_CHECKING:
+    from imagebuild.pipeline.iso import IsoPlan
+
 __all__ = ["BuildOptions", "BuildPlan", "build", "fs_tree", "plan_build", "write_image"]
 
 
-def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = None) -> BuildPlan:
-    """Plan, check, then write the image atomically to plan.output.
+def build(recipe: Recipe, options: BuildOptions,
+          progress: Progress | None = None) -> BuildPlan | IsoPlan:
+    """Plan, check, then write the image atomically to plan.output: a BuildPlan for a
+    disk target, an IsoPlan for an ISO one (`recipe.iso`).
 
     Raises ImageBuildError (bad input, recipe or layout; nothing written) and
     OSError (the output cannot be written; the target is left as it was).
@@ -37,7 +43,7 @@ def build(recipe: Recipe, options: BuildOptions, progress: Progress | None = Non
     if recipe.iso is not None:  # the mkfile's %.pc.iso: no disk, mk9660
         from imagebuild.pipeline.iso import build_iso
 
-        return build_iso(recipe, options, progress)  # type: ignore[return-value]
+        return build_iso(recipe, options, progress)
     plan = plan_build(recipe, options)
     check_output(plan.output)
     refuse_output_as_input(plan, options)
