@@ -1,0 +1,78 @@
+"""disk/format's FAT32 FAT grown to map the whole data area, at the size where it grows.
+
+format.c sizes a FAT32 FAT for the clusters after its root directory, though the root is
+in the data area; at 2^21 sectors with -c 8 its 2044 sectors map 261632 entries, two short
+of the spec's CountofClusters + 2 (FAT spec, section 3.5), so the FAT takes a 2045th
+sector and the count is the spec's for that layout.  Checked against fsck.fat -n and
+mtools on the written image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuild.disk.device import BlockDevice, RawFile
+from imagebuild.fs.fat.format import format_fat
+from imagebuild.fs.fat.layout import width_for
+from tests.test_fat_format import FAT32_FORMAT_FINDINGS, LABEL_MESSAGE, fsck, needs_fsck
+from tests.test_mut_fat import MTOOLS_ENV, _plan
+
+SECS = 1 << 21
+CLUSTER = 8
+ENTRIES_PER_SECTOR = 512 // 4
+
+
+def _smallest_covering_fat(secs: int, reserved: int) -> int:
+    """The fewest FAT sectors whose entries map clusters 0..CountofClusters+1."""
+    fat = 1
+    while fat * ENTRIES_PER_SECTOR < 2 + (secs - reserved - 2 * fat) // CLUSTER:
+        fat += 1
+    return fat
+
+
+@pytest.mark.parametrize("secs", [SECS - CLUSTER, SECS - 1, SECS, SECS + 1, SECS + CLUSTER])
+def test_the_fat32_fat_maps_every_cluster_where_it_grows(secs: int) -> None:
+    p = _plan(secs, cluster_sectors=CLUSTER)
+    assert p.fat_bits == 32 and p.reserved_sectors == 3
+    assert p.fat_sectors == _smallest_covering_fat(secs, p.reserved_sectors) == 2045
+    count = (secs - p.reserved_sectors - 2 * p.fat_sectors) // CLUSTER
+    assert p.cluster_count == count
+    assert width_for(count) == 32
+    assert p.fat_sectors * ENTRIES_PER_SECTOR >= count + 2
+    assert (p.fat_sectors - 1) * ENTRIES_PER_SECTOR < count + 2  # no sector to spare
+
+
+def test_format_c_own_fat_is_one_sector_short_here() -> None:
+    """The layout format.c would write: 2044 FAT sectors, two entries too few."""
+    fat = 2044
+    count = (SECS - 3 - 2 * fat) // CLUSTER
+    assert fat * ENTRIES_PER_SECTOR == count  # < count + 2: fsck.fat refuses such a volume
+
+
+@needs_fsck
+def test_the_grown_fat32_volume_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, SECS * 512)
+    part = BlockDevice(storage).slice(0, SECS, "dos")
+    params = format_fat(part, [], cluster_sectors=CLUSTER, xflag=True, timestamp=1700000000)
+    storage.close()
+    assert (params.fat_bits, params.fat_sectors) == (32, 2045)
+    findings = [
+        f
+        for f in fsck(path)
+        if f not in FAT32_FORMAT_FINDINGS and not f.startswith("Free cluster summary")
+    ]
+    assert findings == LABEL_MESSAGE
+    count = (SECS - 3 - 2 * 2045) // CLUSTER
+    summary = subprocess.run(
+        ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[-1]
+    assert summary.endswith(f"/{count} clusters"), summary
+    info = subprocess.run(
+        ["minfo", "-i", str(path)], capture_output=True, text=True, check=False, env=MTOOLS_ENV
+    )
+    if info.returncode == 0:  # mtools reads the FAT32 BPB's FAT size
+        assert "Big fatlen=2045" in info.stdout, info.stdout
