@@ -71,6 +71,15 @@ def test_the_grown_fat32_volume_reads_back(tmp_path: Path) -> None:
         ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
     ).stdout.splitlines()[-1]
     assert summary.endswith(f"/{count} clusters"), summary
+    # FSInfo's free count, format.c's `clusters - fatlast`: its count + 2 from the data
+    # area after the grown FAT and the 32-sector root, less the root's last cluster (2..5)
+    format_clusters = 2 + (SECS - (3 + 2 * 2045 + 32)) // CLUSTER
+    with path.open("rb") as f:
+        boot = f.read(512)
+        f.seek(int.from_bytes(boot[48:50], "little") * 512)  # BPB_FSInfo
+        fsinfo = f.read(512)
+    assert fsinfo[484:488] == b"rrAa"
+    assert int.from_bytes(fsinfo[488:492], "little") == format_clusters - 5
     info = subprocess.run(
         ["minfo", "-i", str(path)], capture_output=True, text=True, check=False, env=MTOOLS_ENV
     )
