@@ -192,3 +192,47 @@ def test_without_blank_false_the_old_table_is_replaced(tmp_path: Path) -> None:
     with RawFile(image, writable=True) as raw:
         fdisk.fdisk_auto(PartFS(BlockDevice(raw)))  # -b is the default
     assert _rows(image) == [(TRACK, 64 * CYL - TRACK, "39", True)]
+
+
+def test_a_one_cylinder_gap_is_enough(tmp_path: Path) -> None:
+    # autopart() gives up only when bigsize < 1 cylinder; gaps [0,1) and [63,64)
+    image = _disk(tmp_path, _line(1, 29, "83") + _line(30, 33, "83"))
+    _auto(image)
+    assert (TRACK, CYL - TRACK, "39", True) in _rows(image)
+
+
+def test_an_inactive_plan9_partition_has_status_zero(tmp_path: Path) -> None:
+    image = _disk(tmp_path, _line(1, 10, "c", ",bootable"))
+    _auto(image)
+    with image.open("rb") as f:
+        sector0 = f.read(512)
+    status = [sector0[446 + 16 * i] for i in range(4)]
+    types = [sector0[446 + 16 * i + 4] for i in range(4)]
+    assert sorted(zip(types, status, strict=True)) == [(0, 0), (0, 0), (0x0C, 0x80), (0x39, 0)]
+
+
+def _logicals(count: int) -> str:
+    """An extended partition from cylinder 1 with `count` one-cylinder logicals."""
+    text = f"start={CYL},size={63 * CYL},type=5\n"
+    return text + "".join(
+        f"start={(1 + i) * CYL + TRACK},size={CYL - TRACK},type=83\n" for i in range(count)
+    )
+
+
+def test_no_room_in_the_partition_list_for_the_plan9_partition(tmp_path: Path) -> None:
+    # edit.h Maxpart: 32 logicals fill the list; autopart()'s addpart fails
+    image = _disk(tmp_path, _logicals(32))
+    before = image.read_bytes()
+    with pytest.raises(LayoutError) as err:
+        _auto(image)
+    assert str(err.value) == "data: error adding plan9 partition: too many partitions"
+    assert image.read_bytes() == before
+
+
+def test_a_chain_longer_than_the_partition_list_is_refused(tmp_path: Path) -> None:
+    image = _disk(tmp_path, _logicals(33))
+    before = image.read_bytes()
+    with pytest.raises(LayoutError) as err:
+        _auto(image)
+    assert str(err.value) == "data: adding partition: too many partitions"
+    assert image.read_bytes() == before
