@@ -33,16 +33,30 @@ def _smallest_covering_fat(secs: int, reserved: int) -> int:
     return fat
 
 
-@pytest.mark.parametrize("secs", [SECS - CLUSTER, SECS - 1, SECS, SECS + 1, SECS + CLUSTER])
-def test_the_fat32_fat_maps_every_cluster_where_it_grows(secs: int) -> None:
+# 2^21 and around: format's FAT has 2044 sectors, grown to 2045; 2098157..2098164: format's
+# 2045 sectors map exactly CountofClusters + 2 entries, no growth; from 2098165 it takes 2046
+@pytest.mark.parametrize(
+    ("secs", "fat"),
+    [
+        (SECS - CLUSTER, 2045),
+        (SECS - 5, 2045),
+        (SECS - 1, 2045),
+        (SECS, 2045),
+        (SECS + 1, 2045),
+        (SECS + CLUSTER, 2045),
+        (2098157, 2045),
+        (2098164, 2045),
+        (2098165, 2046),
+    ],
+)
+def test_the_fat32_fat_maps_every_cluster_where_it_grows(secs: int, fat: int) -> None:
     p = _plan(secs, cluster_sectors=CLUSTER)
     assert p.fat_bits == 32 and p.reserved_sectors == 3
-    assert p.fat_sectors == _smallest_covering_fat(secs, p.reserved_sectors) == 2045
+    assert p.fat_sectors == _smallest_covering_fat(secs, p.reserved_sectors) == fat
     count = (secs - p.reserved_sectors - 2 * p.fat_sectors) // CLUSTER
     assert p.cluster_count == count
     assert width_for(count) == 32
     assert p.fat_sectors * ENTRIES_PER_SECTOR >= count + 2
-    assert (p.fat_sectors - 1) * ENTRIES_PER_SECTOR < count + 2  # no sector to spare
 
 
 def test_format_c_own_fat_is_one_sector_short_here() -> None:
@@ -53,10 +67,12 @@ def test_format_c_own_fat_is_one_sector_short_here() -> None:
 
 
 @needs_fsck
-def test_the_grown_fat32_volume_reads_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secs", [SECS, SECS - 5])
+def test_the_grown_fat32_volume_reads_back(tmp_path: Path, secs: int) -> None:
+    """At SECS - 5 the grown FAT also takes a cluster from format's own count."""
     path = tmp_path / "part.img"
-    storage = RawFile.create(path, SECS * 512)
-    part = BlockDevice(storage).slice(0, SECS, "dos")
+    storage = RawFile.create(path, secs * 512)
+    part = BlockDevice(storage).slice(0, secs, "dos")
     params = format_fat(part, [], cluster_sectors=CLUSTER, xflag=True, timestamp=1700000000)
     storage.close()
     assert (params.fat_bits, params.fat_sectors) == (32, 2045)
@@ -66,14 +82,14 @@ def test_the_grown_fat32_volume_reads_back(tmp_path: Path) -> None:
         if f not in FAT32_FORMAT_FINDINGS and not f.startswith("Free cluster summary")
     ]
     assert findings == LABEL_MESSAGE
-    count = (SECS - 3 - 2 * 2045) // CLUSTER
+    count = (secs - 3 - 2 * 2045) // CLUSTER
     summary = subprocess.run(
         ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
     ).stdout.splitlines()[-1]
     assert summary.endswith(f"/{count} clusters"), summary
     # FSInfo's free count, format.c's `clusters - fatlast`: its count + 2 from the data
     # area after the grown FAT and the 32-sector root, less the root's last cluster (2..5)
-    format_clusters = 2 + (SECS - (3 + 2 * 2045 + 32)) // CLUSTER
+    format_clusters = 2 + (secs - (3 + 2 * 2045 + 32)) // CLUSTER
     with path.open("rb") as f:
         boot = f.read(512)
         f.seek(int.from_bytes(boot[48:50], "little") * 512)  # BPB_FSInfo
