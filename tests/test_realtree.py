@@ -43,6 +43,8 @@ pytestmark = pytest.mark.skipif(given_tree() is None, reason=SKIP_REASON)
 SECTOR = 512
 FAT_TYPES = {"01", "04", "06", "b", "c", "e", "ef"}  # sfdisk prints MBR types in hex, no 0x
 TARGETS = sorted(recipe_inputs()) if given_tree() is not None else []
+DISK_TARGETS = [t for t in TARGETS if load_recipe(t).iso is None]
+ISO_TARGETS = [t for t in TARGETS if load_recipe(t).iso is not None]
 
 
 def imagebuild(*args: str | Path, env: dict[str, str] | None = None,
@@ -177,7 +179,7 @@ def test_builds_and_qemu_img_check_is_clean(real: RealTree, name: str) -> None:
     assert info.returncode == 0, info.stderr
 
 
-@pytest.mark.parametrize("name", TARGETS)
+@pytest.mark.parametrize("name", DISK_TARGETS)
 def test_boot_partition_passes_fsck_fat_and_mtools_reads_every_file(
     real: RealTree, name: str, tmp_path: Path
 ) -> None:
@@ -203,7 +205,7 @@ def test_boot_partition_passes_fsck_fat_and_mtools_reads_every_file(
             assert got == (real.root / rel).read_bytes(), base
 
 
-@pytest.mark.parametrize("name", TARGETS)
+@pytest.mark.parametrize("name", DISK_TARGETS)
 def test_imagebuild_fsck_and_the_independent_recount_agree_the_fs_is_clean(
     real: RealTree, name: str
 ) -> None:
@@ -230,7 +232,7 @@ def fs_files(built: Built) -> Iterator[tuple[FileView, dict[str, hj.Entry]]]:
         yield view, hj.walk_tree(view)
 
 
-@pytest.mark.parametrize("name", TARGETS)
+@pytest.mark.parametrize("name", DISK_TARGETS)
 def test_every_file_of_the_fs_partition_is_the_trees(real: RealTree, name: str) -> None:
     """Read back with the independent reader: every proto entry is there with its bytes and
     permissions, and nothing else is (but what hjfs -r and the mkfile's console make)."""
@@ -240,7 +242,7 @@ def test_every_file_of_the_fs_partition_is_the_trees(real: RealTree, name: str) 
     if r.fs.type != "hjfs":
         pytest.skip(f"{name}: the fs partition is not hjfs")
     built = real.build(name)
-    entries = {e.path: e for e in fs_tree(r, real.root)}
+    entries = {e.path: e for e in fs_tree(r, real.root, missing=[])}
     for view, found in fs_files(built):
         extra = set(found) - set(entries) - {"/", "/adm", "/adm/users", "/dist", "/usr"}
         assert not extra, sorted(extra)[:20]
@@ -253,6 +255,38 @@ def test_every_file_of_the_fs_partition_is_the_trees(real: RealTree, name: str) 
             if not e.is_dir:
                 assert got.size == e.length, path
                 assert hj.read_file(view, got) == e.source.read_bytes(), path
+
+
+@pytest.mark.parametrize("name", ISO_TARGETS)
+def test_every_file_of_the_iso_reads_back_with_pycdlib(real: RealTree, name: str) -> None:
+    """An ISO target from the real tree: pycdlib, not our reader, gives every proto file's
+    bytes under its Joliet name (plan9.ini is rendered, so it is only looked up)."""
+    import io
+
+    import pycdlib
+
+    from imagebuild.fs.iso9660 import names
+    from imagebuild.pipeline.build import fs_tree
+
+    r = recipe(name)
+    assert r.iso is not None
+    built = real.build(name)
+    entries = fs_tree(r, real.root, missing=[])
+    cd = pycdlib.PyCdlib()
+    cd.open(str(built.image))
+    checked = 0
+    try:
+        for e in entries:
+            if e.is_dir or names.is_bad_joliet(e.name):
+                continue
+            data = io.BytesIO()
+            cd.get_file_from_iso_fp(data, joliet_path=e.path)
+            if e.path != "/" + r.iso.plan9ini:
+                assert data.getvalue() == e.source.read_bytes(), e.path
+            checked += 1
+    finally:
+        cd.close()
+    assert checked > 1000, checked
 
 
 PLUS_WALKS = {  # fs directory -> (tree directory, the proto's skip= for it)
@@ -286,7 +320,7 @@ def test_imagebuild_cat_and_ls_agree_with_the_tree(real: RealTree, name: str) ->
     from imagebuild.pipeline.build import fs_tree
 
     built = real.build(name)
-    files = [e for e in fs_tree(recipe(name), real.root) if not e.is_dir]
+    files = [e for e in fs_tree(recipe(name), real.root, missing=[]) if not e.is_dir]
     sample = [*files[:: max(1, len(files) // 12)], max(files, key=lambda e: e.length)]
     for e in sample:
         done = imagebuild("cat", built.image, f"fs:{e.path}")
