@@ -101,3 +101,31 @@ def test_the_grown_fat32_volume_reads_back(tmp_path: Path, secs: int) -> None:
     )
     if info.returncode == 0:  # mtools reads the FAT32 BPB's FAT size
         assert "Big fatlen=2045" in info.stdout, info.stdout
+
+
+# format's count iteration alternating past a width's limit (least count + 2 at 0x1000 or
+# 0x10000, past 0xff7 / 0xfff7): on to the next width, as format.c's Tryagain does
+# (4140, 4141, 8247: the FAT12 pass, FAT16 chosen; 1049105: the FAT16 pass, FAT32 tried
+# and a FAT16 count kept)
+@needs_fsck
+@pytest.mark.parametrize(
+    ("secs", "cluster", "count"),
+    [(4140, 1, 4087), (4141, 1, 4088), (8247, 2, 4091), (1049105, 16, 65524)],
+)
+def test_a_pass_alternating_past_its_width_moves_on(
+    tmp_path: Path, secs: int, cluster: int, count: int
+) -> None:
+    p = _plan(secs, cluster_sectors=cluster)
+    assert (p.fat_bits, p.cluster_count) == (16, count)
+    assert width_for(count) == 16
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, secs * 512)
+    part = BlockDevice(storage).slice(0, secs, "dos")
+    params = format_fat(part, [], cluster_sectors=cluster, xflag=True, timestamp=1700000000)
+    storage.close()
+    assert params.fat_bits == 16
+    assert [f for f in fsck(path) if not f.startswith("Free cluster summary")] == LABEL_MESSAGE
+    summary = subprocess.run(
+        ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[-1]
+    assert summary.endswith(f"/{count} clusters"), summary
