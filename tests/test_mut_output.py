@@ -91,6 +91,26 @@ def test_only_dead_processes_temporaries_of_this_target_are_removed(tmp_path: Pa
     assert left == sorted(v for k, v in names.items() if k != "stale")
 
 
+def test_every_skipped_name_is_passed_over_not_the_end_of_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever order the directory lists its names in, each kind of name the scan passes
+    over (another shape, our own pid, a live process) is followed by a stale temporary that
+    must still go: a scan that stopped at the first skipped name would leave them."""
+    target = tmp_path / "x.img"
+    dead = [_dead_pid() for _ in range(4)]
+    stale = [f".x.img.{pid}.tmp" for pid in dead]
+    skipped = ["x.img", f".x.img.{dead[0]}x.tmp", f".x.img.{os.getpid()}.tmp", ".x.img.1.tmp"]
+    order = [name for pair in zip(skipped, stale, strict=True) for name in pair]
+    for name in order:
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(output.os, "listdir", lambda _: list(order))
+    removed = remove_stale_temporaries(target)
+    monkeypatch.undo()  # os.listdir is the module's: list the directory for real again
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(skipped)
+
+
 def test_a_missing_directory_has_no_stale_temporaries(tmp_path: Path) -> None:
     assert remove_stale_temporaries(tmp_path / "missing" / "x.img") == []
 
