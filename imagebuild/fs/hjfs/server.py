@@ -388,17 +388,8 @@ class HjfsServer:
         uid_n = None if uid is None else uids[uid] if uid in uids else self.uid_of(uid)
         gid_n = None if gid is None else uids[gid] if gid in uids else self.uid_of(gid)
         name_bytes = None if name is None else _storable(name)
-        d = fid.dentry
-        if uid_n is not None:
-            d.uid = uid_n
-        if gid_n is not None:
-            d.gid = gid_n
-        if mtime is not None:
-            d.mtime = mtime & 0xFFFFFFFF  # Dir.mtime is 32 bits on the wire
-        if mode is not None:
-            d.mode = (d.mode & ~0o777) | (mode & 0o777)
-            d.type = (mode >> 24) & 0xFF
-        if name_bytes is not None:
+        self.setstat(fid, mode=mode, uid=uid_n, gid=gid_n, mtime=mtime)
+        if name_bytes is not None:  # renamed by the attached user, not setstat's adm
             assert name is not None
             self.rename(fid, name_bytes, name)
 
