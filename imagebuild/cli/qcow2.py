@@ -1,13 +1,12 @@
 """`imagebuild qcow2 create|info|check|convert|map`: qemu-img's verbs on our engine.
 
 Options and output formats follow qemu-img (`--output human|json`,
-`-O raw|qcow2`, `-c`); the engine is imported only when a verb runs.
+`-O raw|qcow2`, `-c`); the engine (and json) is imported only when a verb runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 
@@ -88,6 +87,8 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    import json
+
     from imagebuild.container.qcow2.info import format_info, info
 
     found = info(args.file)
@@ -107,6 +108,8 @@ def _check(args: argparse.Namespace) -> int:
         raise UnsupportedImageError(f"{args.file}: not a qcow2 image (check needs qcow2)")
     result = check(args.file, repair=args.repair)
     if args.output == "json":
+        import json
+
         print(json.dumps(result.to_json(), indent=4))
     else:
         print(result.to_human(), end="")
@@ -136,5 +139,7 @@ def _map(args: argparse.Namespace) -> int:
 
 def _map_entry(e: dict[str, Any]) -> str:
     """One extent the way qemu-img map --output=json spells it."""
+    import json
+
     text = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in e.items())
     return "{ " + text + "}"
