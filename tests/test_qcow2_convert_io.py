@@ -12,6 +12,7 @@ zero, holes between extents.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from qcow2_helpers import KiB, MiB, assert_qemu_clean, needs_qemu_img, qemu_compare
 
+from imagebuild.cli import main
 from imagebuild.container.qcow2 import convert as convert_module
 from imagebuild.container.qcow2 import convert_io
 from imagebuild.container.qcow2.convert import convert
@@ -160,3 +162,32 @@ def test_convert_edges_same_bytes_every_path(tmp_path: Path, cluster: int,
             qemu_compare(out, src, fmt_a=fmt)
     for fmt in ("qcow2", "raw"):
         assert outputs[f"reserved.{fmt}"] == outputs[f"kernel.{fmt}"] == outputs[f"buffered.{fmt}"]
+
+
+def test_convert_disk_full_after_some_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC from a later run, its blocks reserved: one line naming the output, the old
+    file kept, no temporary left."""
+    src = tmp_path / "edges.raw"
+    edges(src, 64 * KiB)
+    real = os.copy_file_range
+    calls: list[int] = []
+
+    def full_later(src_fd: int, dst_fd: int, count: int, offset_src: int,
+                   offset_dst: int) -> int:
+        calls.append(count)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src_fd, dst_fd, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", full_later)
+    for fmt in ("qcow2", "raw"):
+        calls.clear()
+        out = tmp_path / f"out.{fmt}"
+        out.write_bytes(b"previous")
+        assert main(["qcow2", "convert", "-O", fmt, str(src), str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(out) in err and "No space left" in err
+        assert out.read_bytes() == b"previous"
+        assert len(calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edges.raw", "out.qcow2", "out.raw"]

@@ -9,8 +9,8 @@ a run with `copy_file_range` (page cache to page cache; a reflink on file
 systems that share extents), falling back to pread/pwrite where the kernel
 cannot (another file system, an old kernel, a device).  Each run's blocks are
 reserved first with one fallocate(2): ext4 then maps the run as one extent
-instead of reserving block by block as each page is written (about a third
-less system time for the copy); the bytes written are the same.
+instead of reserving block by block as each page is written (about a quarter
+less CPU time for the copy); the bytes written are the same.
 
 Offsets and lengths are bytes.  Bytes past the end of a source file read as
 zeros, as `pread` gives them.
