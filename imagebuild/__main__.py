@@ -1,3 +1,3 @@
-from imagebuild.cli import main
+from imagebuild.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -54,7 +54,7 @@ def _fat_info(device: BlockDevice, name: str) -> dict[str, Any]:
         "partition": name,
         "fat_bits": params.fat_bits,
         "cluster_size": params.cluster_size,
-        "params": {k: v for k, v in params._asdict().items() if isinstance(v, int | str)},
+        "params": {k: v for k, v in params.as_dict().items() if isinstance(v, int | str)},
         "files": [
             {"name": e.name, "short_name": e.short_name, "size": e.size,
              "mtime": e.mtime.isoformat() if hasattr(e.mtime, "isoformat") else str(e.mtime),

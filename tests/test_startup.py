@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -12,11 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # jinja2: our own templates render without it; parted: the libparted cross-check is
 # `inspect --verify` and the tests'; rich: only on a terminal; doit: only dodo.py;
-# dataclasses (and inspect, ast, dis it imports): records are NamedTuples or __slots__
-# classes; the ISO and fs readers: only for images that hold them.
+# dataclasses (and inspect, ast, dis it imports): records are Record or __slots__ classes;
+# the ISO and fs readers: only for images that hold them; the cp437 codec: only for a FAT
+# name that is not ASCII.
 DENY = ("jinja2", "parted", "_ped", "rich", "doit", "hashlib", "tempfile", "importlib.resources",
         "dataclasses", "inspect", "ast", "dis", "imagebuild.fs.iso9660", "imagebuild.fs.proto",
-        "imagebuild.container.qcow2.references", "imagebuild.container.qcow2.metadata")
+        "imagebuild.container.qcow2.references", "imagebuild.container.qcow2.metadata",
+        "encodings.cp437")
 
 
 def imported(*args: str | Path) -> set[str]:
@@ -39,6 +42,19 @@ def test_build_no_fs_imports_nothing_heavy(root: Path, tmp_path: Path, target: s
     modules = imported("build", target, "--root", root, "-o", tmp_path / "x", "--no-fs")
     assert "imagebuild.pipeline.write" in modules  # it did run
     assert denied(modules) == set()
+
+
+def test_the_build_path_defines_no_named_tuple(root: Path, tmp_path: Path) -> None:
+    # typing.NamedTuple compiles each class's code at import: a quarter of a millisecond a
+    # record, so the records on this path are imagebuild.util.record.Record classes
+    modules = imported("build", "amd64.qcow2", "--root", root, "-o", tmp_path / "x", "--no-fs")
+    named_tuples = []
+    for name in sorted(m for m in modules if m.startswith("imagebuild")):
+        module = importlib.import_module(name)
+        named_tuples += [f"{name}.{key}" for key, value in vars(module).items()
+                         if isinstance(value, type) and issubclass(value, tuple)
+                         and hasattr(value, "_fields") and value.__module__ == name]
+    assert named_tuples == []
 
 
 def test_quiet_build_reads_nothing_back(root: Path, tmp_path: Path) -> None:

@@ -29,10 +29,10 @@ delconf, configure), sys/src/boot/pc/mem.h (CONFADDR).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from imagebuild.errors import ImageBuildError
 from imagebuild.fs.fat.dirent import is_long_name, make_alias
+from imagebuild.util.record import Record
 
 LOADER = "9bootfat"  # the boot program this lint is for (/386/9bootfat)
 CONFIG = "plan9.ini"
@@ -47,7 +47,7 @@ class BootLintError(ImageBuildError):
     """The boot FAT breaks a rule of 9front's PC loader: the image would not boot."""
 
 
-class LoaderConfig(NamedTuple):
+class LoaderConfig(Record):
     """plan9.ini as 9bootfat's configure() stores it.
 
     `lines` are the stored `key=value` lines in order; `high_water` the most
@@ -57,9 +57,18 @@ class LoaderConfig(NamedTuple):
     configure() would have used it.
     """
 
+    FIELDS = ("lines", "high_water", "dropped")
+    __slots__ = FIELDS
+
     lines: tuple[str, ...]
     high_water: int
-    dropped: str | None = None
+    dropped: str | None
+
+    def __init__(self, lines: tuple[str, ...], high_water: int, dropped: str | None = None
+                 ) -> None:
+        self.lines = lines
+        self.high_water = high_water
+        self.dropped = dropped
 
     def get(self, key: str) -> str | None:
         """sub.c getconf(): the value of the first stored line starting with `key=`."""

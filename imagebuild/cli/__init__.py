@@ -7,8 +7,10 @@ every command starts fast."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
 from imagebuild.errors import ImageBuildError, show_path
@@ -42,16 +44,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def _formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's formatter with the width found as shutil would find it: argparse asks
     shutil, and importing shutil (with bz2, lzma, fnmatch) costs every start."""
+    return argparse.HelpFormatter(prog, width=_help_width())
+
+
+@cache  # argparse makes a formatter per argument: ask the terminal once
+def _help_width() -> int:
     import os
 
     try:
-        width = int(os.environ["COLUMNS"])
+        columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
         try:
-            width = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1).columns
+            columns = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1).columns
         except (OSError, ValueError):
-            width = 80
-    return argparse.HelpFormatter(prog, width=max(width - 2, 20))
+            columns = 80
+    return max(columns - 2, 20)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecursionError:  # input nested deeper than any real one (a last resort)
         print("imagebuild: input nested too deeply", file=sys.stderr)
         return 1
+
+
+def run() -> int:
+    """The `imagebuild` program (console script, `python -m imagebuild`): main() on sys.argv.
+
+    The process ends when it returns, so every object still alive is frozen out of the
+    garbage collector first (gc.freeze): the interpreter's collections at exit would
+    otherwise walk every imported module's objects, a few milliseconds of a short command,
+    to free memory the exit frees anyway.  (main() leaves the collector alone, for the
+    callers that go on.)
+    """
+    status = main()
+    gc.freeze()
+    return status
 
 
 def _one_line(message: str) -> str:

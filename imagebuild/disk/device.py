@@ -21,10 +21,11 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from imagebuild.errors import LayoutError, OutOfRangeError, ReadOnlyImageError
 from imagebuild.partition.sector0 import NTENTRY, TABLE_OFFSET, TENTRY_SIZE, has_magic
+from imagebuild.util.record import Record
 
 SECTOR_SIZE = 512
 
@@ -163,13 +164,23 @@ class BytesStorage:
         return len(data)
 
 
-class Geometry(NamedTuple):
-    """CHS geometry as libdisk reports it: cylinders, heads, sectors per track."""
+class Geometry(Record):
+    """CHS geometry as libdisk reports it: cylinders, heads, sectors per track; `source`
+    says where it came from (GEOMETRY_FROM_PARTITIONS or GEOMETRY_GUESSED)."""
+
+    FIELDS = ("cylinders", "heads", "sectors", "source")
+    __slots__ = FIELDS
 
     cylinders: int
     heads: int
     sectors: int
     source: str
+
+    def __init__(self, cylinders: int, heads: int, sectors: int, source: str) -> None:
+        self.cylinders = cylinders
+        self.heads = heads
+        self.sectors = sectors
+        self.source = source
 
 
 class BlockDevice(io.RawIOBase):

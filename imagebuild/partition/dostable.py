@@ -22,7 +22,6 @@ wrtentry, mkebrtype, Dospart).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from imagebuild.disk.device import SECTOR_SIZE, BlockDevice
 from imagebuild.errors import ImageFormatError, LayoutError, UnsupportedImageError
@@ -43,6 +42,7 @@ from imagebuild.partition.sector0 import (
     pack_table,
     unpack_table,
 )
+from imagebuild.util.record import Record
 
 MAX_CHAIN = 128  # tables (MBR + EBRs) read on one chain before we call it corrupt
 
@@ -70,14 +70,24 @@ class DosPart(Part):
         self.primary = primary
 
 
-class DosPartition(NamedTuple):
+class DosPartition(Record):
     """A partition as fdisk lists it: absolute sectors [start, end), with its entry."""
+
+    FIELDS = ("name", "start", "end", "entry", "primary")
+    __slots__ = FIELDS
 
     name: str  # pN or sN, in fdisk's numbering
     start: int
     end: int
     entry: Tentry
     primary: bool
+
+    def __init__(self, name: str, start: int, end: int, entry: Tentry, primary: bool) -> None:
+        self.name = name
+        self.start = start
+        self.end = end
+        self.entry = entry
+        self.primary = primary
 
     @property
     def size(self) -> int:

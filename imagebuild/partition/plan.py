@@ -13,10 +13,10 @@ sys/src/cmd/disk/partfs.c (the `part` and `delpart` ctl messages).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import OutOfRangeError
+from imagebuild.util.record import Record
 
 
 class DiskPlan:
@@ -56,13 +56,22 @@ class DiskPlan:
         self.writes.clear()
 
 
-class CtlOp(NamedTuple):
+class CtlOp(Record):
     """One line written to partfs's ctl: `part NAME START END` or `delpart NAME`."""
+
+    FIELDS = ("verb", "name", "start", "end")
+    __slots__ = FIELDS
 
     verb: str
     name: str
-    start: int = 0
-    end: int = 0
+    start: int
+    end: int
+
+    def __init__(self, verb: str, name: str, start: int = 0, end: int = 0) -> None:
+        self.verb = verb
+        self.name = name
+        self.start = start
+        self.end = end
 
     def __str__(self) -> str:
         if self.verb == "delpart":

@@ -23,7 +23,6 @@ References: sys/src/cmd/disk/prep/prep.c, edit.c; sys/src/libdisk/disk.c.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import ImageFormatError, LayoutError
@@ -35,19 +34,29 @@ from imagebuild.partition.edit import (
 )
 from imagebuild.partition.plan import Part
 from imagebuild.plan9.libc import getfields, strtoll, strtoull
+from imagebuild.util.record import Record
 
 KB, MB, GB = 1 << 10, 1 << 20, 1 << 30
 TABLE_SECTOR = 1
 PBS_MAGIC = b"\xeb\x3c\x90"  # checkfat(): a FAT boot sector where the table would go
 
 
-class AutoPart(NamedTuple):
+class AutoPart(Record):
     """prep.c Auto: an automatic partition's size rules, in bytes."""
+
+    FIELDS = ("name", "min", "max", "weight")
+    __slots__ = FIELDS
 
     name: str
     min: int
     max: int  # 0: no maximum
     weight: int
+
+    def __init__(self, name: str, min: int, max: int, weight: int) -> None:
+        self.name = name
+        self.min = min
+        self.max = max
+        self.weight = weight
 
 
 # prep.c autox[]: the order is the layout order on disk.
@@ -69,12 +78,20 @@ AUTO: tuple[AutoPart, ...] = (
 AUTO_NAMES = tuple(a.name for a in AUTO)
 
 
-class Plan9Partition(NamedTuple):
+class Plan9Partition(Record):
     """One line of the table: sectors [start, end) of the plan9 partition."""
+
+    FIELDS = ("name", "start", "end")
+    __slots__ = FIELDS
 
     name: str
     start: int
     end: int
+
+    def __init__(self, name: str, start: int, end: int) -> None:
+        self.name = name
+        self.start = start
+        self.end = end
 
     @property
     def size(self) -> int:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+
+from imagebuild.util.record import Record
 
 SECTOR = 512  # mbr.c and fdisk.c work in 512-byte sectors whatever the disk says
 TABLE_OFFSET = 446  # Toffset: where the four entries start
@@ -132,7 +133,7 @@ def decode_chs(chs: bytes) -> tuple[int, int, int]:
 _TENTRY = struct.Struct("<B3sB3sII")  # the fields of Tentry, in order
 
 
-class Tentry(NamedTuple):
+class Tentry(Record):
     """fdisk.c Tentry: one 16-byte partition entry of an MBR or EBR.
 
     `lba` and `size` are in 512-byte sectors (xlba, xsize; 32 bits each, so
@@ -140,21 +141,41 @@ class Tentry(NamedTuple):
     raw 3-byte CHS fields.
     """
 
-    active: int = 0
-    start_chs: bytes = b"\0\0\0"  # starth, starts, startc
-    type: int = TYPE_EMPTY
-    end_chs: bytes = b"\0\0\0"  # endh, ends, endc
-    lba: int = 0  # xlba: from the disk's start, or the extended partition's / this EBR's
-    size: int = 0  # xsize, sectors
+    FIELDS = ("active", "start_chs", "type", "end_chs", "lba", "size")
+    __slots__ = FIELDS
+
+    active: int
+    start_chs: bytes  # starth, starts, startc
+    type: int
+    end_chs: bytes  # endh, ends, endc
+    lba: int  # xlba: from the disk's start, or the extended partition's / this EBR's
+    size: int  # xsize, sectors
+
+    def __init__(
+        self,
+        active: int = 0,
+        start_chs: bytes = b"\0\0\0",
+        type: int = TYPE_EMPTY,
+        end_chs: bytes = b"\0\0\0",
+        lba: int = 0,
+        size: int = 0,
+    ) -> None:
+        self.active = active
+        self.start_chs = start_chs
+        self.type = type
+        self.end_chs = end_chs
+        self.lba = lba
+        self.size = size
 
     def pack(self) -> bytes:
         """The 16 bytes of the entry."""
-        return _TENTRY.pack(*self)
+        return _TENTRY.pack(self.active, self.start_chs, self.type, self.end_chs, self.lba,
+                            self.size)
 
     @classmethod
     def unpack(cls, data: bytes) -> Tentry:
         """The entry in the first 16 bytes of `data` (struct.error if shorter)."""
-        return cls._make(_TENTRY.unpack(data[:TENTRY_SIZE]))
+        return cls(*_TENTRY.unpack(data[:TENTRY_SIZE]))
 
     @property
     def used(self) -> bool:

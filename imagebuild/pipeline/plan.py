@@ -12,13 +12,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from imagebuild.errors import ImageBuildError, InputError, show_path
 from imagebuild.pipeline.demo import is_demo_root
 from imagebuild.recipe.load import Recipe
 from imagebuild.recipe.render import render_boot_files
 from imagebuild.util.files import read_input
+from imagebuild.util.record import Record
 
 if TYPE_CHECKING:
     from imagebuild.fs.proto import MissingSource, ProtoEntry
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 MAX_INPUT_BYTES = 1 << 32  # a --file outside a build (customize): at most 4 GiB, FAT's limit
 
 
-class BuildOptions(NamedTuple):
+class BuildOptions(Record):
     """What the command line adds to a recipe.
 
     `container` is "qcow2" or "raw" (None: the recipe's); `files` are
@@ -36,18 +37,52 @@ class BuildOptions(NamedTuple):
     fsyncs the image before the rename (qemu-img does not by default).
     """
 
+    FIELDS = (
+        "root", "output", "container", "sets", "files", "template_dir", "timestamp", "fs", "lint",
+        "fs_type", "strict", "sync")
+    __slots__ = FIELDS
+
     root: Path
-    output: Path | None = None
-    container: str | None = None
-    sets: Sequence[str] = ()
-    files: Sequence[str] = ()
-    template_dir: Path | None = None
-    timestamp: int | None = None
-    fs: bool = True
-    lint: bool = True  # False (--no-lint): skip the boot-chain lint (imagebuild.boot)
-    fs_type: str | None = None  # --fs: another file server than the recipe's
-    strict: bool = False  # --strict: a missing proto source is an error
-    sync: bool = False  # --sync: fsync the image before it replaces the target
+    output: Path | None
+    container: str | None
+    sets: Sequence[str]
+    files: Sequence[str]
+    template_dir: Path | None
+    timestamp: int | None
+    fs: bool
+    lint: bool  # False (--no-lint): skip the boot-chain lint (imagebuild.boot)
+    fs_type: str | None  # --fs: another file server than the recipe's
+    strict: bool  # --strict: a missing proto source is an error
+    sync: bool  # --sync: fsync the image before it replaces the target
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        output: Path | None = None,
+        container: str | None = None,
+        sets: Sequence[str] = (),
+        files: Sequence[str] = (),
+        template_dir: Path | None = None,
+        timestamp: int | None = None,
+        fs: bool = True,
+        lint: bool = True,
+        fs_type: str | None = None,
+        strict: bool = False,
+        sync: bool = False,
+    ) -> None:
+        self.root = root
+        self.output = output
+        self.container = container
+        self.sets = sets
+        self.files = files
+        self.template_dir = template_dir
+        self.timestamp = timestamp
+        self.fs = fs
+        self.lint = lint
+        self.fs_type = fs_type
+        self.strict = strict
+        self.sync = sync
 
 
 def fs_options(recipe: Recipe, options: BuildOptions) -> tuple[Recipe, list[str]]:
@@ -67,8 +102,13 @@ def fs_options(recipe: Recipe, options: BuildOptions) -> tuple[Recipe, list[str]
     return with_fs(recipe, options.fs_type, disk), sets
 
 
-class BuildPlan(NamedTuple):
+class BuildPlan(Record):
     """Everything a build writes, read and rendered: sizes in bytes, times in Unix seconds."""
+
+    FIELDS = (
+        "recipe", "root", "container", "size", "output", "demo", "timestamp", "mbr_bootcode",
+        "pbs", "fat_files", "raw_writes", "missing_sources", "pinned_time", "fs_entries")
+    __slots__ = FIELDS
 
     recipe: Recipe
     root: Path
@@ -82,8 +122,40 @@ class BuildPlan(NamedTuple):
     fat_files: list[tuple[str, bytes]]
     raw_writes: list[tuple[str, int, bytes]]  # (root path, byte offset, data)
     missing_sources: list[MissingSource]  # left out, as mkfs does
-    pinned_time: int | None = None  # SOURCE_DATE_EPOCH (or --timestamp): hjfs's clock
-    fs_entries: list[ProtoEntry] | None = None  # None: no fs written
+    pinned_time: int | None  # SOURCE_DATE_EPOCH (or --timestamp): hjfs's clock
+    fs_entries: list[ProtoEntry] | None  # None: no fs written
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        root: Path,
+        container: str,
+        size: int,
+        output: Path,
+        demo: bool,
+        timestamp: int,
+        mbr_bootcode: bytes | None,
+        pbs: bytes | None,
+        fat_files: list[tuple[str, bytes]],
+        raw_writes: list[tuple[str, int, bytes]],
+        missing_sources: list[MissingSource],
+        pinned_time: int | None = None,
+        fs_entries: list[ProtoEntry] | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.root = root
+        self.container = container
+        self.size = size
+        self.output = output
+        self.demo = demo
+        self.timestamp = timestamp
+        self.mbr_bootcode = mbr_bootcode
+        self.pbs = pbs
+        self.fat_files = fat_files
+        self.raw_writes = raw_writes
+        self.missing_sources = missing_sources
+        self.pinned_time = pinned_time
+        self.fs_entries = fs_entries
 
 
 MAX_EPOCH = 0xFFFFFFFF  # 9P stat's mtime is an unsigned 32-bit count of seconds

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice, PartFS, Storage
 from imagebuild.errors import LayoutError, OutOfRangeError, show_path
 from imagebuild.pipeline.plan import BuildPlan
 from imagebuild.recipe.load import Recipe
 from imagebuild.util.progress import Progress
+from imagebuild.util.record import Record
 
 TABLE_STEPS = ("mbr", "fdisk", "prep")  # the steps before the fs partition is written
 
@@ -65,7 +65,7 @@ class RecordingStorage:
         return len(data)
 
 
-class DiskLayout(NamedTuple):
+class DiskLayout(Record):
     """The recorded boot side of an image: its writes per step and partfs's table.
 
     `steps` lists (step name, [(byte offset, data), ...]) in the order the
@@ -73,9 +73,22 @@ class DiskLayout(NamedTuple):
     and prep registered them with partfs.
     """
 
+    FIELDS = ("steps", "partitions", "fs_at")
+    __slots__ = FIELDS
+
     steps: list[tuple[str, list[tuple[int, bytes]]]]
     partitions: list[tuple[str, int, int]]
     fs_at: int  # the fs partition is written before steps[fs_at] (after mbr, fdisk, prep)
+
+    def __init__(
+        self,
+        steps: list[tuple[str, list[tuple[int, bytes]]]],
+        partitions: list[tuple[str, int, int]],
+        fs_at: int,
+    ) -> None:
+        self.steps = steps
+        self.partitions = partitions
+        self.fs_at = fs_at
 
 
 def lay_out(plan: BuildPlan) -> DiskLayout:

@@ -7,7 +7,9 @@ takes defaults from them; `imagebuild list --keys` prints them (`describe`).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
+
+from imagebuild.util.record import Record
 
 REQUIRED: Any = object()  # a key without a default
 
@@ -15,17 +17,38 @@ REQUIRED: Any = object()  # a key without a default
 # raw images are mb+1 MiB, so mb stays one below that.
 MAX_MB = (1 << 32) * 512 // (1 << 20) - 1
 
+KeyType = type | tuple[type, ...]  # the type(s) a key's value may have
 
-class Key(NamedTuple):
+
+class Key(Record):
     """One recipe key: `type` (a type or tuple of types), `default` (REQUIRED: none),
     `doc`; `lo`/`hi` bound an integer, `choices` a string."""
 
-    type: type | tuple[type, ...]
+    FIELDS = ("type", "default", "doc", "lo", "hi", "choices")
+    __slots__ = FIELDS
+
+    type: KeyType
     default: Any
     doc: str
-    lo: int | None = None
-    hi: int | None = None
-    choices: tuple[str, ...] = ()
+    lo: int | None
+    hi: int | None
+    choices: tuple[str, ...]
+
+    def __init__(
+        self,
+        type: KeyType,
+        default: Any,
+        doc: str,
+        lo: int | None = None,
+        hi: int | None = None,
+        choices: tuple[str, ...] = (),
+    ) -> None:
+        self.type = type
+        self.default = default
+        self.doc = doc
+        self.lo = lo
+        self.hi = hi
+        self.choices = choices
 
     @property
     def required(self) -> bool:

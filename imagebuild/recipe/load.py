@@ -13,17 +13,19 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from imagebuild.errors import ImageBuildError, RecipeError, show_path
 from imagebuild.recipe import keys
 from imagebuild.recipe.keys import Key
 from imagebuild.util.files import read_input
+from imagebuild.util.record import Record
 
 # The stock recipes ship inside the package (imagebuild/recipes/*.toml), so a wheel has them.
 # (a path beside the code rather than importlib.resources, which costs start-up; the
-# package is always installed as files)
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# package is always installed as files; __file__ is absolute, and not resolved: that
+# would lstat every directory above it at every start)
+RECIPE_DIR = Path(__file__).parent.parent / "recipes"
 RECIPE_SUFFIX = ".toml"
 MAX_EXTENDS_DEPTH = 8
 
@@ -48,12 +50,15 @@ MKFILE_BINDS: dict[str, tuple[str, ...]] = {
 MKFILE_GIT_BIND = "/dist/plan9front"
 
 
-class FsSpec(NamedTuple):
+class FsSpec(Record):
     """The fs partition: its file system, the protos and the source binds.
 
     A recipe's defaults (keys.FS): hjfs, MKFILE_PROTOS, MKFILE_BINDS, MKFILE_GIT_BIND,
     sdC0, not strict.
     """
+
+    FIELDS = ("type", "protos", "binds", "git_bind", "disk", "strict")
+    __slots__ = FIELDS
 
     type: str
     protos: tuple[str, ...]
@@ -62,17 +67,45 @@ class FsSpec(NamedTuple):
     disk: str  # sd(3) name of the disk on the booted machine (cwfs's config)
     strict: bool  # a missing proto source is an error, not a warning
 
+    def __init__(
+        self,
+        type: str,
+        protos: tuple[str, ...],
+        binds: dict[str, tuple[str, ...]],
+        git_bind: str | None,
+        disk: str,
+        strict: bool,
+    ) -> None:
+        self.type = type
+        self.protos = protos
+        self.binds = binds
+        self.git_bind = git_bind
+        self.disk = disk
+        self.strict = strict
 
-class RawWrite(NamedTuple):
+
+class RawWrite(Record):
     """`dd -oseek` of a root file into the finished image (reform's flash.bin)."""
+
+    FIELDS = ("file", "offset")
+    __slots__ = FIELDS
 
     file: str
     offset: int
 
+    def __init__(self, file: str, offset: int) -> None:
+        self.file = file
+        self.offset = offset
 
-class IsoSpec(NamedTuple):
+
+class IsoSpec(Record):
     """[iso]: mk9660's -v, -B and -E, the plan9.ini the CD gets, and the hybrid tail's
     inputs (used when `hybrid_loader`, 386/9boothyb, is in the tree)."""
+
+    FIELDS = (
+        "volume", "boot_image", "efi_boot_image", "plan9ini", "hybrid_loader", "hybrid_mbr",
+        "hybrid_pbs", "hybrid_efi")
+    __slots__ = FIELDS
 
     volume: str
     boot_image: str
@@ -83,9 +116,36 @@ class IsoSpec(NamedTuple):
     hybrid_pbs: str | None
     hybrid_efi: tuple[str, ...]
 
+    def __init__(
+        self,
+        volume: str,
+        boot_image: str,
+        efi_boot_image: str | None,
+        plan9ini: str,
+        hybrid_loader: str | None,
+        hybrid_mbr: str | None,
+        hybrid_pbs: str | None,
+        hybrid_efi: tuple[str, ...],
+    ) -> None:
+        self.volume = volume
+        self.boot_image = boot_image
+        self.efi_boot_image = efi_boot_image
+        self.plan9ini = plan9ini
+        self.hybrid_loader = hybrid_loader
+        self.hybrid_mbr = hybrid_mbr
+        self.hybrid_pbs = hybrid_pbs
+        self.hybrid_efi = hybrid_efi
 
-class Recipe(NamedTuple):
+
+class Recipe(Record):
     """A validated recipe; paths are relative to the root, sizes in MiB (mb), keys as keys.py."""
+
+    FIELDS = (
+        "name", "path", "sources", "description", "output", "format", "mb", "objtype", "kernels",
+        "default", "mbr_bootcode", "fdisk", "prep", "fat_partition", "fat_pbs", "fat_reserved",
+        "fat_files", "render", "vars", "fs", "raw_writes", "iso")
+    __slots__ = FIELDS
+
     name: str
     path: Path
     sources: tuple[Path, ...]  # this file and every file it extends
@@ -106,8 +166,56 @@ class Recipe(NamedTuple):
     render: dict[str, str]  # boot file name -> template name
     vars: dict[str, Any]
     fs: FsSpec
-    raw_writes: tuple[RawWrite, ...] = ()
-    iso: IsoSpec | None = None
+    raw_writes: tuple[RawWrite, ...]
+    iso: IsoSpec | None
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        sources: tuple[Path, ...],
+        description: str,
+        output: str,
+        format: str,
+        mb: int,
+        objtype: str,
+        kernels: tuple[str, ...],
+        default: bool,
+        mbr_bootcode: str | None,
+        fdisk: str | tuple[str, ...],
+        prep: tuple[str, ...],
+        fat_partition: str,
+        fat_pbs: str | None,
+        fat_reserved: int,
+        fat_files: tuple[str, ...],
+        render: dict[str, str],
+        vars: dict[str, Any],
+        fs: FsSpec,
+        raw_writes: tuple[RawWrite, ...] = (),
+        iso: IsoSpec | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.sources = sources
+        self.description = description
+        self.output = output
+        self.format = format
+        self.mb = mb
+        self.objtype = objtype
+        self.kernels = kernels
+        self.default = default
+        self.mbr_bootcode = mbr_bootcode
+        self.fdisk = fdisk
+        self.prep = prep
+        self.fat_partition = fat_partition
+        self.fat_pbs = fat_pbs
+        self.fat_reserved = fat_reserved
+        self.fat_files = fat_files
+        self.render = render
+        self.vars = vars
+        self.fs = fs
+        self.raw_writes = raw_writes
+        self.iso = iso
 
     def image_size(self, container: str) -> int:
         """The image size the mkfile makes for this container.
@@ -180,11 +288,11 @@ def with_fs(recipe: Recipe, kind: str | None = None, disk: str | None = None) ->
     if kind is not None:
         if kind not in FS_TYPES:
             raise RecipeError(f"--fs {kind!r}: expected one of {', '.join(FS_TYPES)}")
-        fs = fs._replace(type=kind)
+        fs = fs.replace(type=kind)
     if disk is not None:
         if not SD_NAME.fullmatch(disk):
             raise RecipeError(f"fs.disk {disk!r}: expected an sd(3) name such as sdC0 or sdF0")
-        fs = fs._replace(disk=disk)
+        fs = fs.replace(disk=disk)
     wanted = FS_PREP.get(fs.type)
     prep = recipe.prep
     if wanted is not None:
@@ -193,7 +301,7 @@ def with_fs(recipe: Recipe, kind: str | None = None, disk: str | None = None) ->
         first = next((i for i, p in enumerate(prep) if p in fs_parts), len(prep))
         at = len([p for p in prep[:first] if p not in fs_parts])
         prep = (*kept[:at], *wanted, *kept[at:])
-    return recipe._replace(fs=fs, prep=tuple(prep))
+    return recipe.replace(fs=fs, prep=tuple(prep))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -386,7 +494,7 @@ def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Re
 
 def _validate_iso(path: Path, name: str, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
     """An [iso] recipe: the mkfile's %.pc.iso (mk9660, then the hybrid tail)."""
-    top = {k: (spec._replace(default=None) if k in keys.DISK_ONLY else spec)
+    top = {k: (spec.replace(default=None) if k in keys.DISK_ONLY else spec)
            for k, spec in keys.TOP.items()}
     _check_table(path, data, top, "")
     for key in keys.DISK_ONLY:

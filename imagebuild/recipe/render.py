@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import jinja2
 
 # Our templates ship inside the package (imagebuild/templates/), so a wheel has them.
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_DIR = Path(__file__).parent.parent / "templates"  # not resolved, as RECIPE_DIR
 MAX_TEMPLATE_BYTES = 1 << 20
 # compiled on first use (re caches it): only --set needs it
 _SET = r"^([A-Za-z_][\w-]*)((?:\.[^.=\s]+)+)=(.*)$"

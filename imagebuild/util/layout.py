@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
+
+from imagebuild.util.record import Record
 
 
-class Field(NamedTuple):
+class Field(Record):
     """One field: the specification's name, our attribute, its struct code (`H`, `11s`, ...)."""
+
+    FIELDS = ("spec", "attr", "code")
+    __slots__ = FIELDS
 
     spec: str
     attr: str
     code: str
+
+    def __init__(self, spec: str, attr: str, code: str) -> None:
+        self.spec = spec
+        self.attr = attr
+        self.code = code
 
 
 class Layout:

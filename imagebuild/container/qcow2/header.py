@@ -12,8 +12,6 @@ References: QEMU, docs/interop/qcow2.txt ("Header", "Header extensions",
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from imagebuild.container.qcow2.format import (
     COMPRESSION_NAMES,
     COMPRESSION_TYPE_OFFSET,
@@ -48,14 +46,22 @@ from imagebuild.container.qcow2.format import (
     l1_size_for,
 )
 from imagebuild.errors import ImageFormatError, UnsupportedImageError
+from imagebuild.util.record import Record
 
 
 # -- header ------------------------------------------------------------------------------------
-class HeaderExtension(NamedTuple):
+class HeaderExtension(Record):
     """One header extension (qcow2.txt "Header extensions"): its type and raw data."""
+
+    FIELDS = ("type", "data")
+    __slots__ = FIELDS
 
     type: int
     data: bytes
+
+    def __init__(self, type: int, data: bytes) -> None:
+        self.type = type
+        self.data = data
 
     def pack(self) -> bytes:
         """Extension header, data and padding to a multiple of 8 bytes."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 from enum import Enum
-from typing import NamedTuple
 
 from imagebuild.container.qcow2.format import (
     L1E_OFFSET_MASK,
@@ -36,6 +35,7 @@ from imagebuild.container.qcow2.header import Qcow2Header
 from imagebuild.container.qcow2.hostfile import HostFile
 from imagebuild.container.qcow2.refcounts import Refcounts
 from imagebuild.errors import ImageFormatError
+from imagebuild.util.record import Record
 
 
 class ClusterKind(Enum):
@@ -47,7 +47,7 @@ class ClusterKind(Enum):
     COMPRESSED = "compressed"  # compressed data at a host byte offset
 
 
-class Extent(NamedTuple):
+class Extent(Record):
     """A run of guest bytes (`start`, `length`) of one kind.
 
     `host` is the host byte offset of NORMAL runs (and of preallocated ZERO
@@ -55,11 +55,22 @@ class Extent(NamedTuple):
     offset of `start` within the cluster and `entry` is the L2 entry.
     """
 
+    FIELDS = ("kind", "start", "length", "host", "entry")
+    __slots__ = FIELDS
+
     kind: ClusterKind
     start: int
     length: int
-    host: int = 0
-    entry: int = 0
+    host: int
+    entry: int
+
+    def __init__(self, kind: ClusterKind, start: int, length: int, host: int = 0,
+                 entry: int = 0) -> None:
+        self.kind = kind
+        self.start = start
+        self.length = length
+        self.host = host
+        self.entry = entry
 
 
 def classify(entry: int, version: int) -> ClusterKind:

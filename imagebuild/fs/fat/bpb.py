@@ -38,11 +38,10 @@ A boot sector uses the FAT32 layout exactly when fat_sectors16 is 0, the test
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from imagebuild.errors import ImageFormatError
 from imagebuild.partition.sector0 import MAGIC
 from imagebuild.util.layout import Field, Layout
+from imagebuild.util.record import Record
 
 BPB_SIZE = 0x3E  # sizeof(Dosboot): where FAT12/16 boot code starts
 BPB32_SIZE = 0x5A  # sizeof(Dosboot32): where FAT32 boot code starts
@@ -101,7 +100,7 @@ assert BPB.end == 0x24 and BPB16_TAIL.end == BPB_SIZE and BPB32_TAIL.end == BPB3
 VALID_SECTOR_SIZES = (512, 1024, 2048, 4096)
 
 
-class FatParams(NamedTuple):
+class FatParams(Record):
     """Every field of the BPB, plus the layout they imply.
 
     `pack()` returns the bytes 0..BPB_SIZE (or 0..BPB32_SIZE when
@@ -111,35 +110,102 @@ class FatParams(NamedTuple):
     writer cannot disagree.
     """
 
-    jump: bytes = b"\xeb\x3c\x90"
-    oem_name: bytes = b"Plan9.00"
-    bytes_per_sector: int = 512
-    sectors_per_cluster: int = 1
-    reserved_sectors: int = 1
-    fat_count: int = 2
-    root_entries: int = 0
-    total_sectors16: int = 0
-    media: int = 0xF8
-    fat_sectors16: int = 0
-    sectors_per_track: int = 0
-    heads: int = 0
-    hidden_sectors: int = 0
-    total_sectors32: int = 0
+    FIELDS = (
+        "jump", "oem_name", "bytes_per_sector", "sectors_per_cluster", "reserved_sectors",
+        "fat_count", "root_entries", "total_sectors16", "media", "fat_sectors16",
+        "sectors_per_track", "heads", "hidden_sectors", "total_sectors32", "fat_sectors32",
+        "ext_flags", "fs_version", "root_cluster", "fsinfo_sector", "backup_boot_sector",
+        "reserved0", "drive_number", "reserved1", "boot_signature", "volume_id", "label",
+        "fs_type")
+    __slots__ = FIELDS
+
+    jump: bytes
+    oem_name: bytes
+    bytes_per_sector: int
+    sectors_per_cluster: int
+    reserved_sectors: int
+    fat_count: int
+    root_entries: int
+    total_sectors16: int
+    media: int
+    fat_sectors16: int
+    sectors_per_track: int
+    heads: int
+    hidden_sectors: int
+    total_sectors32: int
     # FAT32 only (fat_sectors16 == 0)
-    fat_sectors32: int = 0
-    ext_flags: int = 0
-    fs_version: int = 0
-    root_cluster: int = 0
-    fsinfo_sector: int = 0
-    backup_boot_sector: int = 0
-    reserved0: bytes = bytes(12)
+    fat_sectors32: int
+    ext_flags: int
+    fs_version: int
+    root_cluster: int
+    fsinfo_sector: int
+    backup_boot_sector: int
+    reserved0: bytes
     # extended BPB (at 0x24 on FAT12/16, at 0x40 on FAT32)
-    drive_number: int = 0x80
-    reserved1: int = 0
-    boot_signature: int = EXTENDED_BOOT_SIGNATURE
-    volume_id: int = 0
-    label: bytes = b"NO NAME    "
-    fs_type: bytes = b"FAT16   "
+    drive_number: int
+    reserved1: int
+    boot_signature: int
+    volume_id: int
+    label: bytes
+    fs_type: bytes
+
+    def __init__(
+        self,
+        jump: bytes = b"\xeb\x3c\x90",
+        oem_name: bytes = b"Plan9.00",
+        bytes_per_sector: int = 512,
+        sectors_per_cluster: int = 1,
+        reserved_sectors: int = 1,
+        fat_count: int = 2,
+        root_entries: int = 0,
+        total_sectors16: int = 0,
+        media: int = 0xF8,
+        fat_sectors16: int = 0,
+        sectors_per_track: int = 0,
+        heads: int = 0,
+        hidden_sectors: int = 0,
+        total_sectors32: int = 0,
+        fat_sectors32: int = 0,
+        ext_flags: int = 0,
+        fs_version: int = 0,
+        root_cluster: int = 0,
+        fsinfo_sector: int = 0,
+        backup_boot_sector: int = 0,
+        reserved0: bytes = bytes(12),
+        drive_number: int = 0x80,
+        reserved1: int = 0,
+        boot_signature: int = EXTENDED_BOOT_SIGNATURE,
+        volume_id: int = 0,
+        label: bytes = b"NO NAME    ",
+        fs_type: bytes = b"FAT16   ",
+    ) -> None:
+        self.jump = jump
+        self.oem_name = oem_name
+        self.bytes_per_sector = bytes_per_sector
+        self.sectors_per_cluster = sectors_per_cluster
+        self.reserved_sectors = reserved_sectors
+        self.fat_count = fat_count
+        self.root_entries = root_entries
+        self.total_sectors16 = total_sectors16
+        self.media = media
+        self.fat_sectors16 = fat_sectors16
+        self.sectors_per_track = sectors_per_track
+        self.heads = heads
+        self.hidden_sectors = hidden_sectors
+        self.total_sectors32 = total_sectors32
+        self.fat_sectors32 = fat_sectors32
+        self.ext_flags = ext_flags
+        self.fs_version = fs_version
+        self.root_cluster = root_cluster
+        self.fsinfo_sector = fsinfo_sector
+        self.backup_boot_sector = backup_boot_sector
+        self.reserved0 = reserved0
+        self.drive_number = drive_number
+        self.reserved1 = reserved1
+        self.boot_signature = boot_signature
+        self.volume_id = volume_id
+        self.label = label
+        self.fs_type = fs_type
 
     # -- the on-disk record ------------------------------------------------------------------
     def pack(self) -> bytes:
@@ -276,16 +342,33 @@ FSINFO_BODY = Layout("FSInfo body", "<", [  # after FSI_Reserved1 (480 bytes); F
 FSINFO_BODY_OFFSET = FSINFO_BODY.base
 
 
-class FsInfo(NamedTuple):
+class FsInfo(Record):
     """The FAT32 FSInfo sector as format.c fills it: both signatures, the free
     count and the last allocated cluster; the trailing 0xAA550000 signature of
     Microsoft's spec is not written by format (bytes 508..511 stay 0)."""
 
-    free_clusters: int = 0xFFFFFFFF
-    next_free: int = 0xFFFFFFFF
-    lead_signature: int = FSINFO_LEAD_SIGNATURE
-    struct_signature: int = FSINFO_STRUCT_SIGNATURE
-    reserved2: bytes = bytes(12)
+    FIELDS = ("free_clusters", "next_free", "lead_signature", "struct_signature", "reserved2")
+    __slots__ = FIELDS
+
+    free_clusters: int
+    next_free: int
+    lead_signature: int
+    struct_signature: int
+    reserved2: bytes
+
+    def __init__(
+        self,
+        free_clusters: int = 0xFFFFFFFF,
+        next_free: int = 0xFFFFFFFF,
+        lead_signature: int = FSINFO_LEAD_SIGNATURE,
+        struct_signature: int = FSINFO_STRUCT_SIGNATURE,
+        reserved2: bytes = bytes(12),
+    ) -> None:
+        self.free_clusters = free_clusters
+        self.next_free = next_free
+        self.lead_signature = lead_signature
+        self.struct_signature = struct_signature
+        self.reserved2 = reserved2
 
     def pack(self, sector_size: int) -> bytes:
         """The whole FSInfo sector of `sector_size` bytes (the rest zero)."""

@@ -22,9 +22,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 from imagebuild.util.layout import Field, Layout
+from imagebuild.util.record import Record
 
 DIR_ENTRY_SIZE = 32
 LFN_UNITS_PER_SLOT = 13  # DOSRUNE
@@ -82,21 +82,54 @@ DOS_EPOCH = 315532800  # 1980-01-01T00:00:00Z
 DOS_LAST = 4354819198  # 2107-12-31T23:59:58Z
 
 
-class DirEntry(NamedTuple):
+class DirEntry(Record):
     """One short directory entry."""
 
+    FIELDS = (
+        "name", "attributes", "nt_case", "create_tenths", "create_time", "create_date",
+        "access_date", "cluster_high", "time", "date", "cluster_low", "size")
+    __slots__ = FIELDS
+
     name: bytes  # 11 bytes, name[8] + ext[3]
-    attributes: int = 0
-    nt_case: int = 0
-    create_tenths: int = 0
-    create_time: int = 0
-    create_date: int = 0
-    access_date: int = 0
-    cluster_high: int = 0
-    time: int = 0
-    date: int = 0
-    cluster_low: int = 0
-    size: int = 0
+    attributes: int
+    nt_case: int
+    create_tenths: int
+    create_time: int
+    create_date: int
+    access_date: int
+    cluster_high: int
+    time: int
+    date: int
+    cluster_low: int
+    size: int
+
+    def __init__(
+        self,
+        name: bytes,
+        attributes: int = 0,
+        nt_case: int = 0,
+        create_tenths: int = 0,
+        create_time: int = 0,
+        create_date: int = 0,
+        access_date: int = 0,
+        cluster_high: int = 0,
+        time: int = 0,
+        date: int = 0,
+        cluster_low: int = 0,
+        size: int = 0,
+    ) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.nt_case = nt_case
+        self.create_tenths = create_tenths
+        self.create_time = create_time
+        self.create_date = create_date
+        self.access_date = access_date
+        self.cluster_high = cluster_high
+        self.time = time
+        self.date = date
+        self.cluster_low = cluster_low
+        self.size = size
 
     def pack(self) -> bytes:
         """The 32 bytes of the entry (struct.error for a field out of range)."""
@@ -122,8 +155,10 @@ class DirEntry(NamedTuple):
         raw = bytearray(self.name)
         if raw[0] == KANJI_E5:
             raw[0] = FREE_ENTRY
-        base = raw[:8].decode("cp437").rstrip(" ")
-        ext = raw[8:].decode("cp437").rstrip(" ")
+        # cp437 is ASCII below 0x80: its codec (a 256-entry table) loads only when needed
+        codec = "ascii" if raw.isascii() else "cp437"
+        base = raw[:8].decode(codec).rstrip(" ")
+        ext = raw[8:].decode(codec).rstrip(" ")
         if self.nt_case & NT_LOWER_BASE:
             base = base.lower()
         if self.nt_case & NT_LOWER_EXT:
@@ -131,21 +166,44 @@ class DirEntry(NamedTuple):
         return f"{base}.{ext}" if ext else base
 
 
-class LfnSlot(NamedTuple):
+class LfnSlot(Record):
     """One long-name slot: 13 UTF-16 units of the name, its place, the short name's checksum.
 
     `ordinal` counts from 1 at the name's start, LFN_LAST marks the slot
     stored first; unused units after the terminating 0 are 0xFFFF.
     """
 
+    FIELDS = ("ordinal", "name1", "attributes", "type", "checksum", "name2", "cluster_low", "name3")
+    __slots__ = FIELDS
+
     ordinal: int
-    name1: bytes = b"\xff" * 10
-    attributes: int = ATTR_LONG_NAME
-    type: int = 0
-    checksum: int = 0
-    name2: bytes = b"\xff" * 12
-    cluster_low: int = 0
-    name3: bytes = b"\xff" * 4
+    name1: bytes
+    attributes: int
+    type: int
+    checksum: int
+    name2: bytes
+    cluster_low: int
+    name3: bytes
+
+    def __init__(
+        self,
+        ordinal: int,
+        name1: bytes = b"\xff" * 10,
+        attributes: int = ATTR_LONG_NAME,
+        type: int = 0,
+        checksum: int = 0,
+        name2: bytes = b"\xff" * 12,
+        cluster_low: int = 0,
+        name3: bytes = b"\xff" * 4,
+    ) -> None:
+        self.ordinal = ordinal
+        self.name1 = name1
+        self.attributes = attributes
+        self.type = type
+        self.checksum = checksum
+        self.name2 = name2
+        self.cluster_low = cluster_low
+        self.name3 = name3
 
     def pack(self) -> bytes:
         """The 32 bytes of the slot."""

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.fs.fat.bpb import (
@@ -81,6 +80,7 @@ from imagebuild.fs.fat.layout import (
 from imagebuild.fs.fat.pbs import DEFAULT_PBS
 from imagebuild.fs.fat.reader import FatEntry, FatPathError, FatVolume
 from imagebuild.util.progress import Progress
+from imagebuild.util.record import Record
 
 __all__ = [
     "DISK_TYPES",
@@ -105,11 +105,18 @@ MAX_FILE_SIZE = 0xFFFFFFFF
 WRITE_CHUNK = 4 << 20
 
 
-class FatFile(NamedTuple):
+class FatFile(Record):
     """A file for the root directory: its FAT name and contents."""
+
+    FIELDS = ("name", "data")
+    __slots__ = FIELDS
 
     name: str
     data: bytes
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        self.data = data
 
 
 class _Directory:
@@ -213,8 +220,11 @@ def file_attributes(short: str) -> int:
     return ATTR_SYSTEM if lowered == "9load" or lowered.startswith("9boot") else 0
 
 
-class FatPlan(NamedTuple):
+class FatPlan(Record):
     """Everything format_fat writes, decided before it writes anything."""
+
+    FIELDS = ("params", "layout", "fat", "root", "files", "fsinfo")
+    __slots__ = FIELDS
 
     params: FatParams
     layout: Layout
@@ -222,6 +232,22 @@ class FatPlan(NamedTuple):
     root: bytes  # the root directory's sectors
     files: list[tuple[FatFile, int]]  # (file, first cluster), in the order format writes them
     fsinfo: FsInfo | None
+
+    def __init__(
+        self,
+        params: FatParams,
+        layout: Layout,
+        fat: bytes,
+        root: bytes,
+        files: list[tuple[FatFile, int]],
+        fsinfo: FsInfo | None,
+    ) -> None:
+        self.params = params
+        self.layout = layout
+        self.fat = fat
+        self.root = root
+        self.files = files
+        self.fsinfo = fsinfo
 
 
 def plan_layout(
@@ -412,10 +438,10 @@ def _boot_sector(
         sector[0:3] = program[0:3]
         sector[BPB_SIZE : len(program)] = program[BPB_SIZE:]
     if params is not None:
-        params = params._replace(jump=bytes(sector[0:3]))
+        params = params.replace(jump=bytes(sector[0:3]))
         if params.is_fat32:
             # Not written by format: what the boot program (or the old sector) has there.
-            params = params._replace(reserved0=bytes(sector[0x34:0x40]), reserved1=sector[0x41],
+            params = params.replace(reserved0=bytes(sector[0x34:0x40]), reserved1=sector[0x41],
                                      volume_id=int.from_bytes(sector[0x43:0x47], "little"))
         packed = params.pack()
         sector[: len(packed)] = packed

@@ -13,12 +13,11 @@ Microsoft, "FAT: General Overview of On-Disk Format" (2000), section 3.5
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from imagebuild.errors import LayoutError
 from imagebuild.fs.fat.bpb import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS
 from imagebuild.fs.fat.dirent import DIR_ENTRY_SIZE
 from imagebuild.plan9.libc import cdiv
+from imagebuild.util.record import Record
 
 FAT_COUNT = 2  # b->nfats = 2
 ROOT_DIR_FRACTION = 200  # rootsecs = volsecs/200
@@ -29,8 +28,11 @@ class FatError(LayoutError):
     """A FAT cannot be formatted as asked (bad boot program, names, sizes)."""
 
 
-class DiskType(NamedTuple):
+class DiskType(Record):
     """A row of format.c's floppytype[] table."""
+
+    FIELDS = ("name", "sector_bytes", "sectors", "heads", "tracks", "media", "cluster")
+    __slots__ = FIELDS
 
     name: str
     sector_bytes: int
@@ -39,6 +41,24 @@ class DiskType(NamedTuple):
     tracks: int
     media: int
     cluster: int  # default sectors per cluster
+
+    def __init__(
+        self,
+        name: str,
+        sector_bytes: int,
+        sectors: int,
+        heads: int,
+        tracks: int,
+        media: int,
+        cluster: int,
+    ) -> None:
+        self.name = name
+        self.sector_bytes = sector_bytes
+        self.sectors = sectors
+        self.heads = heads
+        self.tracks = tracks
+        self.media = media
+        self.cluster = cluster
 
 
 HARD = "hard"
@@ -66,8 +86,13 @@ def default_cluster_sectors(secs: int) -> int:
     return 1 << (i - 1).bit_length()
 
 
-class Layout(NamedTuple):
+class Layout(Record):
     """What format.c's "crock inside a crock" settles on for one partition."""
+
+    FIELDS = (
+        "fat_bits", "reserved_sectors", "fat_sectors", "root_sectors", "root_entries", "clusters",
+        "volume_sectors")
+    __slots__ = FIELDS
 
     fat_bits: int
     reserved_sectors: int
@@ -76,6 +101,24 @@ class Layout(NamedTuple):
     root_entries: int
     clusters: int  # format's `clusters`: data clusters + the 2 reserved FAT entries
     volume_sectors: int  # the BPB's total sectors: the partition, unless settle_width shortened it
+
+    def __init__(
+        self,
+        fat_bits: int,
+        reserved_sectors: int,
+        fat_sectors: int,
+        root_sectors: int,
+        root_entries: int,
+        clusters: int,
+        volume_sectors: int,
+    ) -> None:
+        self.fat_bits = fat_bits
+        self.reserved_sectors = reserved_sectors
+        self.fat_sectors = fat_sectors
+        self.root_sectors = root_sectors
+        self.root_entries = root_entries
+        self.clusters = clusters
+        self.volume_sectors = volume_sectors
 
     @property
     def root_start(self) -> int:
@@ -226,7 +269,7 @@ def _shortened(narrower: Layout, cluster: int) -> Layout:
     limit = FAT12_MAX_CLUSTERS if narrower.fat_bits == 12 else FAT16_MAX_CLUSTERS
     first_data = narrower.reserved_sectors + FAT_COUNT * narrower.fat_sectors
     first_data += narrower.root_sectors
-    return narrower._replace(clusters=limit + 2, volume_sectors=first_data + limit * cluster)
+    return narrower.replace(clusters=limit + 2, volume_sectors=first_data + limit * cluster)
 
 
 def cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int) -> Layout:
@@ -249,4 +292,4 @@ def cover_data_area(layout: Layout, volsecs: int, sector_size: int, cluster: int
     if fat_sectors == layout.fat_sectors:
         return layout
     data = layout.reserved_sectors + FAT_COUNT * fat_sectors + layout.root_sectors
-    return layout._replace(fat_sectors=fat_sectors, clusters=2 + (volsecs - data) // cluster)
+    return layout.replace(fat_sectors=fat_sectors, clusters=2 + (volsecs - data) // cluster)

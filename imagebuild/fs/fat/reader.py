@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from datetime import datetime
-from typing import NamedTuple
 
 from imagebuild.disk.device import BlockDevice
 from imagebuild.errors import ImageBuildError, ImageFormatError
@@ -32,14 +31,18 @@ from imagebuild.fs.fat.dirent import (
     dos_datetime,
     lfn_checksum,
 )
+from imagebuild.util.record import Record
 
 
 class FatPathError(ImageBuildError):
     """A path names no file or directory of the FAT (or the wrong kind)."""
 
 
-class FatEntry(NamedTuple):
+class FatEntry(Record):
     """A directory entry as a reader sees it."""
+
+    FIELDS = ("name", "short_name", "size", "attributes", "mtime", "is_dir", "first_cluster")
+    __slots__ = FIELDS
 
     name: str  # the long name, else the 8.3 name ("PLAN9.INI")
     short_name: str
@@ -48,6 +51,24 @@ class FatEntry(NamedTuple):
     mtime: datetime  # UTC; 1980-01-01 when the stored date is not a valid one
     is_dir: bool
     first_cluster: int
+
+    def __init__(
+        self,
+        name: str,
+        short_name: str,
+        size: int,
+        attributes: int,
+        mtime: datetime,
+        is_dir: bool,
+        first_cluster: int,
+    ) -> None:
+        self.name = name
+        self.short_name = short_name
+        self.size = size
+        self.attributes = attributes
+        self.mtime = mtime
+        self.is_dir = is_dir
+        self.first_cluster = first_cluster
 
 
 class FatVolume:
@@ -222,17 +243,26 @@ class FatVolume:
                 yield from self._walk(entry, path, seen)
 
 
-class DirRecord(NamedTuple):
+class DirRecord(Record):
     """A short entry found in a directory's bytes, with its long name and where both lie.
 
     `first_slot` and `slot` are 32-byte slot indexes in the directory: its
     long-name slots (if any) run from first_slot, the short entry is at slot.
     """
 
+    FIELDS = ("first_slot", "slot", "long_name", "entry")
+    __slots__ = FIELDS
+
     first_slot: int
     slot: int
     long_name: str | None
     entry: DirEntry
+
+    def __init__(self, first_slot: int, slot: int, long_name: str | None, entry: DirEntry) -> None:
+        self.first_slot = first_slot
+        self.slot = slot
+        self.long_name = long_name
+        self.entry = entry
 
 
 def scan_directory(raw: bytes) -> Iterator[DirRecord]:

@@ -119,10 +119,10 @@ class _Dir:
 
 def _entries(fat: _Fat, name: str, entry: DirEntry) -> bytes:
     if not is_long_name(name):
-        return entry._replace(name=short_name_field(name)).pack()
+        return entry.replace(name=short_name_field(name)).pack()
     short = make_alias(name, fat.alias_id)
     fat.alias_id += 1
-    entry = entry._replace(name=short_name_field(short))
+    entry = entry.replace(name=short_name_field(short))
     return b"".join(lfn_slots(name, lfn_checksum(entry.name))) + entry.pack()
 
 

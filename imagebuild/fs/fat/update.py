@@ -199,10 +199,10 @@ def update_root_files(dev: BlockDevice, files: Sequence[FatFile], *, timestamp: 
             if chain:
                 fat.link(chain)
             first = chain[0] if chain else 0
-            entry = entry._replace(cluster_low=first & 0xFFFF, size=len(file.data), time=time,
+            entry = entry.replace(cluster_low=first & 0xFFFF, size=len(file.data), time=time,
                                    date=date)
             if p.is_fat32:  # on FAT12/16 the high word is not ours to change
-                entry = entry._replace(cluster_high=first >> 16)
+                entry = entry.replace(cluster_high=first >> 16)
             root.put(record.slot, entry.pack())
         else:
             check_name(file.name)
