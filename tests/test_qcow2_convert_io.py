@@ -36,7 +36,7 @@ def _reference(data: bytes, pos: int, n: int, block: int) -> list[int]:
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 2**32 - 1), block=st.sampled_from([512, 4 * KiB, 16 * KiB]))
+@given(seed=st.integers(0, 2**32 - 1), block=st.sampled_from([8, 24, 512, 4 * KiB, 16 * KiB]))
 def test_nonzero_blocks_matches_a_plain_reading(tmp_path_factory: pytest.TempPathFactory,
                                                 seed: int, block: int) -> None:
     rng = random.Random(seed)
@@ -48,9 +48,9 @@ def test_nonzero_blocks_matches_a_plain_reading(tmp_path_factory: pytest.TempPat
         if kind == 1:  # data from the first byte
             buf[at : at + block] = rng.randbytes(block)
         elif kind == 2:  # one byte somewhere past the head: the block is read whole
-            buf[at + rng.randrange(16, block)] = rng.randrange(1, 256)
+            buf[at + rng.randrange(min(16, block - 1), block)] = rng.randrange(1, 256)
         elif kind == 3:  # one byte inside the head
-            buf[at + rng.randrange(16)] = rng.randrange(1, 256)
+            buf[at + rng.randrange(min(16, block))] = rng.randrange(1, 256)
         # kind 0, 4: all zero
     size = rng.randrange(1, len(buf) + 1)  # ends anywhere: mid-block, inside a head
     data = bytes(buf[:size])
@@ -61,6 +61,18 @@ def test_nonzero_blocks_matches_a_plain_reading(tmp_path_factory: pytest.TempPat
     fd = os.open(path, os.O_RDONLY)
     try:
         assert nonzero_blocks(fd, pos, n, block) == _reference(data, pos, n, block)
+    finally:
+        os.close(fd)
+
+
+def test_nonzero_blocks_shorter_than_the_head(tmp_path: Path) -> None:
+    """Blocks shorter than the 16 bytes looked at first: a zero block before a data
+    block is not data (its head would reach into the next block)."""
+    path = tmp_path / "src.raw"
+    path.write_bytes(bytes(8) + b"\1" * 8 + bytes(16))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert nonzero_blocks(fd, 0, 32, 8) == [1]
     finally:
         os.close(fd)
 

@@ -6,7 +6,11 @@ hash over those values (as a tuple's), a `repr` that lists them and
 `replace()`.  It stands in for `typing.NamedTuple`, which compiles each
 class's code when the module is imported (about a quarter of a
 millisecond a class, a large share of a build's start-up); unlike a tuple, a
-record is not iterable, indexable or equal to a plain tuple.
+record is not iterable, indexable or equal to a plain tuple.  Nor is it
+frozen: the hash follows the values, so a record is treated as a value and
+never changed once it is built (none is; `replace()` makes the changed copy).
+tests/test_record.py checks that every subclass spells its fields alike in
+`FIELDS`, `__slots__`, its annotations and `__init__`.
 """
 
 from __future__ import annotations

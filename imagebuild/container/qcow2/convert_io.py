@@ -9,8 +9,10 @@ a run with `copy_file_range` (page cache to page cache; a reflink on file
 systems that share extents), falling back to pread/pwrite where the kernel
 cannot (another file system, an old kernel, a device).  Each run's blocks are
 reserved first with one fallocate(2): ext4 then maps the run as one extent
-instead of reserving block by block as each page is written (about a quarter
-less CPU time for the copy); the bytes written are the same.
+instead of reserving block by block as each page is written (less system time
+in the copy; docs/qcow2.md gives the measured effect); the bytes written are the
+same.  On file systems that share extents (btrfs, XFS) the reserved blocks are
+given back when the copy shares the source's instead.
 
 Offsets and lengths are bytes.  Bytes past the end of a source file read as
 zeros, as `pread` gives them.
@@ -51,8 +53,12 @@ def nonzero_blocks(fd: int, pos: int, n: int, block: int) -> list[int]:
     non-zero byte (the last block may be shorter).  A block whose first HEAD bytes
     are not all zero is data without reading more; only the others are read whole.
     (One pread of HEAD bytes per block, in a loop kept tight: it runs once per
-    cluster of every data extent.)"""
+    cluster of every data extent.  A block shorter than HEAD is read whole: a
+    head would reach into the next block.)"""
     end = pos + n
+    if block < HEAD:
+        return [index for index, at in enumerate(range(pos, end, block))
+                if not _all_zero(fd, at, min(block, end - at))]
     pread = os.pread
     zero_head = zeros(HEAD)
     found = []
@@ -80,8 +86,10 @@ def _all_zero(fd: int, at: int, length: int) -> bool:
 def fallocator() -> Fallocate | None:
     """fallocate(fd, 0, offset, length) of the C library: True once the blocks are
     reserved (the file grows to offset + length, as a write there grows it), False
-    when it is refused (no support, no space, not a regular file); None without the
-    call.  Not os.posix_fallocate: where a file system has no fallocate, the C
+    when it is refused (no support, no space, not a regular file: after ENOSPC part
+    of the range may be reserved and the file grown, which the copy that follows
+    overwrites or, failing too, leaves in a temporary file that is removed); None
+    without the call.  Not os.posix_fallocate: where a file system has no fallocate, the C
     library emulates it by writing a byte into every block, one call each."""
     try:
         import ctypes
