@@ -74,6 +74,54 @@ def test_zero_runs_across_piece_boundaries(
     assert HjfsVolume(BlockDevice(storage, name="fs")).read("/f") == data
 
 
+# -- files read straight into the run buffer: zero runs about the size that can make a hole ----
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.integers(0, 2**32),
+    st.lists(  # per file: zero runs (start, length) near the sizes a hole or a zero block needs
+        st.lists(st.tuples(st.integers(0, 30_000), st.sampled_from(
+            [1, 2, 1021, 1022, 2043, 2044, 2045, 4087, 4088, 4095, 8190])), max_size=3),
+        min_size=1, max_size=4),
+    st.lists(st.integers(1, 40_000), min_size=4, max_size=4),  # file lengths
+    st.booleans(),  # the last byte zero
+)
+def test_streamed_files_with_zero_runs_equal_the_exact_replay(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, runs: list[list[tuple[int, int]]],
+    lengths: list[int], zero_end: bool,
+) -> None:
+    # files in two directories (a new directory block between files), one long enough for
+    # indirect blocks and more than one read piece
+    rng = random.Random(seed)
+    tmp = tmp_path_factory.mktemp("zr")
+    src = tmp / "src"
+    contents: dict[str, bytes] = {}
+    for i, zero_runs in enumerate(runs):
+        data = bytearray(rng.randbytes(lengths[i]))
+        for start, n in zero_runs:
+            data[start : start + n] = bytes(min(n, max(0, len(data) - start)))
+        if zero_end:
+            data[-1] = 0
+        contents[f"d{i % 2}/f{i}"] = bytes(data)
+    contents["d1/long"] = rng.randbytes(PIECE + 9000) + bytes(3000) + b"x"
+    contents["d0/short_hole"] = rng.randbytes(4088) + bytes(3)  # a last write piece of zeros
+    contents["d0/short_zero_block"] = rng.randbytes(4095) + bytes(5)  # a last block of zeros
+    for name, data in contents.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    (tmp / "proto").write_text("+\n")
+    entries = read_proto([tmp / "proto"], src)
+    streamed = BytesStorage(16 * MiB)
+    ream_and_populate(BlockDevice(streamed, name="fs"), entries, timestamp=T)
+    planned = BytesStorage(16 * MiB)
+    plan(16 * MiB // BLOCK, entries, timestamp=T).write(BlockDevice(planned, name="fs"))
+    assert streamed.buffer == planned.buffer
+    tree = walk_tree(bytes(streamed.buffer))  # the independent reader
+    for name, data in contents.items():
+        assert read_file(bytes(streamed.buffer), tree["/" + name]) == data, name
+
+
 # -- 9.4: cat of a file larger than 2 GiB streams it ---------------------------------------------
 
 

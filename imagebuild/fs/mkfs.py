@@ -65,8 +65,20 @@ def zero_pieces(data: bytes | memoryview, size: int) -> list[int]:
     ]
 
 
-def _changed(source: SourceFile) -> InputError:
+def size_changed(source: SourceFile) -> InputError:
+    """The error for a source that is no longer as long as the proto walk found it."""
     return InputError(f"{source.where}: {source.source_path} changed size since the proto was read")
+
+
+def open_for_reading(source: SourceFile) -> int:
+    """Open a source for reading (a file descriptor) without checking its length.
+
+    Raises InputError naming `source.where` if it cannot be opened.
+    """
+    try:
+        return os.open(source.source_path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(f"{source.where}: can't open {source.source_path}: {e.strerror}") from None
 
 
 def open_source(source: SourceFile) -> int:
@@ -74,13 +86,10 @@ def open_source(source: SourceFile) -> int:
 
     Raises InputError naming `source.where` if it cannot be opened or has changed size.
     """
-    try:
-        fd = os.open(source.source_path, os.O_RDONLY)
-    except OSError as e:
-        raise InputError(f"{source.where}: can't open {source.source_path}: {e.strerror}") from None
+    fd = open_for_reading(source)
     if os.fstat(fd).st_size != source.length:
         os.close(fd)
-        raise _changed(source)
+        raise size_changed(source)
     return fd
 
 
@@ -90,10 +99,7 @@ def read_whole(source: SourceFile) -> bytes:
     Raises InputError naming `source.where` if it cannot be opened or read,
     or does not have its length (asking one byte more tells a grown file).
     """
-    try:
-        fd = os.open(source.source_path, os.O_RDONLY)
-    except OSError as e:
-        raise InputError(f"{source.where}: can't open {source.source_path}: {e.strerror}") from None
+    fd = open_for_reading(source)
     try:
         data = os.pread(fd, source.length + 1, 0)
     except OSError as e:
@@ -101,7 +107,7 @@ def read_whole(source: SourceFile) -> bytes:
     finally:
         os.close(fd)
     if len(data) != source.length:
-        raise _changed(source)
+        raise size_changed(source)
     return data
 
 
@@ -109,7 +115,7 @@ def read_exact(fd: int, source: SourceFile, size: int, offset: int) -> bytes:
     """pread `size` bytes at `offset`; InputError if the file got shorter."""
     data = os.pread(fd, size, offset)
     if len(data) != size:
-        raise _changed(source)
+        raise size_changed(source)
     return data
 
 
@@ -236,8 +242,10 @@ __all__ = [
     "READ_SIZE",
     "copy_writes",
     "mkfs",
+    "open_for_reading",
     "open_source",
     "read_exact",
     "read_whole",
+    "size_changed",
     "zero_pieces",
 ]

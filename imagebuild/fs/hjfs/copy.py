@@ -11,9 +11,11 @@ them means reading the file.  The writer picks a Copier per replay:
 - `PlanCopier` reads each file to find its holes and records, per device
   block, which source block goes there (the data is read again when the
   blocks are written).
-- `StreamCopier` reads each file to find its holes and writes the data at
-  once to a RunWriter; the first `dense_files` files, known to have no
-  holes, were written already and are only placed.
+- `StreamCopier` reads each file, a piece at a time, straight into a
+  RunWriter's buffer as blocks and places them; a piece that may have holes
+  or all-zero blocks is read again and cut as mkfs writes it.  The first
+  `dense_files` files, known to have no holes, were written already and are
+  only placed.
 
 Every copier returns the number of writes mkfs makes (each bumps the file's
 version through modified()).
@@ -27,10 +29,10 @@ from typing import NamedTuple, Protocol
 from imagebuild.errors import InputError
 from imagebuild.fs.api import SourceFile
 from imagebuild.fs.hjfs.emit import RunWriter, emit_file_blocks
-from imagebuild.fs.hjfs.layout import Dentry, howmany
+from imagebuild.fs.hjfs.layout import RBLOCK, Dentry, howmany
 from imagebuild.fs.hjfs.pieces import PIECE, cut_piece, read_pieces
 from imagebuild.fs.hjfs.server import HjfsServer
-from imagebuild.fs.mkfs import BUFLEN, read_whole
+from imagebuild.fs.mkfs import BUFLEN, open_for_reading, read_exact
 
 FILE_KEY = 1 << 32  # file data blocks are recorded as file_index * FILE_KEY + file_block
 
@@ -111,7 +113,7 @@ class PlanCopier:
 
 
 class StreamCopier:
-    """Reads files to find their holes and writes their data to `sink` as it goes."""
+    """Reads files into `sink`'s buffer, finding their holes, and writes them as it goes."""
 
     def __init__(self, sink: RunWriter, dense_files: int) -> None:
         self.sink = sink
@@ -124,18 +126,29 @@ class StreamCopier:
         if index < self.dense_files:  # written already by DryCopier.write_placed
             _place_dense(server, d, source.length)
             return -(-source.length // BUFLEN)
-        if source.length <= PIECE:  # most files: one read, one piece
-            piece = cut_piece(read_whole(source), 0, 0, source.length)[0]
-            numbers = server.place(d, piece.touched)
-            server.forget(numbers)
-            emit_file_blocks(self.sink, numbers, piece)
-            return piece.writes
-        writes = 0
-        for piece in read_pieces(source):
-            writes += piece.writes
-            numbers = server.place(d, piece.touched)
-            server.forget(numbers)
-            emit_file_blocks(self.sink, numbers, piece)
+        sink, length = self.sink, source.length
+        writes = next_block = 0  # blocks below next_block were touched already
+        fd = open_for_reading(source)
+        try:
+            for offset in range(0, length, PIECE):  # most files: one piece
+                size = min(PIECE, length - offset)
+                count = sink.read_dense(fd, source, offset, size, last=offset + size == length)
+                if count:  # every block, in order, none all zero
+                    first = offset // RBLOCK
+                    numbers = server.place(d, range(first, first + count))
+                    server.forget(numbers)
+                    sink.commit(numbers)
+                    writes += -(-size // BUFLEN)
+                    next_block = first + count
+                    continue
+                data = read_exact(fd, source, size, offset)
+                piece, next_block = cut_piece(data, offset, next_block, length)
+                numbers = server.place(d, piece.touched)
+                server.forget(numbers)
+                emit_file_blocks(sink, numbers, piece)
+                writes += piece.writes
+        finally:
+            os.close(fd)
         return writes
 
 

@@ -4,7 +4,9 @@ RunWriter gathers blocks at consecutive numbers in one buffer and writes up
 to RUN_BYTES at once; emit_file_blocks turns a piece of a source file into
 TRAW blocks (a type byte, then 4095 bytes of data) copied straight into that
 buffer, leaving all-zero blocks unwritten because a fresh partition already
-reads as zeros.
+reads as zeros.  RunWriter.read_dense reads a piece of a source into the
+buffer as blocks without that copy (one preadv), and tells whether mkfs
+copies all of it (no hole, no all-zero block); commit then places it.
 """
 
 from __future__ import annotations
@@ -13,15 +15,24 @@ import os
 from collections.abc import Iterator, Sequence
 
 from imagebuild.disk.device import BlockDevice
+from imagebuild.errors import InputError
 from imagebuild.fs.api import SourceFile
 from imagebuild.fs.hjfs.layout import BLOCK, RBLOCK, TRAW, ZERO_BLOCK
-from imagebuild.fs.hjfs.pieces import Piece
-from imagebuild.fs.mkfs import open_source, read_exact, zero_pieces
+from imagebuild.fs.hjfs.pieces import PIECE, Piece
+from imagebuild.fs.mkfs import BUFLEN, open_source, read_exact, size_changed, zero_pieces
 from imagebuild.util.progress import Progress
 
-RUN_BYTES = 2 << 20  # write in runs of up to this many bytes
+RUN_BYTES = 4 << 20  # write in runs of up to this many bytes (a read piece's blocks fit)
 MAX_GAP = 32  # blocks of zeros a run may bridge to reach the next block
+# An all-zero 4088-byte write piece spans two blocks at most, so one of them holds at least
+# HOLE_RUN of its zeros in a row (an all-zero block holds RBLOCK); such a run holds two bytes
+# in a row of the ones every HOLE_RUN // 2 bytes.
+HOLE_RUN = (BUFLEN + 1) // 2
+SMALL_MOVE = 16 * BLOCK  # blocks read_dense read that commit copies rather than writes at once
 _ZEROS = memoryview(bytes(MAX_GAP * BLOCK))
+_TYPES = bytes([TRAW]) * (RUN_BYTES // BLOCK)
+_MARKS = b"\xff" * (RUN_BYTES // BLOCK)  # type bytes while a read is looked at: not zero
+assert -(-PIECE // RBLOCK) * BLOCK <= RUN_BYTES
 
 
 def emit_file_blocks(out: RunWriter, numbers: Sequence[int], piece: Piece) -> None:
@@ -98,6 +109,8 @@ class RunWriter:
         self.dev = dev
         self.progress = progress
         self.buf = bytearray(RUN_BYTES)
+        self.view = memoryview(self.buf)
+        self.beyond = memoryview(bytearray(1))  # where a read asks for one byte too many
         self.length = 0  # bytes of the run in buf
         self.start = 0  # the block the run starts at
         self.high = 0  # one past the highest block put so far
@@ -156,14 +169,91 @@ class RunWriter:
             start += fit * RBLOCK
             count -= fit
 
+    def read_dense(self, fd: int, source: SourceFile, offset: int, size: int, *,
+                   last: bool) -> int:
+        """Read `size` bytes (1 .. PIECE) of `source`, open as `fd`, from byte `offset` (a
+        block boundary) into the free end of the buffer as TRAW blocks, flushing the run
+        first if they do not fit; `commit` then puts them at their device blocks.
+
+        Returns how many blocks they fill when mkfs copies them whole: no all-zero 4088-byte
+        piece (a hole) and no all-zero block, sure when no block holds HOLE_RUN zero bytes
+        in a row and the last byte is not zero (a short last piece or block); 0 when there
+        may be some (the caller reads them again to look closer).  Raises InputError if the
+        source ends early or, when `last`, goes on past offset + size.  At most PIECE bytes.
+        """
+        count = -(-size // RBLOCK)
+        if self.length + count * BLOCK > RUN_BYTES:
+            self.flush()
+        buf, view, pos = self.buf, self.view, self.length
+        end = pos + count * BLOCK
+        data_end = end - count * RBLOCK + size  # past the last byte read
+        buf[pos:end:BLOCK] = _MARKS[:count]  # so no zero run goes on into the next block
+        parts = [view[at + 1 : at + BLOCK] for at in range(pos, end - BLOCK, BLOCK)]
+        parts.append(view[end - BLOCK + 1 : data_end])
+        if last:
+            parts.append(self.beyond)
+        try:
+            got = os.preadv(fd, parts, offset)
+        except OSError as e:
+            raise InputError(
+                f"{source.where}: can't read {source.source_path}: {e.strerror}") from None
+        if got != size:
+            raise size_changed(source)
+        if buf[data_end - 1] == 0 or b"\0\0" in buf[pos:data_end:HOLE_RUN // 2]:
+            return 0
+        buf[pos:end:BLOCK] = _TYPES[:count]
+        buf[data_end:end] = _ZEROS[: end - data_end]
+        return count
+
+    def commit(self, numbers: Sequence[int]) -> None:
+        """Put the blocks the last read_dense filled at device blocks `numbers` (one each, in
+        order): in place when they go on the run; else a few are copied where they belong
+        (as put_blocks would), more are written at once, a pwrite per run of `numbers`,
+        after the run so far."""
+        count = len(numbers)
+        pos, first = self.length, numbers[0]
+        consecutive = _counts_up(numbers)
+        if consecutive and (pos == 0 or first == self.start + pos // BLOCK):
+            if pos == 0:
+                self.start = first
+            self.length = pos + count * BLOCK
+            self.high = max(self.high, first + count)
+            return
+        read = self.view[pos : pos + count * BLOCK]
+        if count * BLOCK <= SMALL_MOVE:
+            blocks = memoryview(bytes(read))  # _room may bridge a gap over where they are
+            for i, n in _runs(numbers, range(count)):
+                self.put_blocks(numbers[i], blocks[i * BLOCK : (i + n) * BLOCK])
+            return
+        self.flush()
+        for i, n in _runs(numbers, range(count)):
+            self._write(read[i * BLOCK : (i + n) * BLOCK], numbers[i])
+        self.high = max(self.high, max(numbers) + 1)
+
+    def put_blocks(self, b: int, blocks: memoryview) -> None:
+        """Blocks b, b+1, ... holding `blocks` (whole blocks, BLOCK bytes each)."""
+        at = 0
+        while at < len(blocks):
+            fit = min(len(blocks) - at, self._room(b) * BLOCK)
+            pos = self.length
+            self.buf[pos : pos + fit] = blocks[at : at + fit]
+            self.length = pos + fit
+            at += fit
+            b += fit // BLOCK
+            self.high = max(self.high, b)
+
     def flush(self) -> None:
         if not self.length:
             return
-        self.dev.pwrite(memoryview(self.buf)[: self.length], self.start * BLOCK)
-        self.written += self.length
+        self._write(self.view[: self.length], self.start)
+        self.length = 0
+
+    def _write(self, blocks: memoryview, b: int) -> None:
+        """Whole blocks from block `b` on, with one pwrite."""
+        self.dev.pwrite(blocks, b * BLOCK)
+        self.written += len(blocks)
         if self.progress is not None:
             self.progress("fs", self.written, None)
-        self.length = 0
 
 
 class SourceReader:
