@@ -520,3 +520,21 @@ def test_parse_expr_nesting_limit_and_suffix_end() -> None:
         parse_expr("1+", 0, 0, 0, 512)
     with pytest.raises(CalcError, match=r"^division by zero$"):
         parse_expr("1/0", 0, 0, 0, 512)
+
+
+def test_parse_expr_refusals_as_calc_y_words_them() -> None:
+    """calc.y: yyparse() reads the whole text before eval() divides, so a syntax error anywhere
+    wins over a zero divisor; each refusal is yyerror's exact string; the nesting bound counts
+    open parentheses only (a closed group gives back exactly its one level)."""
+    from imagebuild.partition.calc import MAX_NESTING, CalcError, parse_expr
+
+    for text in ("1/0+", "1/0A", "1/0)", "(1/0", "1/0 2", "0x", "1 2", "1)", "1/0b"):
+        with pytest.raises(CalcError, match=r"^syntax error$"):
+            parse_expr(text, 0, 0, 1000, 512)
+    for text in ("1/0", "2/(1-1)+3", "1/0%", "(1/0)*5", "8/2/0", "-1/0"):
+        with pytest.raises(CalcError, match=r"^division by zero$"):
+            parse_expr(text, 0, 0, 1000, 512)
+    deep = "(" * (MAX_NESTING + 1) + "1" + ")" * (MAX_NESTING + 1)
+    for before in ("(1)+", "(1)+(2)+", "((1))*"):
+        with pytest.raises(CalcError, match=r"^syntax error: parentheses nested more than"):
+            parse_expr(before + deep, 0, 0, 1000, 512)

@@ -7,7 +7,8 @@ A NUMBER is strtoull's base-0 number, optionally followed by k, m, g or t
 (case-insensitive): that many KiB/MiB/GiB/TiB in the editor's unit, rounded
 down.  `.` is dot, `$` the largest sensible end, `N%` N percent of the
 disk's size in units.  Arithmetic is on 64-bit vlongs: it wraps, and `/`
-truncates toward zero, as in 9front.
+truncates toward zero, as in 9front.  As calc.y parses the whole text before
+eval() divides, a syntax error anywhere is reported over a zero divisor.
 
 Where we are stricter than 9front: parentheses nest at most MAX_NESTING deep
 (9front's yacc stack holds 150 states and refuses somewhat deeper, with
@@ -43,6 +44,7 @@ class _Calc:
         self.text, self.pos = text, 0
         self.dot, self.dollar, self.size, self.unit = dot, dollar, size, unit
         self.nesting = 0
+        self.zero_divisor = False  # eval()'s "division by zero", after the whole parse
         self.look = self._lex()
 
     def _lex(self) -> int | str | None:
@@ -73,6 +75,8 @@ class _Calc:
         value = self._expr()
         if self.look is not None:
             raise CalcError("syntax error")
+        if self.zero_divisor:
+            raise CalcError("division by zero")
         return value
 
     def _expr(self) -> int:
@@ -93,9 +97,11 @@ class _Calc:
             if op == "*":
                 value = vlong(value * rhs)
             else:
-                if rhs == 0:
-                    raise CalcError("division by zero")
-                value = vlong(cdiv(value, rhs))
+                if rhs == 0:  # yyparse() reads on: a syntax error later still wins
+                    self.zero_divisor = True
+                    value = 0
+                else:
+                    value = vlong(cdiv(value, rhs))
         return value
 
     def _unary(self) -> int:
