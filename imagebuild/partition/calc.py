@@ -99,7 +99,6 @@ class _Calc:
             else:
                 if rhs == 0:  # yyparse() reads on: a syntax error later still wins
                     self.zero_divisor = True
-                    value = 0
                 else:
                     value = vlong(cdiv(value, rhs))
         return value
