@@ -198,3 +198,39 @@ def test_bootfile_in_a_directory_is_not_on_a_root_only_fat() -> None:
     with pytest.raises(BootLintError, match=r"bootfile=amd64/9pc64: 9bootfat walks the FAT for "
                                             r"'amd64/9pc64', but the boot FAT holds only root"):
         check_boot_fat(fat(b"bootfile=amd64/9pc64\n"), "x")
+
+
+def test_lint_messages_word_for_word() -> None:
+    # each refusal is one line: the FAT, plan9.ini, the key, the loader's rule and its source
+    def refusal(ini: bytes, *extra: tuple[str, bytes]) -> str:
+        with pytest.raises(BootLintError) as err:
+            check_boot_fat(fat(ini, *extra), "amd64 9fat")
+        return str(err.value)
+
+    tail = "c" * 70  # the message quotes the first 60 characters of an unterminated line
+    assert refusal(b"bootfile=9pc64\n" + tail.encode()) == (
+        f"amd64 9fat: plan9.ini: its last line {tail[:60]!r} has no line end, and 9bootfat "
+        "never reads it (sub.c readline returns 0 at the end of the file)")
+    value = "d!" * 150 + "9pc64"  # the message keeps the first 200 characters of the key
+    key = f"amd64 9fat: plan9.ini: bootfile={value}"
+    assert refusal(f"bootfile={value}\n".encode()) == (
+        f"{key[:200]}: 305 bytes; 9bootfat copies it into a 64-byte path buffer, so at most 63 "
+        "(fat.c start: char path[Maxpath], sub.c getconf)")
+    assert refusal(b"bootfile=amd64/9pc64\n") == (
+        "amd64 9fat: plan9.ini: bootfile=amd64/9pc64: 9bootfat walks the FAT for 'amd64/9pc64', "
+        "but the boot FAT holds only root files (fat.c fatwalk)")
+    assert refusal(b"bootfile=9pcnone\n", ("Kernel Two", KERNEL)) == (
+        "amd64 9fat: plan9.ini: bootfile=9pcnone: no such file on the boot FAT; 9bootfat would "
+        "print 'not found' (fat.c fatwalk; the FAT holds 9bootfat, 9pc64, kernel~1, plan9.ini)")
+
+
+def test_visible_names_maps_what_the_loader_sees_to_the_name_given() -> None:
+    # fat.c dirname(): an 8.3 name is seen lower-cased; a long name only as its alias
+    assert visible_names(["9BOOTFAT", "plan9.ini", "9pc64-custom"]) == {
+        "9bootfat": "9BOOTFAT", "plan9.ini": "plan9.ini", "9pc64-~1": "9pc64-custom"}
+
+
+def test_read_config_wait_and_show_are_commands_not_settings() -> None:
+    # sub.c configure(): `wait` and `show` (the whole line) are commands, nothing is stored;
+    # a line that only starts with them and has an '=' is a setting like any other
+    assert read_config(b"wait\nshow\nwait=1\nshowx=2\n").lines == ("wait=1", "showx=2")

@@ -123,7 +123,7 @@ def read_config(text: bytes) -> LoaderConfig:
         if line.startswith("clear "):
             used -= _delconf(stored, line[6:])
             continue
-        if line in ("wait", "show") or inblock or "=" not in line:
+        if inblock or "=" not in line:  # `wait`, `show` and other words among them
             continue
         key, value = line.split("=", 1)
         used -= _delconf(stored, key)
