@@ -200,3 +200,243 @@ def test_list_keys_prints_the_table_the_loader_validates_with() -> None:
     expected = [p + k for p, table in keys.TABLES.items() for k in table]
     assert names == expected
     assert any(line.startswith("fat.reserved") and "1..65535" in line for line in lines)
+
+
+# -- [iso] recipes, inputs, templates and the key table: every field as documented ------------
+
+
+ISO_FULL = """description = "d"
+format = "iso"
+objtype = "arm64"
+kernels = ["k/9a", "k/9b"]
+default = true
+output = "cd.iso"
+[iso]
+volume = "V"
+boot_image = "b/bios"
+efi_boot_image = "b/efi"
+plan9ini = "c/p.ini"
+hybrid_loader = "h/l"
+hybrid_mbr = "h/m"
+hybrid_pbs = "h/p"
+hybrid_efi = ["e/a*", "e/b"]
+[fs]
+type = "cwfs"
+disk = "sdE1"
+[vars.plan9]
+x = "1"
+"""
+
+
+def test_iso_recipe_takes_every_key_where_it_belongs(tmp_path: Path) -> None:
+    from imagebuild.recipe.load import FsSpec, IsoSpec, Recipe
+
+    path = _write(tmp_path, "cd", ISO_FULL)
+    recipe = load_recipe(path)
+    default_fs = load_recipe("amd64.qcow2").fs
+    assert recipe == Recipe(
+        name="cd", path=path, sources=(path,), description="d", output="cd.iso", format="iso",
+        mb=0, objtype="arm64", kernels=("k/9a", "k/9b"), default=True, mbr_bootcode=None,
+        fdisk=(), prep=("fscache", "fsworm", "other"), fat_partition="", fat_pbs=None,
+        fat_reserved=1, fat_files=(), render={}, vars={"plan9": {"x": "1"}},
+        fs=FsSpec("cwfs", default_fs.protos, default_fs.binds, "/dist/plan9front", "sdE1", False),
+        raw_writes=(),
+        iso=IsoSpec(volume="V", boot_image="b/bios", efi_boot_image="b/efi", plan9ini="c/p.ini",
+                    hybrid_loader="h/l", hybrid_mbr="h/m", hybrid_pbs="h/p",
+                    hybrid_efi=("e/a*", "e/b")))
+    assert recipe.root_inputs() == ["k/9a", "k/9b", *default_fs.protos, "b/bios", "b/efi"]
+
+
+def test_iso_recipe_defaults(tmp_path: Path) -> None:
+    from imagebuild.recipe.load import IsoSpec
+
+    path = _write(tmp_path, "min", 'description = "d"\nformat = "iso"\nobjtype = "386"\n'
+                                   'kernels = ["386/9pc"]\n[iso]\nvolume = "V"\nboot_image = "b"\n')
+    recipe = load_recipe(path)
+    assert recipe.iso == IsoSpec("V", "b", None, "cfg/plan9.ini", None, None, None, ())
+    assert (recipe.output, recipe.default, recipe.vars) == ("9front.min", False, {"plan9": {}})
+    assert recipe.fs == load_recipe("amd64.qcow2").fs
+    assert recipe.root_inputs() == ["386/9pc", *recipe.fs.protos, "b"]
+    for key, value in (("layout", "{}"), ("fat", "{}")):
+        with pytest.raises(RecipeError, match=rf": key '{key}' has no meaning in an \[iso\]"):
+            load_recipe(_write(tmp_path, "bad", f"extends = \"min.toml\"\n{key} = {value}\n"))
+    with pytest.raises(RecipeError, match=r": missing key 'iso.boot_image'$"):
+        load_recipe(_write(tmp_path, "bad", 'description = "d"\nformat = "iso"\nobjtype = "x"\n'
+                                            'kernels = ["k"]\n[iso]\nvolume = "V"\n'))
+    with pytest.raises(RecipeError, match=r": missing key 'objtype'$"):
+        load_recipe(_write(tmp_path, "bad", 'description = "d"\nformat = "iso"\n'
+                                            'kernels = ["k"]\n[iso]\nvolume = "V"\n'
+                                            'boot_image = "b"\n'))
+
+
+def test_root_inputs_list_each_root_file_once_in_order(tmp_path: Path) -> None:
+    protos = ("sys/lib/sysconfig/proto/distproto", "sys/lib/sysconfig/proto/9bootproto")
+    assert load_recipe("amd64.qcow2").root_inputs() == [
+        "386/mbr", "386/pbs", "386/9bootfat", "amd64/9pc64", *protos]  # 9pc64 once
+    assert load_recipe("reform.img").root_inputs() == [
+        "sys/src/boot/reform/boot.scr", "arm64/9reform.u", "sys/src/boot/reform/flash.bin",
+        *protos]  # plan9.ini is rendered, not read from the root
+    path = _write(tmp_path, "none", 'extends = "reform.img"\n[fs]\ntype = "none"\n')
+    assert load_recipe(path).root_inputs() == [
+        "sys/src/boot/reform/boot.scr", "arm64/9reform.u", "sys/src/boot/reform/flash.bin"]
+
+
+def test_template_files_follow_the_search_path(tmp_path: Path) -> None:
+    from imagebuild.recipe.render import TEMPLATE_DIR, template_files
+
+    pi = load_recipe("pi.img")
+    assert template_files(pi) == [TEMPLATE_DIR / "config.txt", TEMPLATE_DIR / "cmdline.txt"]
+    (tmp_path / "cmdline.txt").write_text("x\n")
+    (tmp_path / "config.txt").mkdir()  # not a file: the next directory's
+    assert template_files(pi, tmp_path) == [TEMPLATE_DIR / "config.txt", tmp_path / "cmdline.txt"]
+    path = _write(tmp_path, "mine", 'extends = "pi.img"\n[render]\n"cmdline.txt" = "nosuch"\n')
+    assert template_files(load_recipe(path)) == [TEMPLATE_DIR / "config.txt"]
+
+
+def test_list_keys_lines_word_for_word() -> None:
+    from imagebuild.recipe import keys
+
+    lines = keys.describe()
+    for line in (
+        "description          string                   required           one line for "
+        "`imagebuild list`",
+        "output               string                                      output file name, in "
+        "out/ (default 9front.NAME, not inherited)",
+        "format               qcow2|raw|iso            required           container",
+        "mb                   integer 1..2097151       required           image size in MiB "
+        "(raw images get one MiB more)",
+        "default              boolean                  default False      built by a plain "
+        "`./dev build`",
+        "render               table                                       boot file name -> "
+        "template name",
+        "layout.fdisk         string|list              required           \"auto\" (fdisk -baw) "
+        "or the commands piped to fdisk -b",
+        "fat.reserved         integer 1..65535         default 1          reserved sectors "
+        "(disk/format -r)",
+        "fs.type              hjfs|gefs|cwfs|none      default 'hjfs'     file system of the fs "
+        "partition",
+        "raw_write[].offset   integer 0..              required           byte offset in the image",
+        "iso.plan9ini         string                   default 'cfg/plan9.ini' tree path of "
+        "plan9.ini: bootfile= replaced, --set",
+        "iso.hybrid_efi       list                                        root globs of the ESP's "
+        "efi/boot files",
+    ):
+        assert line in lines
+    assert keys.Key(int, keys.REQUIRED, "x").required and not keys.Key(int, 0, "x").required
+
+
+def test_with_fs_puts_the_file_servers_partitions_where_fs_was(tmp_path: Path) -> None:
+    from imagebuild.recipe.load import with_fs
+
+    amd64 = load_recipe("amd64.qcow2")
+    cwfs = with_fs(amd64, "cwfs")
+    assert (cwfs.fs.type, cwfs.prep) == ("cwfs", ("9fat", "nvram", "fscache", "fsworm", "other"))
+    assert with_fs(cwfs, "gefs").prep == ("9fat", "nvram", "fs")
+    assert with_fs(amd64, "none").prep == amd64.prep  # prepdisk makes nothing for it
+    assert with_fs(amd64, disk="sdF0").fs == amd64.fs.replace(disk="sdF0")
+    middle = load_recipe(_write(tmp_path, "m", 'extends = "amd64.qcow2"\n'
+                                               '[layout]\nprep = ["9fat", "fs", "nvram"]\n'))
+    assert with_fs(middle, "cwfs").prep == ("9fat", "fscache", "fsworm", "other", "nvram")
+    bare = load_recipe(_write(tmp_path, "b", 'extends = "amd64.qcow2"\n'
+                                             '[layout]\nprep = ["9fat", "nvram"]\n'))
+    assert bare.prep == ("9fat", "nvram", "fs")  # hjfs: its partition goes at the end
+
+
+def test_extends_finds_a_target_of_the_recipe_directory_given(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "base.toml").write_text((Path(__file__).parent.parent / "imagebuild/recipes/"
+                                    "amd64.qcow2.toml").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    mine = _write(other, "mine", 'extends = "base"\nmb = 100\n')
+    recipe = load_recipe(mine, recipe_dir=lib)
+    assert (recipe.mb, recipe.sources) == (100, (mine, lib / "base.toml"))
+    assert load_recipe("base", recipe_dir=lib).output == "9front.amd64.qcow2"
+
+
+@pytest.mark.parametrize(("name", "parent", "output"), [
+    ("big.qcow2", "amd64.qcow2", "9front.big.qcow2"),
+    ("big.img", "amd64.qcow2", "9front.big.img"),
+    ("big", "amd64.qcow2", "9front.big.qcow2"),
+    ("big", "zynq.img", "9front.big.img"),
+])
+def test_default_output_keeps_a_container_suffix(tmp_path: Path, name: str, parent: str,
+                                                 output: str) -> None:
+    path = _write(tmp_path, name, f'extends = "{parent}"\n')
+    assert load_recipe(path).output == output
+
+
+def test_extends_merges_tables_and_replaces_the_rest(tmp_path: Path) -> None:
+    path = _write(tmp_path, "m", 'extends = "amd64.qcow2"\n[fs]\ndisk = "sdE0"\n'
+                                 '[vars.plan9]\n"*acpi" = "1"\n')
+    recipe = load_recipe(path)
+    assert recipe.fs.disk == "sdE0"  # a table the parent does not have
+    assert recipe.vars == {"plan9": {"bootfile": "{{ kernel }}", "console": "0", "*acpi": "1"}}
+    path = _write(tmp_path, "v", 'extends = "amd64.qcow2"\nvars = 3\n')  # a table replaced
+    with pytest.raises(RecipeError, match=r": key 'vars' must be a table, not 3$"):
+        load_recipe(path)
+
+
+def test_fs_table_takes_every_key(tmp_path: Path) -> None:
+    from imagebuild.recipe.load import MKFILE_BINDS, FsSpec
+
+    path = _write(tmp_path, "f", 'extends = "amd64.qcow2"\n[fs]\ntype = "gefs"\n'
+                                 'protos = ["p/a", "p/b"]\ngit_bind = ""\ndisk = "sdE1"\n'
+                                 'strict = true\n[fs.binds]\n"/usr" = "u"\n"/x" = ["a", "b"]\n')
+    assert load_recipe(path).fs == FsSpec(
+        "gefs", ("p/a", "p/b"), {**MKFILE_BINDS, "/usr": ("u",), "/x": ("a", "b")}, None, "sdE1",
+        True)
+    path = _write(tmp_path, "g", 'extends = "amd64.qcow2"\n[fs]\ngit_bind = "/src"\n')
+    assert load_recipe(path).fs.git_bind == "/src"
+
+
+def test_extends_chain_depth_bound(tmp_path: Path) -> None:
+    from imagebuild.recipe.load import MAX_EXTENDS_DEPTH
+
+    def chain(n: int) -> Path:  # r0 extends r1 ... extends r(n-1) extends amd64.qcow2
+        for i in range(n):
+            parent = f"r{i + 1}.toml" if i + 1 < n else "amd64.qcow2"
+            _write(tmp_path, f"r{i}", f'extends = "{parent}"\nmb = {100 + i}\n')
+        return tmp_path / "r0.toml"
+
+    recipe = load_recipe(chain(MAX_EXTENDS_DEPTH))  # 8 hops: amd64.qcow2 is the 9th file
+    assert (recipe.mb, len(recipe.sources)) == (100, MAX_EXTENDS_DEPTH + 1)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(chain(MAX_EXTENDS_DEPTH + 1))
+    assert str(err.value) == (f"{tmp_path / f'r{MAX_EXTENDS_DEPTH}.toml'}: 'extends' chain deeper "
+                              f"than {MAX_EXTENDS_DEPTH} (a cycle?)")
+
+
+def test_derived_default_and_bounds_that_are_allowed(tmp_path: Path) -> None:
+    assert load_recipe(_write(tmp_path, "d", 'extends = "amd64.qcow2"\ndefault = true\n')).default
+    for mb in (1, 2097151):
+        assert load_recipe(_write(tmp_path, "m", f'extends = "amd64.qcow2"\nmb = {mb}\n')).mb == mb
+    for reserved in (1, 65535):
+        text = f'extends = "amd64.qcow2"\n[fat]\nreserved = {reserved}\n'
+        assert load_recipe(_write(tmp_path, "r", text)).fat_reserved == reserved
+    from imagebuild.recipe.load import RawWrite
+
+    text = 'extends = "reform.img"\n[[raw_write]]\nfile = "f"\noffset = 0\n'
+    assert load_recipe(_write(tmp_path, "w", text)).raw_writes[0] == RawWrite("f", 0)
+
+
+def test_recipe_file_refusals_word_for_word(tmp_path: Path) -> None:
+    import os
+
+    def refusal(path: Path) -> str:
+        with pytest.raises(RecipeError) as err:
+            load_recipe(path)
+        return str(err.value)
+
+    assert refusal(tmp_path / "nosuch.toml") == f"{tmp_path / 'nosuch.toml'}: no such recipe file"
+    (tmp_path / "dir.toml").mkdir()
+    assert refusal(tmp_path / "dir.toml") == f"{tmp_path / 'dir.toml'}: recipe is a directory"
+    os.mkfifo(tmp_path / "fifo.toml")
+    assert refusal(tmp_path / "fifo.toml") == (
+        f"{tmp_path / 'fifo.toml'}: recipe is not a regular file")
+    big = _write(tmp_path, "big", "#" * (1 << 20) + "\n")
+    assert refusal(big) == f"{big}: recipe is 1048577 bytes, more than 1048576"
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'extends = "amd64.qcow2"\n\ndescription = "caf\xe9"\n')
+    assert refusal(bad) == f"{bad}:3: not UTF-8 text (byte 43)"

@@ -177,3 +177,34 @@ def test_every_stock_template_has_a_builtin() -> None:
 
     for path in module.TEMPLATE_DIR.iterdir():
         assert module.template_key(path.read_text()) in module._BUILTIN, path.name
+
+
+def test_template_dir_falls_back_to_ours_name_by_name(tmp_path: Path) -> None:
+    (tmp_path / "cmdline.txt").write_text("{{ cmdline.console }} mine\n")
+    files = render("pi.img", template_dir=tmp_path)
+    assert files["cmdline.txt"] == "0 mine\n"
+    assert files["config.txt"] == render("pi.img")["config.txt"]  # not in tmp_path: ours
+
+
+def test_recipe_values_may_name_every_base_variable(tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('extends = "amd64.qcow2"\nkernels = ["amd64/9pc64", "k/9x"]\n'
+                      "[vars.plan9]\nbootfile = '{{ kernel }}-{{ objtype }}'\n"
+                      "t = '{{ target }}'\nk = '{{ kernels }}'\nd = '{{ demo }}'\n")
+    text = render_boot_files(load_recipe(recipe), demo=True)["plan9.ini"].decode()
+    assert text.endswith("bootfile=9pc64-amd64\nconsole=0\nt=mine\nk=['9pc64', '9x']\nd=True\n")
+    recipe.write_text('extends = "amd64.qcow2"\nkernels = []\n')  # no kernel: {{ kernel }} is ""
+    assert render_boot_files(load_recipe(recipe))["plan9.ini"] == b"bootfile=\nconsole=0\n"
+
+
+def test_stock_templates_render_without_jinja2(monkeypatch: pytest.MonkeyPatch) -> None:
+    # our own templates are rendered by the Python equivalents (_BUILTIN): no jinja2 call
+    from imagebuild.recipe import render as render_mod
+
+    def no_jinja(*args: object) -> str:
+        raise AssertionError("jinja2 rendered a stock template")
+
+    monkeypatch.setattr(render_mod._Jinja, "render", no_jinja)
+    monkeypatch.setattr(render_mod._Jinja, "expand", no_jinja)
+    for name in ("amd64.qcow2", "pi.img", "pi3.img", "zynq.img"):
+        assert render(name)  # {{ kernel }} values too are expanded without jinja2

@@ -59,7 +59,7 @@ class Key(Record):
 TOP: dict[str, Key] = {
     "description": Key(str, REQUIRED, "one line for `imagebuild list`"),
     "extends": Key(str, None, "the recipe this one overrides (a target name or a file beside it)"),
-    "output": Key(str, None, "output file name (default 9front.NAME, not inherited)"),
+    "output": Key(str, None, "output file name, in out/ (default 9front.NAME, not inherited)"),
     "format": Key(str, REQUIRED, "container", choices=("qcow2", "raw", "iso")),
     "mb": Key(int, REQUIRED, "image size in MiB (raw images get one MiB more)", 1, MAX_MB),
     "objtype": Key(str, REQUIRED, "$objtype of the fs tree (amd64, arm64, arm, 386)"),
@@ -113,7 +113,7 @@ RAW_WRITE: dict[str, Key] = {
 
 
 TABLES: dict[str, dict[str, Key]] = {
-    "": TOP, "layout.": LAYOUT, "fat.": FAT, "fs.": FS, "raw_write[].": RAW_WRITE,
+    "": TOP, "layout.": LAYOUT, "fat.": FAT, "fs.": FS, "raw_write[].": RAW_WRITE, "iso.": ISO,
 }
 _NAMES = {str: "string", int: "integer", bool: "boolean", list: "list", dict: "table"}
 

@@ -343,8 +343,7 @@ def _load_merged(path: Path, recipe_dir: Path, depth: int,
         names = " -> ".join(p.name for p in (*chain, parent_path.resolve()))
         raise RecipeError(f"{path}: key 'extends': a cycle ({names})")
     base, sources = _load_merged(parent_path, recipe_dir, depth + 1, chain)
-    child = {k: v for k, v in data.items() if k != "extends"}
-    merged = _deep_merge(base, child)
+    merged = _deep_merge(base, data)  # (its `extends` is not read again)
     if "default" not in data:  # a derived target is built by default only if it says so
         merged.pop("default", None)
     if "output" not in data:  # nor does it write over its parent's image
@@ -428,13 +427,23 @@ def _strings(path: Path, key: str, value: list[Any]) -> tuple[str, ...]:
 
 
 def _root_relative(path: Path, key: str, value: str) -> str:
+    if "\0" in value:  # no file name holds one (open() would refuse it)
+        raise RecipeError(f"{path}: key '{key}': {value!r} holds a NUL byte")
     if value.startswith("/") or ".." in Path(value).parts:
         raise RecipeError(f"{path}: key '{key}': {value!r} must be relative to the root, inside it")
     return value
 
 
+def _output_name(path: Path, data: Mapping[str, Any]) -> None:
+    """`output` is a file name in out/: a path there could write over any file."""
+    output = data.get("output")
+    if isinstance(output, str) and ("/" in output or "\0" in output or output in ("", ".", "..")):
+        raise RecipeError(f"{path}: key 'output': {output!r} must be a file name (it goes in out/)")
+
+
 def _validate(path: Path, data: dict[str, Any], sources: tuple[Path, ...]) -> Recipe:
     name = path.name[: -len(RECIPE_SUFFIX)]
+    _output_name(path, data)
     if "iso" in data:
         return _validate_iso(path, name, data, sources)
     _check_table(path, data, keys.TOP, "")
@@ -516,7 +525,8 @@ def _validate_iso(path: Path, name: str, data: dict[str, Any], sources: tuple[Pa
         hybrid_loader=rel("hybrid_loader"),
         hybrid_mbr=rel("hybrid_mbr"),
         hybrid_pbs=rel("hybrid_pbs"),
-        hybrid_efi=_strings(path, "iso.hybrid_efi", table.get("hybrid_efi", [])),
+        hybrid_efi=tuple(_root_relative(path, "iso.hybrid_efi", g)
+                         for g in _strings(path, "iso.hybrid_efi", table.get("hybrid_efi", []))),
     )
     kernels = tuple(
         _root_relative(path, "kernels", k) for k in _strings(path, "kernels", data["kernels"])

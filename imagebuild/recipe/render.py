@@ -171,7 +171,7 @@ def render_boot_files(
         builtin = _BUILTIN.get(template_key(source))
         text = builtin(context) if builtin is not None else None
         if text is None:
-            text = jinja.render(path, template_name, source, context, name)
+            text = jinja.render(path, template_name, context, name)
         rendered[name] = text.encode("utf-8", errors="surrogateescape")
     return rendered
 
@@ -212,7 +212,7 @@ class _Jinja:
             )
         return self._env
 
-    def render(self, path: Path, template_name: str, source: str, context: Mapping[str, Any],
+    def render(self, path: Path, template_name: str, context: Mapping[str, Any],
                output: str) -> str:
         import jinja2
 
