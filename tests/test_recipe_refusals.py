@@ -100,6 +100,11 @@ TOP_KEYS = ("description, extends, output, format, mb, objtype, kernels, default
     (ISO + "[iso]\nbogus = 1\n",
      "unknown key 'iso.bogus' (expected one of: volume, boot_image, efi_boot_image, plan9ini, "
      "hybrid_loader, hybrid_mbr, hybrid_pbs, hybrid_efi)"),
+    (ISO + "[iso]\nhybrid_efi = [1]\n", "key 'iso.hybrid_efi' must be a list of non-empty strings"),
+    (ISO + 'kernels = ["/k"]\n', "key 'kernels': '/k' must be relative to the root, inside it"),
+    (ISO + "kernels = [1]\n", "key 'kernels' must be a list of non-empty strings"),
+    (ISO + '[fs]\ndisk = "hd0"\n',
+     "key 'fs.disk' must be an sd(3) name such as sdC0, not 'hd0'"),
     ("iso = {}\n", "missing key 'description'"),
     ("mb = [\n", "Invalid value (at end of document)"),
     ("x = " + "[" * 5000 + "]" * 5000 + "\n", "tables or arrays nested too deeply"),
@@ -263,3 +268,19 @@ def test_template_and_recipe_read_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe)
     assert str(err.value) == f"{recipe}: Input/output error"
+
+
+def test_template_error_paths_word_for_word(tmp_path: Path) -> None:
+    stock = load_recipe("amd64.qcow2").path
+    top = tmp_path / "plan9.ini"
+    top.write_text('ok\n{% include "inc.txt" %}\n')
+    (tmp_path / "inc.txt").write_text("a\n{% if %}\n")  # the included file's name and line
+    assert _render_error(template_dir=tmp_path) == (
+        f"{tmp_path / 'inc.txt'}:2: Expected an expression, got 'end of statement block'")
+    top.write_text('ok\n{% include "nope.txt" %}\n')
+    assert _render_error(template_dir=tmp_path) == f"{top}:2: nope.txt (rendering plan9.ini)"
+    value = "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}"
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text(f"extends = \"amd64.qcow2\"\n[vars.plan9]\nbootfile = '{value}'\n")
+    assert _render_error(recipe) == f"{recipe}: [vars]: variable value {value!r}: nested too deeply"
+    assert stock.name == "amd64.qcow2.toml"

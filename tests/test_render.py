@@ -208,3 +208,20 @@ def test_stock_templates_render_without_jinja2(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(render_mod._Jinja, "expand", no_jinja)
     for name in ("amd64.qcow2", "pi.img", "pi3.img", "zynq.img"):
         assert render(name)  # {{ kernel }} values too are expanded without jinja2
+
+
+def test_jinja_templates_render_values_as_they_are(tmp_path: Path) -> None:
+    # no HTML escaping; lists in [vars] reach the template whole; a surrogate a template
+    # writes ("\\udcff") is the byte it stands for (surrogateescape), not an error
+    (tmp_path / "plan9.ini").write_text('a={{ plan9.a }}\nl={{ plan9.l | join(",") }}\n'
+                                        '{{ "\\udcff" }}\n')
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('extends = "amd64.qcow2"\n[vars.plan9]\na = "<&>"\nl = ["x", "y"]\n')
+    assert render_boot_files(load_recipe(recipe), template_dir=tmp_path)["plan9.ini"] == (
+        b"a=<&>\nl=x,y\n\xff\n")
+
+
+def test_demo_header_word_for_word() -> None:
+    assert render("amd64.qcow2", demo=True)["plan9.ini"] == (
+        "# imagebuild demo root: the kernel and boot programs here are generated stand-ins, "
+        "not 9front\nbootfile=9pc64\nconsole=0\n")
