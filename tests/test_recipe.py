@@ -245,6 +245,11 @@ def test_iso_recipe_takes_every_key_where_it_belongs(tmp_path: Path) -> None:
                     hybrid_loader="h/l", hybrid_mbr="h/m", hybrid_pbs="h/p",
                     hybrid_efi=("e/a*", "e/b")))
     assert recipe.root_inputs() == ["k/9a", "k/9b", *default_fs.protos, "b/bios", "b/efi"]
+    assert recipe.iso is not None  # field by field: a record's own constructor is under test too
+    assert recipe.iso.as_dict() == {
+        "volume": "V", "boot_image": "b/bios", "efi_boot_image": "b/efi", "plan9ini": "c/p.ini",
+        "hybrid_loader": "h/l", "hybrid_mbr": "h/m", "hybrid_pbs": "h/p",
+        "hybrid_efi": ("e/a*", "e/b")}
 
 
 def test_iso_recipe_defaults(tmp_path: Path) -> None:
@@ -323,6 +328,8 @@ def test_list_keys_lines_word_for_word() -> None:
     ):
         assert line in lines
     assert keys.Key(int, keys.REQUIRED, "x").required and not keys.Key(int, 0, "x").required
+    assert keys.Key(str, "d", "doc", 1, 9, ("a", "b")).as_dict() == {
+        "type": str, "default": "d", "doc": "doc", "lo": 1, "hi": 9, "choices": ("a", "b")}
 
 
 def test_with_fs_puts_the_file_servers_partitions_where_fs_was(tmp_path: Path) -> None:
