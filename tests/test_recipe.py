@@ -245,6 +245,7 @@ def test_iso_recipe_takes_every_key_where_it_belongs(tmp_path: Path) -> None:
                     hybrid_loader="h/l", hybrid_mbr="h/m", hybrid_pbs="h/p",
                     hybrid_efi=("e/a*", "e/b")))
     assert recipe.root_inputs() == ["k/9a", "k/9b", *default_fs.protos, "b/bios", "b/efi"]
+    assert (recipe.description, recipe.objtype) == ("d", "arm64")
     assert recipe.iso is not None  # field by field: a record's own constructor is under test too
     assert recipe.iso.as_dict() == {
         "volume": "V", "boot_image": "b/bios", "efi_boot_image": "b/efi", "plan9ini": "c/p.ini",
@@ -391,9 +392,10 @@ def test_fs_table_takes_every_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "f", 'extends = "amd64.qcow2"\n[fs]\ntype = "gefs"\n'
                                  'protos = ["p/a", "p/b"]\ngit_bind = ""\ndisk = "sdE1"\n'
                                  'strict = true\n[fs.binds]\n"/usr" = "u"\n"/x" = ["a", "b"]\n')
-    assert load_recipe(path).fs == FsSpec(
+    assert load_recipe(path).fs.as_dict() == FsSpec(
         "gefs", ("p/a", "p/b"), {**MKFILE_BINDS, "/usr": ("u",), "/x": ("a", "b")}, None, "sdE1",
-        True)
+        True).as_dict()
+    assert load_recipe(path).fs.strict is True and load_recipe(path).fs.binds["/usr"] == ("u",)
     path = _write(tmp_path, "g", 'extends = "amd64.qcow2"\n[fs]\ngit_bind = "/src"\n')
     assert load_recipe(path).fs.git_bind == "/src"
 

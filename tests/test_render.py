@@ -225,3 +225,11 @@ def test_demo_header_word_for_word() -> None:
     assert render("amd64.qcow2", demo=True)["plan9.ini"] == (
         "# imagebuild demo root: the kernel and boot programs here are generated stand-ins, "
         "not 9front\nbootfile=9pc64\nconsole=0\n")
+
+
+def test_recipe_scalars_become_text_as_toml_writes_them(tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('extends = "amd64.qcow2"\n[vars.plan9]\nn = 3\nt = true\nf = false\n'
+                      "x = 1.5\n")
+    assert render_boot_files(load_recipe(recipe))["plan9.ini"] == (
+        b"bootfile=9pc64\nconsole=0\nn=3\nt=true\nf=false\nx=1.5\n")
