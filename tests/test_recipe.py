@@ -418,7 +418,9 @@ def test_extends_chain_depth_bound(tmp_path: Path) -> None:
 
 
 def test_derived_default_and_bounds_that_are_allowed(tmp_path: Path) -> None:
-    assert load_recipe(_write(tmp_path, "d", 'extends = "amd64.qcow2"\ndefault = true\n')).default
+    derived = load_recipe(_write(tmp_path, "d", 'extends = "amd64.qcow2"\ndefault = true\n'
+                                                'description = "mine"\n'))
+    assert derived.default and derived.description == "mine"
     for mb in (1, 2097151):
         assert load_recipe(_write(tmp_path, "m", f'extends = "amd64.qcow2"\nmb = {mb}\n')).mb == mb
     for reserved in (1, 65535):
