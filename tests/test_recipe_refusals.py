@@ -89,6 +89,13 @@ TOP_KEYS = ("description, extends, output, format, mb, objtype, kernels, default
     (ISO + 'format = "raw"\n', "an [iso] recipe has format = \"iso\", not 'raw'"),
     (ISO + "kernels = []\n", "key 'kernels' must name the kernel bootfile= loads"),
     (ISO + "[iso]\nvolume = 3\n", "key 'iso.volume' must be a string, not 3"),
+    (ISO + '[iso]\nvolume = "9\\u0000front"\n', "key 'iso.volume': '9\\x00front' holds a NUL byte"),
+    (DISK + '[fs]\ngit_bind = "/dist/a\\u0000b"\n',
+     "key 'fs.git_bind': '/dist/a\\x00b' must be an fs path starting with / (or \"\" for "
+     "nowhere), without a NUL byte"),
+    (DISK + '[fs]\ngit_bind = "dist/plan9front"\n',
+     "key 'fs.git_bind': 'dist/plan9front' must be an fs path starting with / (or \"\" for "
+     "nowhere), without a NUL byte"),
     (ISO + '[iso]\nboot_image = "/b"\n',
      "key 'iso.boot_image': '/b' must be relative to the root, inside it"),
     (ISO + '[iso]\nplan9ini = "../x"\n',

@@ -517,6 +517,8 @@ def _validate_iso(path: Path, name: str, data: dict[str, Any], sources: tuple[Pa
     def rel(key: str) -> str | None:
         return _root_relative(path, f"iso.{key}", table[key]) if key in table else None
 
+    if "\0" in table["volume"]:  # mk9660 takes it from argv, which holds none
+        raise RecipeError(f"{path}: key 'iso.volume': {table['volume']!r} holds a NUL byte")
     iso = IsoSpec(
         volume=table["volume"],
         boot_image=_root_relative(path, "iso.boot_image", table["boot_image"]),
@@ -576,6 +578,9 @@ def _fs_spec(path: Path, table: dict[str, Any]) -> FsSpec:
             raise RecipeError(f"{path}: key '{key}' must be a directory or a list of them")
         binds[target] = tuple(_root_relative(path, key, s) for s in _strings(path, key, sources))
     git_bind = table.get("git_bind", MKFILE_GIT_BIND)
+    if git_bind and (not git_bind.startswith("/") or "\0" in git_bind):
+        raise RecipeError(f"{path}: key 'fs.git_bind': {git_bind!r} must be an fs path "
+                          "starting with / (or \"\" for nowhere), without a NUL byte")
     disk = _get(table, keys.FS, "disk")
     if not SD_NAME.fullmatch(disk):
         raise RecipeError(f"{path}: key 'fs.disk' must be an sd(3) name such as sdC0, not {disk!r}")
