@@ -338,3 +338,20 @@ def test_recipe_with_no_fat_files_builds_prints_and_inspects(
     from tests.test_fat_format import LABEL_MESSAGE, fsck
 
     assert fsck(part) == LABEL_MESSAGE  # format's label quirk only (docs/fat.md)
+
+
+@pytest.mark.parametrize(("sectors", "count"), [(272629751, 268435445), (272629782, 268435474)])
+def test_fat32_count_a_reader_sees_is_held_to_format_limit(sectors: int, count: int) -> None:
+    """format.c tests its FAT32 count before the FAT is grown to cover the data area (and
+    without the root directory's clusters); the count a reader sees may then pass format's
+    own limit (clusters + 2 < 0xffffff7) with 1-sector clusters near 130 GiB: refused."""
+    from imagebuild.fs.fat.bpb import FAT32_MAX_CLUSTERS
+    from imagebuild.fs.fat.format import plan_layout
+
+    fits = plan_layout(272629700, 512, sectors_per_track=63, heads=16, hidden_sectors=63,
+                       files=[], cluster_sectors=1).params
+    assert fits.cluster_count <= FAT32_MAX_CLUSTERS == 0xFFFFFF7 - 3
+    with pytest.raises(FatError, match=rf"^filesystem too big \({count} clusters; FAT32 holds "
+                                       rf"at most {FAT32_MAX_CLUSTERS}\)$"):
+        plan_layout(sectors, 512, sectors_per_track=63, heads=16, hidden_sectors=63,
+                    files=[], cluster_sectors=1)

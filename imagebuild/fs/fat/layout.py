@@ -14,7 +14,7 @@ Microsoft, "FAT: General Overview of On-Disk Format" (2000), section 3.5
 from __future__ import annotations
 
 from imagebuild.errors import LayoutError
-from imagebuild.fs.fat.bpb import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS
+from imagebuild.fs.fat.bpb import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS, FAT32_MAX_CLUSTERS
 from imagebuild.fs.fat.dirent import DIR_ENTRY_SIZE
 from imagebuild.plan9.libc import cdiv
 from imagebuild.util.record import Record
@@ -223,6 +223,12 @@ def fit_layout(
         if fat_bits == 32 and layout.clusters >= 0xFFFFFF7:
             raise FatError(f"filesystem too big ({layout.clusters} clusters)")
         layout = cover_data_area(layout, volsecs, sector_size, cluster)
+        if fat_bits == 32 and reader_cluster_count(layout, cluster) > FAT32_MAX_CLUSTERS:
+            # deviation: format's test above counts the clusters after the root directory
+            # and before cover_data_area grows the FAT; what a reader counts may still pass
+            # the 28-bit cluster numbers (with small clusters near 130 GiB)
+            raise FatError(f"filesystem too big ({reader_cluster_count(layout, cluster)} "
+                           f"clusters; FAT32 holds at most {FAT32_MAX_CLUSTERS})")
         settled = settle_width(layout, narrower, cluster)
         if settled is not layout and layout.fat_bits == 32:
             state.reserved -= 1  # the FAT32 attempt is undone, its FSInfo sector with it
