@@ -37,6 +37,7 @@ def test_signal_during_write_leaves_nothing(tmp_path: Path, signal_name: str) ->
 import os, signal, sys
 from pathlib import Path
 from imagebuild.pipeline.output import atomic_output
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIG_IGN
 try:
     with atomic_output(Path({str(target)!r})) as tmp:
         tmp.write_bytes(b"partial")

@@ -120,6 +120,33 @@ def test_a_count_format_cannot_settle_is_refused_as_format_does() -> None:
         _plan(344, cluster_sectors=1)
 
 
+def _format_c_counts(volsecs: int) -> list[int]:
+    """format.c's `newclusters` at each try of its FAT12 loop (1 reserved sector, 512-byte
+    sectors, 1-sector clusters, rootsecs = volsecs/200, under its cap of 32 here), written
+    out from dosfs()."""
+    counts, clusters = [], 0
+    for _ in range(12):  # for(i=0;; i++) ... if(i > 10) fatal: twelve tries
+        fatsecs = (12 * clusters + 8 * 512 - 1) // (8 * 512)
+        data = 1 + 2 * fatsecs + (volsecs // 200 * 16 * 32 + 511) // 512
+        counts.append(2 + (volsecs - data) // 1)
+        if counts[-1] == clusters:
+            break
+        clusters = counts[-1]
+    return counts
+
+
+@pytest.mark.parametrize("secs", [344, 345])
+def test_format_gives_up_after_its_twelfth_try(secs: int) -> None:
+    """The message names the count of the eleventh try and that of the twelfth (format.c
+    prints the twelfth twice: it assigns `clusters = newclusters` first)."""
+    counts = _format_c_counts(secs)
+    assert len(counts) == 12 and counts[10] != counts[11] and counts[9] == counts[11]
+    with pytest.raises(FatError) as err:
+        _plan(secs, cluster_sectors=1)
+    assert str(err.value) == (f"can't decide how many clusters to use "
+                              f"({counts[10]}? {counts[11]}?)")
+
+
 # -- the boot program (-b): format.c "boot block too large"; our stricter checks ---------------
 def _program(size: int, jump: int = BPB_SIZE - 2) -> bytes:
     return bytes([0xEB, jump]) + bytes(size - 2)

@@ -129,3 +129,108 @@ def test_a_pass_alternating_past_its_width_moves_on(
         ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
     ).stdout.splitlines()[-1]
     assert summary.endswith(f"/{count} clusters"), summary
+
+
+# The FAT16 pass alternating past 0xfff7 (counts 65536 and 65537; default 128-sector
+# clusters): at 8389025 and 8389026 sectors in format's check pass (1 reserved sector), at
+# 8389026 and 8389027 in the pass written (2 reserved, left by the check pass's FAT32
+# attempt).  format.c gives up there ("can't decide"); we go on to FAT32, as format does at
+# 8389024 and 8389028, where both passes settle past 0xfff7, and get the layout they get.
+@needs_fsck
+@pytest.mark.parametrize("secs", [8389024, 8389025, 8389026, 8389027, 8389028])
+def test_a_fat16_pass_alternating_past_its_limit_moves_on_to_fat32(
+    tmp_path: Path, secs: int
+) -> None:
+    p = _plan(secs)
+    assert (p.fat_bits, p.sectors_per_cluster, p.reserved_sectors) == (32, 128, 3)
+    count = (secs - 3 - 2 * p.fat_sectors) // 128
+    assert (p.fat_sectors, p.cluster_count, count) == (512, 65531, 65531)
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, secs * 512)  # sparse: 4 GiB, little of it written
+    part = BlockDevice(storage).slice(0, secs, "dos")
+    params = format_fat(part, [], xflag=True, timestamp=1700000000)
+    storage.close()
+    assert (params.fat_bits, params.fat_sectors, params.cluster_count) == (32, 512, 65531)
+    findings = [
+        f
+        for f in fsck(path)
+        if f not in FAT32_FORMAT_FINDINGS and not f.startswith("Free cluster summary")
+    ]
+    assert findings == LABEL_MESSAGE
+    summary = subprocess.run(
+        ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[-1]
+    assert summary.endswith(f"/{count} clusters"), summary
+
+
+# The FAT32 pass never settling (counts alternating around a multiple of 128, the FAT32
+# entries of a sector): format.c gives up; we keep the FAT16 layout format tried first,
+# shortened to 65524 clusters, and undo the FAT32 attempt's FSInfo sector: format's check
+# pass leaves the pass written the reserved sectors it was given (1, or -r 2).
+@needs_fsck
+@pytest.mark.parametrize(
+    ("secs", "cluster", "reserved", "fat", "total"),
+    [
+        (66723, 1, 1, 259, 66075),
+        (132128, 2, 1, 257, 131595),
+        (525339, 8, 1, 257, 524739),
+        (66724, 1, 2, 259, 66076),
+        (525340, 8, 2, 257, 524740),
+    ],
+)
+def test_a_fat32_pass_that_never_settles_keeps_fat16_shortened(
+    tmp_path: Path, secs: int, cluster: int, reserved: int, fat: int, total: int
+) -> None:
+    p = _plan(secs, cluster_sectors=cluster, reserved=reserved)
+    assert (p.fat_bits, p.reserved_sectors, p.fat_sectors) == (16, reserved, fat)
+    assert p.cluster_count == 65524 and (p.total_sectors16 or p.total_sectors32) == total
+    assert total == reserved + 2 * fat + 32 + 65524 * cluster
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, secs * 512)
+    part = BlockDevice(storage).slice(0, secs, "dos")
+    params = format_fat(part, [], cluster_sectors=cluster, reserved=reserved, xflag=True,
+                        timestamp=1700000000)
+    storage.close()
+    assert (params.fat_bits, params.reserved_sectors, params.cluster_count) == (
+        16, reserved, 65524)
+    assert [f for f in fsck(path) if not f.startswith("Free cluster summary")] == LABEL_MESSAGE
+    summary = subprocess.run(
+        ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[-1]
+    assert summary.endswith("/65524 clusters"), summary
+
+
+# The smallest FAT32 volumes with -c 1: a reader's count (FAT spec, section 3.5) takes in
+# the root directory's 32 clusters, since on FAT32 the root lies in the data area; without
+# them the count would be a FAT16's.
+@needs_fsck
+@pytest.mark.parametrize(("secs", "fat", "count"), [(66552, 512, 65525), (66583, 513, 65554)])
+def test_a_fat32_count_includes_the_root_directory(
+    tmp_path: Path, secs: int, fat: int, count: int
+) -> None:
+    p = _plan(secs, cluster_sectors=1)
+    assert (p.fat_bits, p.reserved_sectors, p.fat_sectors, p.cluster_count) == (32, 3, fat, count)
+    assert count == secs - 3 - 2 * fat and width_for(count - 32) == 16
+    path = tmp_path / "part.img"
+    storage = RawFile.create(path, secs * 512)
+    part = BlockDevice(storage).slice(0, secs, "dos")
+    format_fat(part, [], cluster_sectors=1, xflag=True, timestamp=1700000000)
+    storage.close()
+    summary = subprocess.run(
+        ["fsck.fat", "-n", str(path)], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[-1]
+    assert summary.endswith(f"/{count} clusters"), summary
+
+
+# Where the FAT16 pass never settles and FAT32 would hold a FAT16's count, format.c gives
+# up; we keep that pass's FAT16 shortened to 65524 clusters, with the FAT of its larger
+# count: the iteration starts from 0 clusters, the smallest count, so its counts alternate
+# low, high, ... and the twelfth try, where it stops, computes the high count's FAT (257
+# sectors for 65537 or 65538 clusters, not 256).
+@pytest.mark.parametrize(("secs", "cluster"), [(66080, 1), (66081, 1), (1049105, 16)])
+def test_an_unsettled_fat16_pass_keeps_the_fat_of_its_larger_count(
+    secs: int, cluster: int
+) -> None:
+    p = _plan(secs, cluster_sectors=cluster)
+    assert (p.fat_bits, p.reserved_sectors, p.fat_sectors, p.cluster_count) == (16, 1, 257, 65524)
+    assert p.total_sectors == 1 + 2 * 257 + 32 + 65524 * cluster

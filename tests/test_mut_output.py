@@ -111,6 +111,20 @@ def test_every_skipped_name_is_passed_over_not_the_end_of_the_scan(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(skipped)
 
 
+def test_a_temporary_another_scan_removed_first_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds of one target may scan at once: a stale temporary listed but gone by the
+    time it is removed is no error, and is not counted as removed by this scan."""
+    target = tmp_path / "x.img"
+    gone, there = (f".x.img.{_dead_pid()}.tmp" for _ in range(2))
+    (tmp_path / there).write_bytes(b"x")
+    monkeypatch.setattr(output.os, "listdir", lambda _: [gone, there])
+    removed = remove_stale_temporaries(target)
+    monkeypatch.undo()
+    assert removed == [tmp_path / there] and list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_directory_has_no_stale_temporaries(tmp_path: Path) -> None:
     assert remove_stale_temporaries(tmp_path / "missing" / "x.img") == []
 
@@ -142,6 +156,14 @@ def test_the_temporary_is_dot_name_pid_tmp_beside_the_target(tmp_path: Path) -> 
         assert tmp == tmp_path / "sub" / f".x.img.{os.getpid()}.tmp"
         tmp.write_bytes(b"x")
     assert (tmp_path / "sub" / "x.img").read_bytes() == b"x"
+
+
+def test_every_missing_parent_of_the_target_is_made(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c" / "x.img"
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.img"]
 
 
 def test_an_uncreatable_parent_is_an_output_error_naming_it(tmp_path: Path) -> None:
@@ -271,3 +293,29 @@ def test_a_newline_in_the_target_is_quoted_in_messages(tmp_path: Path) -> None:
         tmp.write_bytes(b"x")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert "\n" not in str(err.value) and repr(str(target)) in str(err.value)
+
+
+def test_no_file_descriptor_is_left_open(tmp_path: Path) -> None:
+    before = sorted(os.listdir("/proc/self/fd"))
+    for sync in (False, True):
+        with atomic_output(tmp_path / "x.img", sync=sync) as tmp:
+            tmp.write_bytes(b"x")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_temporary_that_cannot_be_removed_does_not_hide_the_error(tmp_path: Path) -> None:
+    # unlink(2) refuses a directory (EISDIR): the body's own exception is the one raised
+    with pytest.raises(RuntimeError, match=r"^the body's$"), \
+            atomic_output(tmp_path / "x.img") as tmp:
+        tmp.mkdir()
+        raise RuntimeError("the body's")
+    assert not (tmp_path / "x.img").exists()
+
+
+def test_other_exceptions_naming_the_temporary_pass_unchanged(tmp_path: Path) -> None:
+    # only the project's errors are renamed: anything else is a bug, kept as raised
+    raised = []
+    with pytest.raises(ValueError) as err, atomic_output(tmp_path / "x.img") as tmp:
+        raised.append(ValueError(f"{tmp}: bad"))
+        raise raised[0]
+    assert err.value is raised[0] and str(err.value).startswith(str(tmp))
