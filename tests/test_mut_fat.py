@@ -274,3 +274,30 @@ def test_the_layout_is_format_c_wherever_format_c_is_sound(cluster: int | None,
         assert (p.fat_sectors32 if fatbits == 32 else p.fat_sectors16) == fatsecs, secs
         assert p.root_entries == (0 if fatbits == 32 else rootfiles), secs
     assert compared > len(sizes) * 9 // 10
+
+
+# (secs, -c, -r) -> (width, reserved, FAT sectors, spec count, BPB total sectors), each
+# where format's width rules (dosfs: clusters >= 0xff7 / 0xfff7 moves on) decide:
+# 4124: FAT12, format's count 4081 (< 0xff7); 66064 -c 1: FAT16, 65521 (< 0xfff7);
+# 66070 -c 1: 0xfff7 exactly, so on to FAT32, whose count would be a FAT16's: FAT16 kept,
+# shortened to 65524 clusters; 66300 -c 1 -r 2: the same, the -r 2 kept though the
+# FAT32 attempt took a third reserved sector for FSInfo.
+@pytest.mark.parametrize(("secs", "cluster", "reserved", "expected"), [
+    (4124, None, 1, (12, 1, 12, 4079, 4124)),
+    (66064, 1, 1, (16, 1, 256, 65519, 66064)),
+    (66070, 1, 1, (16, 1, 256, 65524, 1 + 2 * 256 + 32 + 65524)),
+    (66300, 1, 2, (16, 2, 257, 65524, 2 + 2 * 257 + 32 + 65524)),
+])
+def test_the_width_at_format_c_limits(secs: int, cluster: int | None, reserved: int,
+                                      expected: tuple[int, ...]) -> None:
+    p = _plan(secs, cluster_sectors=cluster, reserved=reserved)
+    assert (p.fat_bits, p.reserved_sectors, p.fat_sectors, p.cluster_count,
+            p.total_sectors) == expected
+    assert p.fat_bits == width_for(p.cluster_count)
+
+
+def test_a_fat32_count_from_0xffffff7_is_refused_as_format_does() -> None:
+    """format.c dosfs(): `if(clusters >= 0xffffff7) fatal("filesystem too big")`."""
+    with pytest.raises(FatError) as err:
+        _plan(272629783, cluster_sectors=1)
+    assert str(err.value) == "filesystem too big (268435447 clusters)"
