@@ -315,7 +315,7 @@ def test_strict_makes_a_missing_proto_source_an_error(root: Path, tmp_path: Path
     assert lenient.fs_entries
     with pytest.raises(ProtoError, match=r"distproto:\d+: .*nosuchfile"):
         plan_build(recipe, BuildOptions(root=r, timestamp=0, strict=True))
-    strict_recipe = recipe._replace(fs=recipe.fs._replace(strict=True))
+    strict_recipe = recipe.replace(fs=recipe.fs.replace(strict=True))
     with pytest.raises(ProtoError, match=r"distproto:\d+: .*nosuchfile"):
         plan_build(strict_recipe, BuildOptions(root=r, timestamp=0))
 
@@ -380,7 +380,7 @@ def test_a_git_checkout_is_bound_where_the_recipe_says(root: Path, tmp_path: Pat
     recipe = load_recipe("zynq.img")
     bound = plan_build(recipe, BuildOptions(root=r, timestamp=0))
     assert "/dist/plan9front/.git/HEAD" in _paths(bound) and bound.missing_sources == []
-    unbound = plan_build(recipe._replace(fs=recipe.fs._replace(git_bind=None)),
+    unbound = plan_build(recipe.replace(fs=recipe.fs.replace(git_bind=None)),
                          BuildOptions(root=r, timestamp=0))
     assert "/dist/plan9front/.git/HEAD" not in _paths(unbound)
     missing = [m.path for m in unbound.missing_sources]
