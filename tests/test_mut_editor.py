@@ -8,32 +8,17 @@ editwrite), prep.c (no ext hook: "unknown command") and fdisk.c (plan9print's na
 from __future__ import annotations
 
 import pytest
-from mbr_helpers import MiB, SparseStorage
+from mbr_helpers import MiB
 
-from imagebuild.disk.device import BlockDevice, PartFS
+from imagebuild.disk.device import PartFS
 from imagebuild.errors import LayoutError
-from imagebuild.partition import fdisk, mbr, prep
+from imagebuild.partition import fdisk, prep
 from imagebuild.partition.edit import HELP_TEXT
 from imagebuild.partition.prep import Plan9Partition
 from imagebuild.partition.sector0 import TABLE_OFFSET, TYPE_PLAN9, Tentry, pack_table
+from tests.test_mut_partition import _blank_disk, _plan9_disk, _table_text
 
 P = Plan9Partition
-
-
-def _blank_disk(size: int) -> PartFS:
-    parts = PartFS(BlockDevice(SparseStorage(size)))
-    mbr.install_bootcode(parts["data"])
-    return parts
-
-
-def _plan9_disk(size: int = 300 * MiB) -> PartFS:
-    parts = _blank_disk(size)
-    fdisk.fdisk_auto(parts)
-    return parts
-
-
-def _table_text(parts: PartFS) -> str:
-    return parts["plan9"].read_sectors(1).rstrip(b"\0").decode()
 
 
 def _prep_output(parts: PartFS, script: str, *, blank: bool = True) -> str:

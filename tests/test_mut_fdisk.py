@@ -14,15 +14,10 @@ from mbr_helpers import MiB, SparseStorage
 
 from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import LayoutError
-from imagebuild.partition import fdisk, mbr
+from imagebuild.partition import fdisk
 from imagebuild.partition.dostable import read_mbr
 from imagebuild.partition.sector0 import TABLE_OFFSET, TYPE_PLAN9, Tentry, pack_table
-
-
-def _blank_disk(size: int = 300 * MiB) -> PartFS:
-    parts = PartFS(BlockDevice(SparseStorage(size)))
-    mbr.install_bootcode(parts["data"])
-    return parts
+from tests.test_mut_partition import _blank_disk
 
 
 def _refusal(script: str) -> str:

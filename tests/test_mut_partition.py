@@ -21,7 +21,7 @@ from imagebuild.partition.sector0 import TYPES
 P = Plan9Partition
 
 
-def _blank_disk(size: int) -> PartFS:
+def _blank_disk(size: int = 300 * MiB) -> PartFS:
     parts = PartFS(BlockDevice(SparseStorage(size)))
     mbr.install_bootcode(parts["data"])
     return parts
@@ -33,8 +33,8 @@ def _plan9_disk(size: int = 300 * MiB) -> PartFS:
     return parts
 
 
-def _table_text(parts: PartFS) -> str:
-    return parts["plan9"].read_sectors(1).rstrip(b"\0").decode()
+def _table_text(parts: PartFS, name: str = "plan9") -> str:
+    return parts[name].read_sectors(1).rstrip(b"\0").decode()
 
 
 # -- the editor's argument checks (edit.c: return "args") -------------------------------------

@@ -15,19 +15,9 @@ from imagebuild.disk.device import BlockDevice, PartFS
 from imagebuild.errors import LayoutError
 from imagebuild.partition import fdisk, mbr, prep
 from imagebuild.partition.prep import Plan9Partition, autopartition, pack_table, unpack_table
+from tests.test_mut_partition import _plan9_disk, _table_text
 
 P = Plan9Partition
-
-
-def _plan9_disk(size: int = 300 * MiB) -> PartFS:
-    parts = PartFS(BlockDevice(SparseStorage(size)))
-    mbr.install_bootcode(parts["data"])
-    fdisk.fdisk_auto(parts)
-    return parts
-
-
-def _table_text(parts: PartFS, name: str = "plan9") -> str:
-    return parts[name].read_sectors(1).rstrip(b"\0").decode()
 
 
 # -- wrpart: snprint into one sector keeps a NUL, so 511 bytes of text fit --------------------
